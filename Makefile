@@ -1,0 +1,46 @@
+# Everything runs in a repo-local virtual environment; the only prerequisites are python3 and make.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Torch goes in first and pinned, so a fresh machine takes the local CPU wheel instead of a CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+DATA ?= $(if $(SENTENCE_VAE_DATA),$(SENTENCE_VAE_DATA),../shared/data)
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 TOKENIZERS_PARALLELISM=false
+WORDNET := /usr/share/wordnet/data.noun
+
+.PHONY: install test test-all demo lint format bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[all]"
+	touch $@
+
+test: install
+	$(OFFLINE) $(BIN)/python -m pytest -q -m "not slow" tests
+
+test-all: install
+	$(OFFLINE) $(BIN)/python -m pytest -q tests
+
+$(WORDNET):
+	@echo "Installing the default demo corpus (Debian's wordnet-base: WordNet 3.0 example sentences)..."
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wordnet-base >/dev/null
+
+demo: install $(WORDNET)
+	$(OFFLINE) $(BIN)/python train_scripts/demo.py --output_dir runs/demo
+
+bench: install
+	$(OFFLINE) $(BIN)/python benchmarks/run_benchmarks.py --data_dir $(DATA) --output BENCHMARKS.json
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

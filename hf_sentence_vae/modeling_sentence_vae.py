@@ -1,0 +1,548 @@
+"""The sentence VAE of Bowman et al. (2016) as a `transformers` model.
+
+Encoder: a single-layer (optionally bidirectional) LSTM whose final state gives the mean and
+log-variance of a diagonal Gaussian q(z|x). Decoder: a single-layer LSTM language model whose initial
+state is a linear map of z (optionally z is also concatenated to every input). `latent_size=0` is the
+RNNLM baseline. Inputs are `<bos> w_1 ... w_n <eos>` as produced by `SentenceVAETokenizerFast`; the
+decoder reads `<bos> w_1 ... w_n` and predicts `w_1 ... w_n <eos>`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.generation import (
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+from transformers.utils import ModelOutput, logging
+
+from .configuration_sentence_vae import SentenceVAEConfig
+from .decoding import SearchResult, beam_search, reverse_tokens, sample_search
+from .latent import gaussian_kl, interpolate, reparameterize, sample_standard_normal
+
+logger = logging.get_logger(__name__)
+
+
+@dataclass
+class SentenceVAEOutput(ModelOutput):
+    """Output of [`SentenceVAEModel.forward`].
+
+    Args:
+        loss: `reconstruction_loss + kl_weight * kl` (with free bits, the KL term is the clamped one).
+        reconstruction_loss: -log p(x|z) summed over the tokens of a sentence (end of sentence included),
+            averaged over the batch (unweighted).
+        kl: KL(q(z|x) || p(z)) per sentence, averaged over the batch (unweighted; 0 for the RNNLM).
+        logits: `(B, T-1, V)` next-token logits at every decoder position (only when `return_logits`).
+        mu, logvar: `(B, Z)` posterior parameters (None for the RNNLM).
+        z: `(B, Z)` the latent code the decoder was conditioned on.
+        reconstruction_per_sentence, kl_per_sentence: `(B,)` the per-sentence terms before averaging.
+        num_tokens: number of predicted tokens in the batch (words + end of sentence).
+    """
+
+    loss: torch.Tensor | None = None
+    reconstruction_loss: torch.Tensor | None = None
+    kl: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    mu: torch.Tensor | None = None
+    logvar: torch.Tensor | None = None
+    z: torch.Tensor | None = None
+    reconstruction_per_sentence: torch.Tensor | None = None
+    kl_per_sentence: torch.Tensor | None = None
+    num_tokens: torch.Tensor | None = None
+
+
+@dataclass
+class SentenceVAEGenerationOutput(ModelOutput):
+    """Output of [`SentenceVAEModel.generate`].
+
+    Args:
+        sequences: `(B * num_return_sequences, L)` generated ids in reading order, end of sentence
+            included, right-padded with `pad_token_id` (no `<bos>`).
+        sequences_scores: `(B * num_return_sequences,)` ranking scores (sum of log-probabilities,
+            length-penalised for beam search).
+        log_probs: `(B * num_return_sequences,)` sum of the generated tokens' log-probabilities.
+        latent: the `(B, Z)` codes that were decoded (None for the RNNLM).
+    """
+
+    sequences: torch.Tensor | None = None
+    sequences_scores: torch.Tensor | None = None
+    log_probs: torch.Tensor | None = None
+    latent: torch.Tensor | None = None
+
+
+class Highway(nn.Module):
+    """A stack of highway layers: y = g * relu(W_h x) + (1 - g) * x with gate g = sigmoid(W_g x)."""
+
+    def __init__(self, size: int, num_layers: int):
+        super().__init__()
+        self.transforms = nn.ModuleList(nn.Linear(size, 2 * size) for _ in range(num_layers))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.transforms:
+            hidden, gate = layer(x).chunk(2, dim=-1)
+            gate = torch.sigmoid(gate)
+            x = gate * F.relu(hidden) + (1.0 - gate) * x
+        return x
+
+
+class SentenceVAEPreTrainedModel(PreTrainedModel):
+    config_class = SentenceVAEConfig
+    base_model_prefix = "sentence_vae"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = False
+    _no_split_modules = []
+
+
+class SentenceVAEModel(SentenceVAEPreTrainedModel):
+    """The sentence VAE (or, with `latent_size=0`, its RNNLM baseline).
+
+    Example:
+
+    ```python
+    >>> from hf_sentence_vae import SentenceVAEConfig, SentenceVAEModel, build_tokenizer
+    >>> tokenizer = build_tokenizer(["the cat sat .", "a dog ran ."])
+    >>> model = SentenceVAEModel(SentenceVAEConfig(vocab_size=len(tokenizer), embedding_size=16,
+    ...     encoder_hidden_size=16, decoder_hidden_size=16, latent_size=4))
+    >>> batch = tokenizer(["the cat sat ."], return_tensors="pt")
+    >>> out = model(**batch)  # out.loss, out.reconstruction_loss, out.kl, out.z, ...
+    >>> text = tokenizer.batch_decode(model.generate(num_samples=2).sequences, skip_special_tokens=True)
+    ```
+    """
+
+    _tied_weights_keys = {"lm_head.weight": "embed_tokens.weight"}
+
+    def __init__(self, config: SentenceVAEConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.embedding_size, padding_idx=config.pad_token_id)
+        latent = config.latent_size
+        if latent > 0:
+            if not config.share_embeddings:
+                self.encoder_embed_tokens = nn.Embedding(
+                    config.vocab_size, config.embedding_size, padding_idx=config.pad_token_id
+                )
+            self.encoder = nn.LSTM(
+                config.embedding_size,
+                config.encoder_hidden_size,
+                batch_first=True,
+                bidirectional=config.bidirectional_encoder,
+            )
+            encoder_out = config.encoder_hidden_size * (2 if config.bidirectional_encoder else 1)
+            self.encoder_highway = Highway(encoder_out, config.num_highway_layers)
+            self.posterior = nn.Linear(encoder_out, 2 * latent)
+            self.latent_highway = Highway(latent, config.num_highway_layers)
+            self.latent_to_state = nn.Linear(latent, 2 * config.decoder_hidden_size)
+        decoder_in = config.embedding_size + (latent if config.latent_injection == "initial_state_and_inputs" else 0)
+        self.decoder = nn.LSTM(decoder_in, config.decoder_hidden_size, batch_first=True)
+        self.dropout = nn.Dropout(config.dropout)
+        self.lm_head = nn.Linear(config.decoder_hidden_size, config.vocab_size)
+        # <pad> and <bos> are never targets: they get probability zero.
+        self.register_buffer("logit_mask", self._never_predicted_mask(config), persistent=False)
+        self.post_init()
+
+    @staticmethod
+    def _never_predicted_mask(config: SentenceVAEConfig) -> torch.Tensor:
+        mask = torch.zeros(config.vocab_size)
+        mask[[config.pad_token_id, config.bos_token_id]] = float("-inf")
+        return mask
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if module is self:  # non-persistent buffers are not loaded from checkpoints: rebuild them
+            init.copy_(self.logit_mask, self._never_predicted_mask(self.config))
+
+    # ----------------------------------------------------------------- embeddings (transformers API)
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    # ----------------------------------------------------------------- building blocks
+    @property
+    def latent_size(self) -> int:
+        return self.config.latent_size
+
+    def _check_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """Validate `<bos> ... <eos>` inputs; return the attention mask (inferred from padding if absent)."""
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be a (batch, length) tensor, got shape {tuple(input_ids.shape)}")
+        if input_ids.shape[1] < 2:
+            raise ValueError(
+                f"input_ids must hold at least <bos> and <eos> (length >= 2), got length {input_ids.shape[1]}"
+            )
+        if attention_mask is None:
+            attention_mask = input_ids.ne(self.config.pad_token_id)
+        attention_mask = attention_mask.bool()
+        lengths = attention_mask.sum(-1)
+        bad = (input_ids[:, 0] != self.config.bos_token_id) | (
+            input_ids.gather(1, (lengths - 1).clamp(min=0).unsqueeze(-1)).squeeze(-1) != self.config.eos_token_id
+        )
+        if bool(bad.any()):
+            row = int(bad.nonzero()[0, 0])
+            raise ValueError(
+                f"each row of input_ids must be <bos> words <eos> (ids {self.config.bos_token_id} ... "
+                f"{self.config.eos_token_id}) followed by padding, as the SentenceVAE tokenizer produces; "
+                f"row {row} is {input_ids[row].tolist()}"
+            )
+        vocab_max = int(input_ids.max())
+        if vocab_max >= self.config.vocab_size or int(input_ids.min()) < 0:
+            raise ValueError(
+                f"input_ids contain id {vocab_max} outside the model's vocabulary of size {self.config.vocab_size}: "
+                "the tokenizer does not match the model"
+            )
+        return attention_mask
+
+    def encode(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The posterior q(z|x): returns `(mu, logvar)`, each `(B, Z)`. Tokenize texts with the tokenizer first
+        (`tokenizer(texts, padding=True, return_tensors="pt")`)."""
+        if self.latent_size == 0:
+            raise ValueError("this model is an RNNLM (latent_size=0): it has no encoder")
+        attention_mask = self._check_inputs(input_ids, attention_mask)
+        return self._encode(input_ids, attention_mask)
+
+    def _encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        embed = getattr(self, "encoder_embed_tokens", self.embed_tokens)
+        lengths = attention_mask.sum(-1)
+        embedded = embed(input_ids)
+        if self.config.bidirectional_encoder:
+            packed = nn.utils.rnn.pack_padded_sequence(
+                embedded, lengths.cpu(), batch_first=True, enforce_sorted=False
+            )
+            _, (h_n, _) = self.encoder(packed)
+            final = torch.cat([h_n[0], h_n[1]], dim=-1)
+        else:
+            # A left-to-right LSTM's output at the last real token is its final state for that row.
+            outputs, _ = self.encoder(embedded)
+            index = (lengths - 1).view(-1, 1, 1).expand(-1, 1, outputs.shape[-1])
+            final = outputs.gather(1, index).squeeze(1)
+        mu, raw = self.posterior(self.encoder_highway(final)).chunk(2, dim=-1)
+        if self.config.variance_parameterization == "softplus":
+            logvar = torch.log(F.softplus(raw) + 1e-6)
+        else:
+            logvar = raw
+        return mu, logvar
+
+    def _initial_state(self, z: torch.Tensor | None, batch_size: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decoder's initial (h, c), each `(B, H)`: a linear map of z, or zeros for the RNNLM."""
+        if z is None:
+            zeros = torch.zeros(batch_size, self.config.decoder_hidden_size, device=device, dtype=dtype)
+            return zeros, zeros
+        h, c = self.latent_to_state(self.latent_highway(z)).chunk(2, dim=-1)
+        return h.contiguous(), c.contiguous()
+
+    def _decoder_inputs(self, ids: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
+        embedded = self.dropout(self.embed_tokens(ids))
+        if z is not None and self.config.latent_injection == "initial_state_and_inputs":
+            embedded = torch.cat([embedded, z.unsqueeze(1).expand(-1, ids.shape[1], -1).to(embedded.dtype)], -1)
+        return embedded
+
+    def _run_decoder(self, ids: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
+        """Decoder hidden states `(B, T, H)` after reading `ids` `(B, T)`."""
+        h0, c0 = self._initial_state(z, ids.shape[0], ids.device, self.embed_tokens.weight.dtype)
+        outputs, _ = self.decoder(self._decoder_inputs(ids, z), (h0.unsqueeze(0), c0.unsqueeze(0)))
+        return self.dropout(outputs)
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden) + self.logit_mask.to(hidden.dtype)
+
+    def word_dropout(self, ids: torch.Tensor, keep_rate: float, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Replace word tokens (not padding, `<bos>` or `<eos>`) by `<unk>` with probability `1 - keep_rate`."""
+        if keep_rate >= 1.0:
+            return ids
+        cfg = self.config
+        is_word = (ids != cfg.pad_token_id) & (ids != cfg.bos_token_id) & (ids != cfg.eos_token_id)
+        if keep_rate <= 0.0:
+            drop = is_word
+        else:
+            keep = torch.rand(ids.shape, device=ids.device, generator=generator) < keep_rate
+            drop = is_word & ~keep
+        return ids.masked_fill(drop, cfg.unk_token_id)
+
+    def _to_decoder_order(self, ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """For right-to-left models, reverse the words between `<bos>` and `<eos>`."""
+        if not self.config.right_to_left:
+            return ids
+        return reverse_tokens(ids, attention_mask.sum(-1) - 2, offset=1)
+
+    # ----------------------------------------------------------------- forward
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        kl_weight: float = 1.0,
+        word_keep_rate: float | None = None,
+        free_bits: float = 0.0,
+        latent: torch.Tensor | None = None,
+        sample_latent: bool = True,
+        return_logits: bool = True,
+        generator: torch.Generator | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SentenceVAEOutput:
+        """Encode, sample z, decode, and score.
+
+        Args:
+            input_ids: `(B, T)` `<bos> w_1 ... w_n <eos>` right-padded with `<pad>`.
+            attention_mask: `(B, T)`; inferred from padding when None.
+            labels: optional `(B, T)` targets aligned with `input_ids` (the autoencoder's target is the input
+                itself, which is used when None); positions set to `-100` are ignored.
+            kl_weight: weight of the KL term in `loss` (the annealing schedule's value).
+            word_keep_rate: word-dropout keep rate; defaults to `config.word_keep_rate` in training mode and
+                1 in evaluation mode, except that a keep rate of 0 (the inputless decoder) always applies.
+            free_bits: minimum KL per latent dimension (nats, batch-averaged) in the loss (Kingma et al.,
+                2016); 0 disables it. Reported `kl` stays the true KL.
+            latent: decode from this `(B, Z)` code instead of encoding `input_ids` (no KL term then).
+            sample_latent: draw z from q(z|x) (the single-sample bound estimate); False uses the mean.
+            return_logits: also return the full `(B, T-1, V)` logits. Training sets it to False so that the
+                output layer is evaluated only at non-padding positions.
+            generator: random generator for z and word dropout (reproducible evaluation).
+        """
+        if kwargs:
+            logger.warning_once(f"SentenceVAEModel.forward ignores unexpected arguments: {sorted(kwargs)}")
+        cfg = self.config
+        attention_mask = self._check_inputs(input_ids, attention_mask)
+        batch_size = input_ids.shape[0]
+
+        mu = logvar = None
+        z = latent
+        if cfg.latent_size > 0 and z is None:
+            mu, logvar = self._encode(input_ids, attention_mask)
+            z = reparameterize(mu, logvar, generator=generator) if sample_latent else mu
+        elif cfg.latent_size == 0 and latent is not None:
+            raise ValueError("latent was given but this model is an RNNLM (latent_size=0)")
+        elif z is not None and z.shape != (batch_size, cfg.latent_size):
+            raise ValueError(f"latent must have shape ({batch_size}, {cfg.latent_size}), got {tuple(z.shape)}")
+
+        ordered = self._to_decoder_order(input_ids, attention_mask)
+        if labels is None:
+            targets = ordered[:, 1:]
+            target_mask = attention_mask[:, 1:]
+        else:
+            if labels.shape != input_ids.shape:
+                raise ValueError(f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}")
+            labels = self._to_decoder_order(labels, attention_mask)
+            targets = labels[:, 1:]
+            target_mask = attention_mask[:, 1:] & (targets != -100)
+        keep_rate = cfg.word_keep_rate if word_keep_rate is None else word_keep_rate
+        if not (0.0 <= keep_rate <= 1.0):
+            raise ValueError(f"word_keep_rate must be in [0, 1], got {keep_rate}")
+        if not self.training and keep_rate > 0.0:
+            keep_rate = 1.0
+        decoder_ids = self.word_dropout(ordered[:, :-1], keep_rate, generator=generator)
+        hidden = self._run_decoder(decoder_ids, z)
+
+        logits = None
+        if return_logits:
+            logits = self._logits(hidden)
+            log_probs = torch.log_softmax(logits.float(), dim=-1)
+            token_nll = -log_probs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            reconstruction = token_nll.masked_fill(~target_mask, 0.0).sum(-1)
+        else:
+            rows = target_mask.nonzero(as_tuple=True)
+            selected = self._logits(hidden[rows])
+            token_nll = F.cross_entropy(selected.float(), targets[rows], reduction="none")
+            reconstruction = torch.zeros(batch_size, device=hidden.device, dtype=token_nll.dtype)
+            reconstruction = reconstruction.index_add(0, rows[0], token_nll)
+
+        if mu is not None:
+            kl_dims = gaussian_kl(mu.float(), logvar.float())
+            kl_per_sentence = kl_dims.sum(-1)
+            kl_term = kl_dims.mean(0).clamp(min=free_bits).sum() if free_bits > 0 else kl_per_sentence.mean()
+        else:
+            kl_per_sentence = torch.zeros(batch_size, device=hidden.device)
+            kl_term = kl_per_sentence.sum()
+        reconstruction_loss = reconstruction.mean()
+        loss = reconstruction_loss + kl_weight * kl_term
+        return SentenceVAEOutput(
+            loss=loss,
+            reconstruction_loss=reconstruction_loss,
+            kl=kl_per_sentence.mean(),
+            logits=logits,
+            mu=mu,
+            logvar=logvar,
+            z=z,
+            reconstruction_per_sentence=reconstruction,
+            kl_per_sentence=kl_per_sentence,
+            num_tokens=target_mask.sum(),
+        )
+
+    def log_likelihood_given_latent(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, latent: torch.Tensor | None
+    ) -> torch.Tensor:
+        """log p(x | z) per sentence `(B,)` with all words supplied (evaluation; no word dropout unless the
+        model is inputless). For the RNNLM pass `latent=None`: this is then the exact log-likelihood."""
+        out = self.forward(input_ids, attention_mask, latent=latent, return_logits=False)
+        return -out.reconstruction_per_sentence
+
+    # ----------------------------------------------------------------- decoding
+    def _step(self, tokens: torch.Tensor, state: tuple[torch.Tensor, ...]):
+        """One decoder step for the searches: state = (h, c) or (h, c, z)."""
+        h, c = state[0], state[1]
+        z = state[2] if len(state) > 2 else None
+        if self.config.word_keep_rate == 0.0:
+            tokens = self.word_dropout(tokens, 0.0)
+        inputs = self._decoder_inputs(tokens.unsqueeze(1), z)
+        output, (h, c) = self.decoder(inputs, (h.unsqueeze(0), c.unsqueeze(0)))
+        log_probs = torch.log_softmax(self._logits(output[:, 0]).float(), dim=-1)
+        return log_probs, (h[0], c[0]) + (() if z is None else (z,))
+
+    def sample_prior(
+        self, num_samples: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """`(num_samples, Z)` codes drawn from the prior N(0, I) on the model's device."""
+        if self.latent_size == 0:
+            raise ValueError("this model is an RNNLM (latent_size=0): it has no latent space")
+        return sample_standard_normal(
+            num_samples, self.latent_size, device=self.device, dtype=self.dtype, generator=generator
+        )
+
+    @staticmethod
+    def interpolate(start: torch.Tensor, end: torch.Tensor, steps: int = 5) -> torch.Tensor:
+        """Homotopy between two codes (the paper's Section 6.3): `(steps, Z)` points from `start` to `end`."""
+        return interpolate(start, end, steps)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        latent: torch.Tensor | None = None,
+        num_samples: int | None = None,
+        num_beams: int = 1,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        max_new_tokens: int | None = None,
+        min_new_tokens: int = 0,
+        length_penalty: float = 1.0,
+        num_return_sequences: int = 1,
+        forced_tokens: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> SentenceVAEGenerationOutput:
+        """Decode sentences from latent codes, batched over the codes.
+
+        Args:
+            latent: `(B, Z)` codes (e.g. from `sample_prior`, `encode` or `interpolate`). When None, `num_samples`
+                codes are drawn from the prior (or, for the RNNLM, `num_samples` unconditional sentences).
+            num_beams: beam width; 1 = greedy (or sampling with `do_sample=True`).
+            do_sample: ancestral sampling, shaped by `temperature`, `top_k` and `top_p`
+                (`transformers` logits warpers).
+            max_new_tokens: at most this many tokens including `<eos>` (default `config.max_sentence_length`).
+            min_new_tokens: `<eos>` is forbidden before this many tokens.
+            length_penalty: beam hypotheses are ranked by `log p / length ** length_penalty`.
+            num_return_sequences: the n best beams per code (or n samples per code).
+            forced_tokens: `(B, T)` ids to pin at each step (`-1` = free), in the decoder's order.
+            generator: random generator for prior samples and sampling.
+
+        Returns a [`SentenceVAEGenerationOutput`]; decode `sequences` with
+        `tokenizer.batch_decode(out.sequences, skip_special_tokens=True)`.
+        """
+        cfg = self.config
+        if num_beams < 1:
+            raise ValueError(f"num_beams must be >= 1, got {num_beams}")
+        if num_return_sequences < 1:
+            raise ValueError(f"num_return_sequences must be >= 1, got {num_return_sequences}")
+        if do_sample and num_beams > 1:
+            raise ValueError("do_sample=True with num_beams > 1 is not supported: choose sampling or beam search")
+        if not do_sample and num_beams == 1 and num_return_sequences > 1:
+            raise ValueError("greedy decoding returns one sequence per code; use num_beams >= num_return_sequences")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        max_new_tokens = cfg.max_sentence_length if max_new_tokens is None else max_new_tokens
+        if max_new_tokens < 1 or min_new_tokens < 0 or min_new_tokens > max_new_tokens:
+            raise ValueError(
+                f"need 1 <= max_new_tokens and 0 <= min_new_tokens <= max_new_tokens, got "
+                f"max_new_tokens={max_new_tokens}, min_new_tokens={min_new_tokens}"
+            )
+        if latent is None:
+            if num_samples is None:
+                raise ValueError("pass latent codes or num_samples")
+            latent = None if cfg.latent_size == 0 else self.sample_prior(num_samples, generator=generator)
+            batch_size = num_samples
+        else:
+            if cfg.latent_size == 0:
+                raise ValueError("latent was given but this model is an RNNLM (latent_size=0)")
+            if latent.dim() != 2 or latent.shape[1] != cfg.latent_size:
+                raise ValueError(f"latent must have shape (B, {cfg.latent_size}), got {tuple(latent.shape)}")
+            latent = latent.to(device=self.device, dtype=self.dtype)
+            batch_size = latent.shape[0]
+        if forced_tokens is not None and forced_tokens.shape[0] != batch_size:
+            raise ValueError(f"forced_tokens must have {batch_size} rows, got {forced_tokens.shape[0]}")
+
+        h, c = self._initial_state(latent, batch_size, self.device, self.dtype)
+        state = (h, c) if latent is None else (h, c, latent)
+        special = dict(bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id, pad_token_id=cfg.pad_token_id)
+        if num_beams > 1:
+            result = beam_search(
+                self._step,
+                state,
+                batch_size,
+                num_beams,
+                max_new_tokens=max_new_tokens,
+                min_new_tokens=min_new_tokens,
+                length_penalty=length_penalty,
+                num_return_sequences=num_return_sequences,
+                forced_tokens=forced_tokens,
+                **special,
+            )
+        else:
+            processors = LogitsProcessorList()
+            if do_sample:
+                if temperature != 1.0:
+                    processors.append(TemperatureLogitsWarper(temperature))
+                if top_k is not None:
+                    processors.append(TopKLogitsWarper(top_k))
+                if top_p is not None:
+                    processors.append(TopPLogitsWarper(top_p))
+            if num_return_sequences > 1:
+                state = tuple(s.repeat_interleave(num_return_sequences, dim=0) for s in state)
+                if forced_tokens is not None:
+                    forced_tokens = forced_tokens.repeat_interleave(num_return_sequences, dim=0)
+            flat = sample_search(
+                self._step,
+                state,
+                batch_size * num_return_sequences,
+                max_new_tokens=max_new_tokens,
+                min_new_tokens=min_new_tokens,
+                do_sample=do_sample,
+                logits_processor=processors if len(processors) else None,
+                forced_tokens=forced_tokens,
+                generator=generator,
+                **special,
+            )
+            result = SearchResult(*(t.view(batch_size, num_return_sequences, *t.shape[2:]) for t in flat))
+        return self._generation_output(result, latent)
+
+    def _generation_output(self, result: SearchResult, latent: torch.Tensor | None) -> SentenceVAEGenerationOutput:
+        sequences = result.sequences.flatten(0, 1)
+        if self.config.right_to_left:
+            lengths = result.lengths.flatten()
+            ends_with_eos = sequences.gather(1, (lengths - 1).clamp(min=0).unsqueeze(-1)).squeeze(-1) == self.config.eos_token_id
+            sequences = reverse_tokens(sequences, lengths - ends_with_eos.long())
+        return SentenceVAEGenerationOutput(
+            sequences=sequences,
+            sequences_scores=result.scores.flatten(),
+            log_probs=result.log_probs.flatten(),
+            latent=latent,
+        )
+
+
+__all__ = ["SentenceVAEModel", "SentenceVAEPreTrainedModel", "SentenceVAEOutput", "SentenceVAEGenerationOutput"]

@@ -1,0 +1,133 @@
+"""Word-level tokenizer for the sentence VAE, built with `tokenizers` and wrapped as a fast tokenizer.
+
+Two text modes, both stored in `tokenizer.json` so that a saved tokenizer behaves the same everywhere:
+
+- ``"pretokenized"``: the text is already tokenized (like the Penn Treebank): split on whitespace only;
+  PTB's literal ``<unk>`` is the unknown token itself.
+- ``"raw"``: lower-case (NFKC-normalised), split on whitespace and split punctuation off, so
+  ``"Hello, world!"`` becomes ``hello , world !``.
+
+Every encoded sentence is ``<bos> w_1 ... w_n <eos>``; ids 0-3 are ``<pad> <unk> <bos> <eos>``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import PreTrainedTokenizerFast
+
+PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
+SPECIAL_TOKENS = [PAD, UNK, BOS, EOS]
+TEXT_MODES = ("pretokenized", "raw")
+
+
+class SentenceVAETokenizerFast(PreTrainedTokenizerFast):
+    """A `PreTrainedTokenizerFast` over a word-level `tokenizers` model (build one with [`build_tokenizer`]).
+
+    It defines no `__init__` of its own, so `from_pretrained` restores it from `tokenizer.json` unchanged.
+    """
+
+    vocab_files_names = {"tokenizer_file": "tokenizer.json"}
+    model_input_names = ["input_ids", "attention_mask"]
+    padding_side = "right"
+    truncation_side = "right"
+
+    @property
+    def text_mode(self) -> str:
+        """`"raw"` when the tokenizer lower-cases and splits punctuation, else `"pretokenized"`."""
+        return "raw" if self.backend_tokenizer.normalizer is not None else "pretokenized"
+
+
+def _backend(mode: str) -> Tokenizer:
+    if mode not in TEXT_MODES:
+        raise ValueError(f"mode must be one of {TEXT_MODES}, got {mode!r}")
+    tokenizer = Tokenizer(models.WordLevel(unk_token=UNK))
+    if mode == "raw":
+        tokenizer.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation("isolated")]
+        )
+    else:
+        tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.decoder = decoders.WordPiece(prefix="\x00", cleanup=False)
+    return tokenizer
+
+
+def _lines(texts: Iterable[str]) -> Iterator[str]:
+    for text in texts:
+        if not isinstance(text, str):
+            raise ValueError(f"build_tokenizer expects an iterable of str lines, got an item of type {type(text).__name__}")
+        yield text
+
+
+def build_tokenizer(
+    texts: Iterable[str],
+    vocab_size: int | None = None,
+    min_frequency: int = 0,
+    mode: str = "pretokenized",
+    model_max_length: int = 512,
+) -> SentenceVAETokenizerFast:
+    """Train a word-level vocabulary on an iterable of lines (a list, a file object, a `datasets` column).
+
+    Args:
+        texts: one sentence per item.
+        vocab_size: maximum vocabulary size including the 4 special tokens; None keeps every word.
+        min_frequency: drop words seen fewer times than this.
+        mode: `"pretokenized"` (whitespace split; PTB) or `"raw"` (lower-case, split punctuation).
+        model_max_length: the longest encoding (special tokens included) the tokenizer reports.
+
+    On PTB's training split with no limits this keeps all 9,998 words besides `<unk>` (vocabulary 10,002).
+    """
+    if vocab_size is not None and vocab_size <= len(SPECIAL_TOKENS):
+        raise ValueError(f"vocab_size must exceed the {len(SPECIAL_TOKENS)} special tokens, got {vocab_size}")
+    if min_frequency < 0:
+        raise ValueError(f"min_frequency must be >= 0, got {min_frequency}")
+    backend = _backend(mode)
+    # One spare entry: a corpus word equal to a special token (PTB's literal "<unk>") takes a slot.
+    trainer = trainers.WordLevelTrainer(
+        vocab_size=vocab_size + 1 if vocab_size is not None else 2**31 - 1,
+        min_frequency=min_frequency,
+        special_tokens=SPECIAL_TOKENS,
+        show_progress=False,
+    )
+    backend.train_from_iterator(_lines(texts), trainer=trainer)
+    # The trainer gives such a word a second id; renumber: specials 0-3, then words by trainer rank.
+    trained = sorted(backend.get_vocab().items(), key=lambda item: item[1])
+    words = [token for token, _ in trained if token not in SPECIAL_TOKENS]
+    if vocab_size is not None:
+        words = words[: vocab_size - len(SPECIAL_TOKENS)]
+    if not words:
+        raise ValueError("build_tokenizer found no words in the training texts (empty corpus?)")
+    vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS + words)}
+    backend.model = models.WordLevel(vocab=vocab, unk_token=UNK)
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A {EOS}",
+        pair=f"{BOS} $A {EOS} $B:1 {EOS}:1",
+        special_tokens=[(BOS, backend.token_to_id(BOS)), (EOS, backend.token_to_id(EOS))],
+    )
+    return SentenceVAETokenizerFast(
+        tokenizer_object=backend,
+        pad_token=PAD,
+        unk_token=UNK,
+        bos_token=BOS,
+        eos_token=EOS,
+        model_max_length=model_max_length,
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def check_tokenizer_matches_model(tokenizer: PreTrainedTokenizerFast, config) -> None:
+    """Raise a `ValueError` if the tokenizer's vocabulary or special ids differ from the model config's."""
+    if len(tokenizer) != config.vocab_size:
+        raise ValueError(
+            f"tokenizer vocabulary size {len(tokenizer)} does not match the model's vocab_size {config.vocab_size}"
+        )
+    for name in ("pad_token_id", "unk_token_id", "bos_token_id", "eos_token_id"):
+        if getattr(tokenizer, name) != getattr(config, name):
+            raise ValueError(
+                f"tokenizer {name}={getattr(tokenizer, name)} does not match the model's {name}={getattr(config, name)}"
+            )
+
+
+__all__ = ["SentenceVAETokenizerFast", "build_tokenizer", "check_tokenizer_matches_model", "SPECIAL_TOKENS"]

@@ -1,0 +1,38 @@
+"""hf_sentence_vae: the sentence VAE of Bowman et al. (2016) as a Hugging Face transformers plugin."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).parent
+
+EXTRAS = {
+    "train": ["accelerate>=1.0", "datasets>=3.0", "tqdm", "pyyaml", "matplotlib"],
+    "eval": ["evaluate>=0.4", "scikit-learn>=1.3"],
+    "hub": ["huggingface_hub>=1.0", "jinja2"],
+    "test": ["pytest>=8", "pytest-timeout", "hypothesis"],
+    "dev": ["ruff"],
+}
+EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
+
+setup(
+    name="hf_sentence_vae",
+    version="0.1.0",
+    description="The sentence VAE of Bowman et al. (2016) as a Hugging Face transformers model and tokenizer plugin",
+    long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    packages=find_packages(include=["hf_sentence_vae", "hf_sentence_vae.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.4,<=2.14.1",
+        "transformers>=5.0,<6",
+        "tokenizers>=0.21",
+        "safetensors>=0.4",
+    ],
+    extras_require=EXTRAS,
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
