@@ -142,9 +142,7 @@ def _validate(config: SentenceVAEConfig) -> None:
         config.word_keep_rate,
         "must be a number in [0, 1]",
     )
-    _check(
-        _is_number(config.dropout) and 0.0 <= config.dropout < 1.0, "dropout", config.dropout, "must be in [0, 1)"
-    )
+    _check(_is_number(config.dropout) and 0.0 <= config.dropout < 1.0, "dropout", config.dropout, "must be in [0, 1)")
     _check(
         _is_number(config.initializer_range) and config.initializer_range > 0,
         "initializer_range",
@@ -162,7 +160,10 @@ def _validate(config: SentenceVAEConfig) -> None:
         _check(value not in ids, name, value, f"is already used by {ids.get(value)}")
         ids[value] = name
     _check(
-        config.vocab_size > len(ids), "vocab_size", config.vocab_size, "must leave room for words besides the 4 specials"
+        config.vocab_size > len(ids),
+        "vocab_size",
+        config.vocab_size,
+        "must leave room for words besides the 4 specials",
     )
     if config.tie_word_embeddings:
         _check(

@@ -159,7 +159,9 @@ def beam_search(
         if forced is not None:
             forced = forced.index_select(0, source)
         was_finished = finished.gather(1, beam)
-        sequences = torch.cat([sequences.gather(1, beam.unsqueeze(-1).expand_as(sequences)), tokens_bk.unsqueeze(-1)], -1)
+        sequences = torch.cat(
+            [sequences.gather(1, beam.unsqueeze(-1).expand_as(sequences)), tokens_bk.unsqueeze(-1)], -1
+        )
         lengths = lengths.gather(1, beam) + (~was_finished).long()
         finished = was_finished | (tokens_bk == eos_token_id)
         tokens = tokens_bk.view(-1)

@@ -17,7 +17,9 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (logvar.exp() + mu.pow(2) - 1.0 - logvar)
 
 
-def gaussian_log_density(z: torch.Tensor, mu: torch.Tensor | None = None, logvar: torch.Tensor | None = None) -> torch.Tensor:
+def gaussian_log_density(
+    z: torch.Tensor, mu: torch.Tensor | None = None, logvar: torch.Tensor | None = None
+) -> torch.Tensor:
     """log N(z; mu, diag(exp(logvar))) summed over the last dimension; the standard normal when mu is None."""
     if mu is None:
         return -0.5 * (z.pow(2) + LOG_2PI).sum(-1)

@@ -223,9 +223,7 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel):
         lengths = attention_mask.sum(-1)
         embedded = embed(input_ids)
         if self.config.bidirectional_encoder:
-            packed = nn.utils.rnn.pack_padded_sequence(
-                embedded, lengths.cpu(), batch_first=True, enforce_sorted=False
-            )
+            packed = nn.utils.rnn.pack_padded_sequence(embedded, lengths.cpu(), batch_first=True, enforce_sorted=False)
             _, (h_n, _) = self.encoder(packed)
             final = torch.cat([h_n[0], h_n[1]], dim=-1)
         else:
@@ -240,7 +238,9 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel):
             logvar = raw
         return mu, logvar
 
-    def _initial_state(self, z: torch.Tensor | None, batch_size: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    def _initial_state(
+        self, z: torch.Tensor | None, batch_size: int, device, dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The decoder's initial (h, c), each `(B, H)`: a linear map of z, or zeros for the RNNLM."""
         if z is None:
             zeros = torch.zeros(batch_size, self.config.decoder_hidden_size, device=device, dtype=dtype)
@@ -263,8 +263,17 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel):
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden) + self.logit_mask.to(hidden.dtype)
 
-    def word_dropout(self, ids: torch.Tensor, keep_rate: float, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Replace word tokens (not padding, `<bos>` or `<eos>`) by `<unk>` with probability `1 - keep_rate`."""
+    def word_dropout(
+        self,
+        ids: torch.Tensor,
+        keep_rate: float,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Replace word tokens (not padding, `<bos>` or `<eos>`) by `<unk>` with probability `1 - keep_rate`.
+
+        `noise` (uniform in [0, 1), the shape of `ids`) supplies the randomness explicitly: a word is kept
+        where `noise < keep_rate`."""
         if keep_rate >= 1.0:
             return ids
         cfg = self.config
@@ -272,7 +281,9 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel):
         if keep_rate <= 0.0:
             drop = is_word
         else:
-            keep = torch.rand(ids.shape, device=ids.device, generator=generator) < keep_rate
+            if noise is None:
+                noise = torch.rand(ids.shape, device=ids.device, generator=generator)
+            keep = noise[..., : ids.shape[-1]] < keep_rate
             drop = is_word & ~keep
         return ids.masked_fill(drop, cfg.unk_token_id)
 
@@ -295,6 +306,8 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel):
         sample_latent: bool = True,
         return_logits: bool = True,
         generator: torch.Generator | None = None,
+        latent_noise: torch.Tensor | None = None,
+        word_dropout_noise: torch.Tensor | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> SentenceVAEOutput:
@@ -315,6 +328,11 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel):
             return_logits: also return the full `(B, T-1, V)` logits. Training sets it to False so that the
                 output layer is evaluated only at non-padding positions.
             generator: random generator for z and word dropout (reproducible evaluation).
+            latent_noise: `(B, Z)` standard-normal noise for the reparameterisation z = mu + sigma * noise,
+                instead of drawing it (the training loop draws it per global batch so that results do not
+                depend on how a batch is split across processes).
+            word_dropout_noise: `(B, >= T-1)` uniform noise deciding word dropout (a word is kept where
+                noise < keep rate), instead of drawing it.
         """
         if kwargs:
             logger.warning_once(f"SentenceVAEModel.forward ignores unexpected arguments: {sorted(kwargs)}")
@@ -326,7 +344,12 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel):
         z = latent
         if cfg.latent_size > 0 and z is None:
             mu, logvar = self._encode(input_ids, attention_mask)
-            z = reparameterize(mu, logvar, generator=generator) if sample_latent else mu
+            if not sample_latent:
+                z = mu
+            elif latent_noise is not None:
+                z = mu + torch.exp(0.5 * logvar) * latent_noise.to(mu.dtype)
+            else:
+                z = reparameterize(mu, logvar, generator=generator)
         elif cfg.latent_size == 0 and latent is not None:
             raise ValueError("latent was given but this model is an RNNLM (latent_size=0)")
         elif z is not None and z.shape != (batch_size, cfg.latent_size):
@@ -338,7 +361,9 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel):
             target_mask = attention_mask[:, 1:]
         else:
             if labels.shape != input_ids.shape:
-                raise ValueError(f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}")
+                raise ValueError(
+                    f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}"
+                )
             labels = self._to_decoder_order(labels, attention_mask)
             targets = labels[:, 1:]
             target_mask = attention_mask[:, 1:] & (targets != -100)
@@ -347,7 +372,7 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel):
             raise ValueError(f"word_keep_rate must be in [0, 1], got {keep_rate}")
         if not self.training and keep_rate > 0.0:
             keep_rate = 1.0
-        decoder_ids = self.word_dropout(ordered[:, :-1], keep_rate, generator=generator)
+        decoder_ids = self.word_dropout(ordered[:, :-1], keep_rate, generator=generator, noise=word_dropout_noise)
         hidden = self._run_decoder(decoder_ids, z)
 
         logits = None
@@ -405,9 +430,7 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel):
         log_probs = torch.log_softmax(self._logits(output[:, 0]).float(), dim=-1)
         return log_probs, (h[0], c[0]) + (() if z is None else (z,))
 
-    def sample_prior(
-        self, num_samples: int, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
+    def sample_prior(self, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """`(num_samples, Z)` codes drawn from the prior N(0, I) on the model's device."""
         if self.latent_size == 0:
             raise ValueError("this model is an RNNLM (latent_size=0): it has no latent space")
@@ -535,7 +558,9 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel):
         sequences = result.sequences.flatten(0, 1)
         if self.config.right_to_left:
             lengths = result.lengths.flatten()
-            ends_with_eos = sequences.gather(1, (lengths - 1).clamp(min=0).unsqueeze(-1)).squeeze(-1) == self.config.eos_token_id
+            ends_with_eos = (
+                sequences.gather(1, (lengths - 1).clamp(min=0).unsqueeze(-1)).squeeze(-1) == self.config.eos_token_id
+            )
             sequences = reverse_tokens(sequences, lengths - ends_with_eos.long())
         return SentenceVAEGenerationOutput(
             sequences=sequences,

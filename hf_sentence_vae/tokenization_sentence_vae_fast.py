@@ -57,7 +57,9 @@ def _backend(mode: str) -> Tokenizer:
 def _lines(texts: Iterable[str]) -> Iterator[str]:
     for text in texts:
         if not isinstance(text, str):
-            raise ValueError(f"build_tokenizer expects an iterable of str lines, got an item of type {type(text).__name__}")
+            raise ValueError(
+                f"build_tokenizer expects an iterable of str lines, got an item of type {type(text).__name__}"
+            )
         yield text
 
 

@@ -1,0 +1,83 @@
+"""Command-line parsing shared by the scripts: every dataclass field becomes a `--flag`, and any flag can
+also come from a YAML or JSON file given with `--config` (flags on the command line win)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def _base_type(annotation: Any) -> Any:
+    """`int | None` -> int; `bool` -> bool; dicts and other containers -> None (not exposed)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _base_type(args[0]) if len(args) == 1 else str
+    if annotation in (int, float, str, bool):
+        return annotation
+    return None
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "y", "on"):
+        return True
+    if lowered in ("0", "false", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {text!r}")
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML (.yaml/.yml) or JSON config file into a dict of flag values."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--config {str(path)!r} does not exist")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+    else:
+        data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"--config {str(path)!r} must hold a mapping of flag names to values")
+    return data
+
+
+def build_parser(cls: type, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--config", help="YAML or JSON file of flag values (command-line flags win)")
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        kind = _base_type(hints[f.name])
+        if kind is None:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if kind is bool:
+            parser.add_argument(f"--{f.name}", type=_parse_bool, nargs="?", const=True, default=default, metavar="BOOL")
+        else:
+            parser.add_argument(f"--{f.name}", type=kind, default=default)
+    return parser
+
+
+def parse_args(cls: type[T], argv: list[str] | None = None, description: str = "") -> T:
+    """Parse `argv` into an instance of the dataclass `cls`, with defaults from `--config` if given."""
+    parser = build_parser(cls, description)
+    known, _ = parser.parse_known_args(argv)
+    if known.config:
+        values = load_config_file(known.config)
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - fields)
+        if unknown:
+            raise ValueError(f"--config {known.config!r} has unknown option(s): {', '.join(unknown)}")
+        parser.set_defaults(**values)
+    args = vars(parser.parse_args(argv))
+    args.pop("config")
+    return cls(**args)

@@ -1,0 +1,245 @@
+"""Corpora, tokenization and length-bucketed batching for training and evaluation.
+
+Text comes from local files (one sentence a line) or a Hub dataset through `datasets`; it is tokenized
+with `Dataset.map(batched=True)` (cached on disk by `datasets`), then held as one flat array of ids plus
+offsets (memory-mapped from the Arrow cache), from which padded batches are cut with array indexing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+DEFAULT_WORDNET_DIR = "/usr/share/wordnet"
+_WORDNET_EXAMPLE = re.compile(r'"([^"]+)"')
+
+
+# --------------------------------------------------------------------------- the built-in demo corpus
+def read_wordnet_examples(wordnet_dir: str | os.PathLike = DEFAULT_WORDNET_DIR) -> list[str]:
+    """The example sentences of WordNet 3.0 (quoted strings in the glosses of `data.{noun,verb,adj,adv}`).
+
+    Files are read as latin-1; licence header lines (starting with spaces) are skipped; duplicates are
+    dropped keeping first occurrences. Debian's `wordnet-base` package installs the files (~48k examples).
+    """
+    folder = Path(wordnet_dir)
+    files = [folder / f"data.{pos}" for pos in ("noun", "verb", "adj", "adv")]
+    present = [f for f in files if f.is_file()]
+    if not present:
+        raise FileNotFoundError(
+            f"no WordNet data files (data.noun, data.verb, ...) in {folder}: install Debian's wordnet-base "
+            "(`apt-get install wordnet-base`) or pass another corpus"
+        )
+    seen: dict[str, None] = {}
+    for path in present:
+        with open(path, encoding="latin-1") as handle:
+            for line in handle:
+                if line.startswith(" ") or "|" not in line:
+                    continue
+                gloss = line.split("|", 1)[1]
+                for example in _WORDNET_EXAMPLE.findall(gloss):
+                    example = " ".join(example.split())
+                    if example:
+                        seen.setdefault(example, None)
+    return list(seen)
+
+
+def split_corpus(lines: Sequence[str], validation_fraction: float = 0.05, seed: int = 0) -> tuple[list[str], list[str]]:
+    """Shuffle and split lines into train and validation lists."""
+    if not 0.0 < validation_fraction < 1.0:
+        raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
+    order = np.random.default_rng(seed).permutation(len(lines))
+    cut = max(1, int(round(len(lines) * validation_fraction)))
+    return [lines[i] for i in order[cut:]], [lines[i] for i in order[:cut]]
+
+
+# --------------------------------------------------------------------------- loading text with datasets
+def _check_text_file(path: str, split: str) -> None:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--{split}_file {path!r} does not exist")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"--{split}_file {path!r} is empty")
+    with open(path, "rb") as handle:
+        sample = handle.read(1 << 20)
+    try:
+        sample.decode("utf-8")
+    except UnicodeDecodeError as err:
+        if err.start < len(sample) - 4:  # not merely a character cut at the sample's end
+            raise ValueError(
+                f"--{split}_file {path!r} is not valid UTF-8 (byte {err.start}: {sample[err.start : err.start + 4]!r})"
+            ) from None
+
+
+def load_text_splits(
+    train_file: str | None = None,
+    validation_file: str | None = None,
+    test_file: str | None = None,
+    dataset_name: str | None = None,
+    dataset_config_name: str | None = None,
+    text_column: str = "text",
+    cache_dir: str | None = None,
+):
+    """Load the text splits as a `datasets.DatasetDict` with one column, ``text``; blank lines are dropped (and
+    counted in the log). Local files take precedence per split; a Hub dataset supplies the rest."""
+    import datasets
+
+    files = {"train": train_file, "validation": validation_file, "test": test_file}
+    files = {split: path for split, path in files.items() if path}
+    if not files and not dataset_name:
+        raise ValueError("give --train_file (and --validation_file) or --dataset_name")
+    splits = {}
+    if dataset_name:
+        try:
+            hub = datasets.load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir)
+        except Exception as err:  # network, missing dataset, ...: say which dataset failed and why
+            raise ValueError(f"could not load --dataset_name {dataset_name!r}: {type(err).__name__}: {err}") from err
+        for split, dataset in hub.items():
+            if text_column not in dataset.column_names:
+                raise ValueError(
+                    f"--text_column {text_column!r} is not a column of {dataset_name!r} split {split!r}; "
+                    f"columns: {dataset.column_names}"
+                )
+            dataset = dataset.select_columns([text_column])
+            if text_column != "text":
+                dataset = dataset.rename_column(text_column, "text")
+            splits[split] = dataset
+    if files:
+        for split, path in files.items():
+            _check_text_file(path, split)
+        local = datasets.load_dataset("text", data_files=files, cache_dir=cache_dir)
+        splits.update(local)
+    if "train" not in splits:
+        raise ValueError(f"no training split: got splits {sorted(splits)}")
+    result = datasets.DatasetDict()
+    for split, dataset in splits.items():
+        kept = dataset.filter(lambda batch: [bool(t and t.strip()) for t in batch["text"]], batched=True)
+        dropped = len(dataset) - len(kept)
+        if dropped:
+            logger.warning(f"{split}: skipped {dropped} blank line(s)")
+        if len(kept) == 0:
+            raise ValueError(f"the {split} split has no non-blank lines")
+        result[split] = kept
+    return result
+
+
+def tokenize_splits(splits, tokenizer, max_length: int, num_proc: int | None = None):
+    """Tokenize every split with `Dataset.map(batched=True)` into ``input_ids`` (``<bos> ... <eos>``, at most
+    `max_length` ids: longer sentences keep their first words and their ``<eos>``) and ``length``. The count
+    of truncated lines is logged per split. Returns (`DatasetDict`, {split: truncated count})."""
+    if max_length < 3:
+        raise ValueError(f"max_length must be >= 3 (<bos>, a word, <eos>), got {max_length}")
+    eos = tokenizer.eos_token_id
+
+    def encode(batch):
+        ids = tokenizer(batch["text"], add_special_tokens=True)["input_ids"]
+        truncated = [len(x) > max_length for x in ids]
+        ids = [x[: max_length - 1] + [eos] if cut else x for x, cut in zip(ids, truncated)]
+        return {"input_ids": ids, "length": [len(x) for x in ids], "truncated": truncated}
+
+    tokenized = splits.map(encode, batched=True, remove_columns=["text"], num_proc=num_proc, desc="Tokenizing")
+    counts = {}
+    for split, dataset in tokenized.items():
+        counts[split] = int(np.asarray(dataset.data.column("truncated")).sum())
+        if counts[split]:
+            logger.warning(f"{split}: truncated {counts[split]} line(s) longer than max_length={max_length} tokens")
+    return tokenized, counts
+
+
+# --------------------------------------------------------------------------- in-memory corpus and batches
+@dataclass
+class TokenizedCorpus:
+    """Sentences as one flat id array plus offsets; cuts padded batches by index arrays."""
+
+    ids: np.ndarray
+    offsets: np.ndarray
+    pad_token_id: int
+
+    @classmethod
+    def from_dataset(cls, dataset, pad_token_id: int) -> TokenizedCorpus:
+        column = dataset.data.column("input_ids").combine_chunks()
+        offsets = column.offsets.to_numpy()
+        values = column.values.to_numpy()
+        start = int(offsets[0])
+        return cls(values[start : int(offsets[-1])], offsets - start, pad_token_id)
+
+    @classmethod
+    def from_lists(cls, sequences: Sequence[Sequence[int]], pad_token_id: int) -> TokenizedCorpus:
+        lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        ids = np.fromiter((t for s in sequences for t in s), dtype=np.int64, count=int(offsets[-1]))
+        return cls(ids, offsets, pad_token_id)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    @property
+    def num_tokens(self) -> int:
+        """Predicted tokens: words plus end of sentence (all ids minus one `<bos>` per sentence)."""
+        return int(self.offsets[-1]) - len(self)
+
+    def batch(self, indices: np.ndarray, pad_to: int | None = None) -> dict[str, torch.Tensor]:
+        """A right-padded batch {input_ids, attention_mask} of the given sentences (optionally to `pad_to`)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        starts = self.offsets[indices]
+        lengths = self.offsets[indices + 1] - starts
+        width = int(lengths.max()) if pad_to is None else pad_to
+        positions = np.arange(width)
+        mask = positions[None, :] < lengths[:, None]
+        gather = np.where(mask, starts[:, None] + positions[None, :], 0)
+        ids = np.where(mask, self.ids[gather], self.pad_token_id)
+        return {
+            "input_ids": torch.from_numpy(ids.astype(np.int64)),
+            "attention_mask": torch.from_numpy(mask.astype(np.int64)),
+        }
+
+
+def bucketed_batches(
+    lengths: np.ndarray,
+    batch_size: int,
+    seed: int = 0,
+    epoch: int = 0,
+    shuffle: bool = True,
+    bucket_multiplier: int = 50,
+) -> list[np.ndarray]:
+    """Length-bucketed batches: shuffle, cut into pools of `bucket_multiplier * batch_size` sentences, sort
+    each pool by length, cut into batches, shuffle the batch order. A pure function of (seed, epoch), so a
+    resumed run sees the same batches. Without `shuffle`, batches of sorted lengths in a fixed order."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    n = len(lengths)
+    if not shuffle:
+        order = np.argsort(lengths, kind="stable")
+        return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(n)
+    pool = batch_size * bucket_multiplier
+    batches = []
+    for start in range(0, n, pool):
+        chunk = order[start : start + pool]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def pad_fraction(lengths: np.ndarray, batches: Sequence[np.ndarray]) -> float:
+    """Fraction of padding positions in the given batches (padded to each batch's longest sentence)."""
+    padded = sum(int(lengths[b].max()) * len(b) for b in batches)
+    return 1.0 - float(sum(int(lengths[b].sum()) for b in batches)) / max(padded, 1)
+
+
+def iterate_batches(corpus: TokenizedCorpus, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Evaluation batches in length order (little padding), covering every sentence once."""
+    for indices in bucketed_batches(corpus.lengths, batch_size, shuffle=False):
+        yield corpus.batch(indices)

@@ -1,0 +1,740 @@
+"""The Accelerate training loop for the sentence VAE (and its RNNLM baseline).
+
+`train(TrainingConfig(...))` runs the same way under `python`, `accelerate launch` on one or several CPU
+processes (gloo) or GPUs. The randomness of each step (the posterior noise and word dropout) is drawn for
+the whole global batch from a generator seeded by (seed, step) and then split across processes, so a run
+gives the same results whatever the number of processes and whether or not it was resumed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers.utils import logging
+
+from .annealing import KLSchedule
+from .configuration_sentence_vae import SentenceVAEConfig
+from .data import TokenizedCorpus, bucketed_batches, load_text_splits, pad_fraction, tokenize_splits
+from .modeling_sentence_vae import SentenceVAEModel
+from .tokenization_sentence_vae_fast import build_tokenizer, check_tokenizer_matches_model
+
+logger = logging.get_logger(__name__)
+
+MODEL_FIELDS = (
+    "embedding_size",
+    "encoder_hidden_size",
+    "decoder_hidden_size",
+    "latent_size",
+    "bidirectional_encoder",
+    "num_highway_layers",
+    "latent_injection",
+    "variance_parameterization",
+    "tie_word_embeddings",
+    "share_embeddings",
+    "word_keep_rate",
+    "dropout",
+    "right_to_left",
+    "max_sentence_length",
+)
+OPTIMIZERS = ("adam", "adamw", "sgd")
+CHECKPOINT_PREFIX = "checkpoint-"
+STATE_FILE = "trainer_state.json"
+
+
+@dataclass
+class TrainingConfig:
+    """Every option of a training run; `train_scripts/train.py` exposes each as a `--flag`."""
+
+    # data
+    train_file: str | None = None
+    validation_file: str | None = None
+    test_file: str | None = None
+    dataset_name: str | None = None
+    dataset_config_name: str | None = None
+    text_column: str = "text"
+    max_length: int = 100
+    tokenizer_name_or_path: str | None = None
+    vocab_size: int | None = None
+    min_frequency: int = 0
+    text_mode: str = "pretokenized"
+    preprocessing_num_workers: int | None = None
+    cache_dir: str | None = None
+    # model (None = the SentenceVAEConfig default)
+    model_name_or_path: str | None = None
+    embedding_size: int | None = None
+    encoder_hidden_size: int | None = None
+    decoder_hidden_size: int | None = None
+    latent_size: int | None = None
+    bidirectional_encoder: bool | None = None
+    num_highway_layers: int | None = None
+    latent_injection: str | None = None
+    variance_parameterization: str | None = None
+    tie_word_embeddings: bool | None = None
+    share_embeddings: bool | None = None
+    word_keep_rate: float | None = None
+    dropout: float | None = None
+    right_to_left: bool | None = None
+    max_sentence_length: int | None = None
+    # optimisation
+    output_dir: str = "runs/sentence-vae"
+    per_device_train_batch_size: int = 32
+    per_device_eval_batch_size: int = 128
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    optimizer: str = "adam"
+    lr_scheduler_type: str = "constant"
+    num_warmup_steps: int = 0
+    num_train_epochs: int = 10
+    max_train_steps: int | None = None
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float | None = 5.0
+    mixed_precision: str = "no"
+    seed: int = 42
+    # objective
+    kl_schedule: str = "sigmoid"
+    kl_sigmoid_slope: float = 0.0025
+    kl_sigmoid_midpoint: float = 2500.0
+    kl_warmup_steps: int = 10000
+    kl_start: float = 0.0
+    kl_cycles: int = 4
+    kl_cycle_ratio: float = 0.5
+    kl_constant: float = 1.0
+    free_bits: float = 0.0
+    # loop
+    logging_steps: int = 50
+    eval_steps: int | None = None
+    early_stopping_patience: int | None = None
+    checkpointing_steps: str | None = None
+    save_total_limit: int | None = None
+    resume_from_checkpoint: str | None = None
+    on_nonfinite_loss: str = "error"
+    with_tracking: bool = False
+    report_to: str = "all"
+    push_to_hub: bool = False
+    hub_model_id: str | None = None
+    hub_token: str | None = None
+    hub_private: bool = False
+    disable_tqdm: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.on_nonfinite_loss not in ("error", "skip"):
+            raise ValueError(f"on_nonfinite_loss must be 'error' or 'skip', got {self.on_nonfinite_loss!r}")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.max_train_steps is not None and self.max_train_steps < 1:
+            raise ValueError(f"max_train_steps must be >= 1, got {self.max_train_steps}")
+        if self.num_train_epochs < 1:
+            raise ValueError(f"num_train_epochs must be >= 1, got {self.num_train_epochs}")
+        if self.free_bits < 0:
+            raise ValueError(f"free_bits must be >= 0, got {self.free_bits}")
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError("--push_to_hub needs --hub_model_id")
+        if self.checkpointing_steps is not None:
+            value = str(self.checkpointing_steps)
+            if value != "epoch" and not (value.isdigit() and int(value) > 0):
+                raise ValueError(f"checkpointing_steps must be a positive integer or 'epoch', got {value!r}")
+        if self.text_mode not in ("pretokenized", "raw"):
+            raise ValueError(f"text_mode must be 'pretokenized' or 'raw', got {self.text_mode!r}")
+        if not self.train_file and not self.dataset_name:
+            raise ValueError("give --train_file (and --validation_file) or --dataset_name")
+
+    def model_overrides(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in MODEL_FIELDS if getattr(self, name) is not None}
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data.pop("hub_token", None)
+        return data
+
+
+@dataclass
+class TrainerState:
+    """What a checkpoint needs besides model/optimizer/scheduler to resume exactly."""
+
+    global_step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    best_metric: float = math.inf
+    best_step: int | None = None
+    evals_without_improvement: int = 0
+    skipped_steps: int = 0
+    tokens_seen: int = 0
+    window: dict[str, float] = field(default_factory=dict)  # sums since the last log record
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(dataclasses.asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, path: Path) -> TrainerState:
+        return cls(**json.loads(path.read_text()))
+
+
+# --------------------------------------------------------------------------- helpers
+def step_noise(
+    seed: int, micro_step: int, batch_size: int, latent_size: int, width: int
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """The randomness of one micro-step for the whole global batch: posterior noise `(B, Z)` and word-dropout
+    uniforms `(B, width)`, a pure function of (seed, micro_step)."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + micro_step)
+    latent = torch.randn((batch_size, latent_size), generator=generator) if latent_size else None
+    words = torch.rand((batch_size, width), generator=generator)
+    return latent, words
+
+
+def shard(indices: np.ndarray, rank: int, world_size: int) -> slice:
+    """The contiguous slice of a global batch that process `rank` trains on."""
+    bounds = np.linspace(0, len(indices), world_size + 1).round().astype(int)
+    return slice(int(bounds[rank]), int(bounds[rank + 1]))
+
+
+def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints (those with a trainer state file), oldest first."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in folder.glob(f"{CHECKPOINT_PREFIX}*"):
+        suffix = path.name[len(CHECKPOINT_PREFIX) :]
+        if suffix.isdigit() and (path / STATE_FILE).is_file():
+            found.append((int(suffix), path))
+    return [path for _, path in sorted(found)]
+
+
+def resolve_checkpoint(value: str, output_dir: str) -> Path | None:
+    """`latest` -> the newest complete checkpoint in `output_dir` (None if there is none); else the path."""
+    if value == "latest":
+        checkpoints = list_checkpoints(output_dir)
+        return checkpoints[-1] if checkpoints else None
+    path = Path(value)
+    if not (path / STATE_FILE).is_file():
+        raise ValueError(f"--resume_from_checkpoint {value!r} is not a complete checkpoint (no {STATE_FILE})")
+    return path
+
+
+def _empty_window() -> dict[str, float]:
+    return {"loss": 0.0, "reconstruction": 0.0, "kl": 0.0, "tokens": 0, "n": 0}
+
+
+def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """On resume, drop records written after the checkpoint's step (they will be produced again)."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def build_optimizer(model: torch.nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+
+
+@torch.no_grad()
+def evaluate_bound(
+    model: SentenceVAEModel,
+    corpus: TokenizedCorpus,
+    batch_size: int,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    device: torch.device | str = "cpu",
+) -> dict[str, float]:
+    """Single-sample bound on a corpus: per-sentence reconstruction, KL and their sum (the negative ELBO),
+    and the bound's perplexity (tokens incl. end of sentence). Process `rank` of `world_size` evaluates
+    every `world_size`-th batch; returns the sums of this process (reduce them across processes)."""
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(4, dtype=torch.float64)
+    batches = bucketed_batches(corpus.lengths, batch_size, shuffle=False)
+    for index in range(rank, len(batches), world_size):
+        batch = {k: v.to(device) for k, v in corpus.batch(batches[index]).items()}
+        generator = torch.Generator(device=device).manual_seed(seed + index)
+        out = model(**batch, return_logits=False, generator=generator)
+        sums += torch.tensor(
+            [
+                float(out.reconstruction_per_sentence.sum()),
+                float(out.kl_per_sentence.sum()),
+                float(out.num_tokens),
+                len(batches[index]),
+            ],
+            dtype=torch.float64,
+        )
+    model.train(was_training)
+    return sums
+
+
+def bound_metrics(sums: torch.Tensor, prefix: str) -> dict[str, float]:
+    reconstruction, kl, tokens, sentences = (float(x) for x in sums)
+    sentences = max(sentences, 1.0)
+    return {
+        f"{prefix}_loss": (reconstruction + kl) / sentences,
+        f"{prefix}_reconstruction": reconstruction / sentences,
+        f"{prefix}_kl": kl / sentences,
+        f"{prefix}_ppl": math.exp(min((reconstruction + kl) / max(tokens, 1.0), 700.0)),
+    }
+
+
+def plot_training(metrics_path: Path, output_path: Path) -> Path | None:
+    """The paper's Figure 2 from a run: KL weight and unweighted KL over steps, plus the validation bound."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    train = [r for r in records if "kl_weight" in r]
+    evals = [r for r in records if "validation_loss" in r]
+    if not train:
+        return None
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 7), sharex=True)
+    steps = [r["step"] for r in train]
+    top.plot(steps, [r["kl"] for r in train], color="tab:blue", label="KL term value (unweighted)")
+    top.set_ylabel("KL (nats / sentence)")
+    twin = top.twinx()
+    twin.plot(steps, [r["kl_weight"] for r in train], color="tab:orange", label="KL term weight")
+    twin.set_ylabel("KL weight")
+    twin.set_ylim(0, 1.05)
+    lines = top.get_lines() + twin.get_lines()
+    top.legend(lines, [line.get_label() for line in lines], loc="center right")
+    top.set_title("KL cost annealing (cf. Bowman et al. 2016, Figure 2)")
+    if evals:
+        bottom.plot([r["step"] for r in evals], [r["validation_loss"] for r in evals], marker="o", label="bound")
+        bottom.plot([r["step"] for r in evals], [r["validation_kl"] for r in evals], marker=".", label="KL part")
+        bottom.legend()
+    bottom.set_ylabel("validation -ELBO (nats / sentence)")
+    bottom.set_xlabel("step")
+    fig.tight_layout()
+    fig.savefig(output_path, dpi=120)
+    plt.close(fig)
+    return output_path
+
+
+# --------------------------------------------------------------------------- the run
+class Trainer:
+    """Holds one run's objects; `run()` trains, evaluates, checkpoints and returns the final metrics."""
+
+    def __init__(self, config: TrainingConfig, accelerator=None):
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        self.config = config
+        self.output_dir = Path(config.output_dir)
+        if accelerator is None:
+            accelerator = Accelerator(
+                gradient_accumulation_steps=config.gradient_accumulation_steps,
+                mixed_precision=config.mixed_precision,
+                log_with=config.report_to if config.with_tracking else None,
+                project_dir=str(self.output_dir),
+                step_scheduler_with_optimizer=False,
+            )
+        self.accelerator = accelerator
+        set_seed(config.seed)
+        logger.info(
+            f"world size {accelerator.num_processes} ({accelerator.distributed_type}), device {accelerator.device}"
+        )
+        self.rank, self.world = accelerator.process_index, accelerator.num_processes
+        if accelerator.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+        accelerator.wait_for_everyone()
+        self.metrics_path = self.output_dir / "metrics.jsonl"
+        self.resume_path = (
+            resolve_checkpoint(config.resume_from_checkpoint, config.output_dir)
+            if config.resume_from_checkpoint
+            else None
+        )
+        self._prepare_data_and_model()
+
+    # ------------------------------------------------------------------ setup
+    def _prepare_data_and_model(self) -> None:
+        config, accelerator = self.config, self.accelerator
+        splits = load_text_splits(
+            config.train_file,
+            config.validation_file,
+            config.test_file,
+            config.dataset_name,
+            config.dataset_config_name,
+            config.text_column,
+            config.cache_dir,
+        )
+        self.tokenizer = self._load_or_build_tokenizer(splits)
+        with accelerator.main_process_first():
+            tokenized, self.truncated = tokenize_splits(
+                splits, self.tokenizer, config.max_length, num_proc=config.preprocessing_num_workers
+            )
+        pad = self.tokenizer.pad_token_id
+        self.corpora = {split: TokenizedCorpus.from_dataset(ds, pad) for split, ds in tokenized.items()}
+        self.train_corpus = self.corpora["train"]
+
+        if self.resume_path is not None:
+            model = SentenceVAEModel.from_pretrained(self.resume_path)
+        elif config.model_name_or_path:
+            model = SentenceVAEModel.from_pretrained(config.model_name_or_path)
+            for name, value in config.model_overrides().items():
+                setattr(model.config, name, value)  # e.g. a different word keep rate for fine-tuning
+        else:
+            model_config = SentenceVAEConfig(
+                vocab_size=len(self.tokenizer),
+                pad_token_id=self.tokenizer.pad_token_id,
+                unk_token_id=self.tokenizer.unk_token_id,
+                bos_token_id=self.tokenizer.bos_token_id,
+                eos_token_id=self.tokenizer.eos_token_id,
+                **config.model_overrides(),
+            )
+            model = SentenceVAEModel(model_config)
+        check_tokenizer_matches_model(self.tokenizer, model.config)
+        self.latent_size = model.config.latent_size
+        model.train()
+
+        self.global_batch = config.per_device_train_batch_size * self.world
+        self.batches_per_epoch = len(bucketed_batches(self.train_corpus.lengths, self.global_batch, config.seed, 0))
+        self.steps_per_epoch = max(1, self.batches_per_epoch // config.gradient_accumulation_steps)
+        self.max_train_steps = config.max_train_steps or config.num_train_epochs * self.steps_per_epoch
+        self.num_epochs = math.ceil(self.max_train_steps / self.steps_per_epoch)
+        self.kl_schedule = KLSchedule(
+            name=config.kl_schedule,
+            slope=config.kl_sigmoid_slope,
+            midpoint=config.kl_sigmoid_midpoint,
+            warmup_steps=config.kl_warmup_steps,
+            start=config.kl_start,
+            cycles=config.kl_cycles,
+            ratio=config.kl_cycle_ratio,
+            total_steps=self.max_train_steps,
+            value=config.kl_constant,
+        )
+        from transformers import get_scheduler
+
+        optimizer = build_optimizer(model, config)
+        self.scheduler = get_scheduler(
+            config.lr_scheduler_type,
+            optimizer=optimizer,
+            num_warmup_steps=config.num_warmup_steps,
+            num_training_steps=self.max_train_steps,
+        )
+        self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        accelerator.register_for_checkpointing(self.scheduler)
+        self.state = TrainerState()
+        if self.resume_path is not None:
+            accelerator.load_state(str(self.resume_path / "training_state"))
+            self.state = TrainerState.load(self.resume_path / STATE_FILE)
+            accelerator.step = 0  # checkpoints are written on optimizer-step boundaries
+            if accelerator.is_main_process:
+                _truncate_metrics(self.metrics_path, self.state.global_step)
+            logger.info(f"resumed from {self.resume_path} at step {self.state.global_step}")
+        elif accelerator.is_main_process and self.metrics_path.exists():
+            self.metrics_path.unlink()
+
+    def _load_or_build_tokenizer(self, splits):
+        from transformers import AutoTokenizer
+
+        config, accelerator = self.config, self.accelerator
+        if self.resume_path is not None:
+            return AutoTokenizer.from_pretrained(self.resume_path)
+        if config.tokenizer_name_or_path:
+            return AutoTokenizer.from_pretrained(config.tokenizer_name_or_path)
+        if config.model_name_or_path:
+            return AutoTokenizer.from_pretrained(config.model_name_or_path)
+        folder = self.output_dir / "tokenizer"
+        if accelerator.is_main_process:
+            tokenizer = build_tokenizer(
+                splits["train"]["text"],
+                vocab_size=config.vocab_size,
+                min_frequency=config.min_frequency,
+                mode=config.text_mode,
+                model_max_length=config.max_length,
+            )
+            tokenizer.save_pretrained(folder)
+            logger.info(f"built a {len(tokenizer)}-entry vocabulary from the training split -> {folder}")
+        accelerator.wait_for_everyone()
+        return AutoTokenizer.from_pretrained(folder)
+
+    # ------------------------------------------------------------------ saving
+    def _save_model_folder(self, folder: Path, extra: dict[str, Any] | None = None) -> None:
+        """Hub-ready folder (weights, config, custom code, tokenizer) written by the main process."""
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        unwrapped.save_pretrained(folder, safe_serialization=True)
+        self.tokenizer.save_pretrained(folder)
+        (folder / "training_config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
+        if extra:
+            (folder / "eval_results.json").write_text(json.dumps(extra, indent=2))
+
+    def save_checkpoint(self) -> Path:
+        """Write `checkpoint-<step>` atomically (temporary folder, then rename), then prune old ones."""
+        accelerator = self.accelerator
+        step = self.state.global_step
+        final = self.output_dir / f"{CHECKPOINT_PREFIX}{step}"
+        tmp = self.output_dir / f".tmp-{CHECKPOINT_PREFIX}{step}"
+        if accelerator.is_main_process and tmp.exists():
+            shutil.rmtree(tmp)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp / "training_state"))
+        if accelerator.is_main_process:
+            self._save_model_folder(tmp)
+            self.state.save(tmp / STATE_FILE)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            self._prune_checkpoints()
+        accelerator.wait_for_everyone()
+        return final
+
+    def _prune_checkpoints(self) -> None:
+        limit = self.config.save_total_limit
+        if limit is None:
+            return
+        for old in list_checkpoints(self.output_dir)[:-limit] if limit > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def _save_best(self, metrics: dict[str, float]) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        final, tmp = self.output_dir / "best", self.output_dir / ".tmp-best"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        self._save_model_folder(tmp, extra={"step": self.state.global_step, **metrics})
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, split: str) -> dict[str, float]:
+        accelerator = self.accelerator
+        sums = evaluate_bound(
+            accelerator.unwrap_model(self.model),
+            self.corpora[split],
+            self.config.per_device_eval_batch_size,
+            seed=self.config.seed,
+            rank=self.rank,
+            world_size=self.world,
+            device=accelerator.device,
+        )
+        if self.world > 1:
+            sums = accelerator.reduce(sums.to(accelerator.device), reduction="sum").cpu()
+        return bound_metrics(sums, split)
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.accelerator.is_main_process:
+            _append_jsonl(self.metrics_path, record)
+        if self.config.with_tracking:
+            self.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
+
+    # ------------------------------------------------------------------ the loop
+    def _train_step(self, indices: np.ndarray, micro_step: int) -> tuple[torch.Tensor | None, Any]:
+        config, accelerator = self.config, self.accelerator
+        width = int(self.train_corpus.lengths[indices].max())
+        latent_noise, word_noise = step_noise(config.seed, micro_step, len(indices), self.latent_size, width)
+        part = shard(indices, self.rank, self.world)
+        batch = {k: v.to(accelerator.device) for k, v in self.train_corpus.batch(indices[part], pad_to=width).items()}
+        if latent_noise is not None:
+            latent_noise = latent_noise[part].to(accelerator.device)
+        kl_weight = self.kl_schedule(self.state.global_step)
+        with accelerator.accumulate(self.model):
+            out = self.model(
+                **batch,
+                kl_weight=kl_weight,
+                free_bits=config.free_bits,
+                return_logits=False,
+                latent_noise=latent_noise,
+                word_dropout_noise=word_noise[part].to(accelerator.device),
+            )
+            # Each process averages over its share; rescale so DDP's mean of gradients is the global mean.
+            loss = out.loss * (len(batch["input_ids"]) * self.world / len(indices))
+            finite = torch.isfinite(loss.detach())
+            if self.world > 1:
+                finite = accelerator.reduce(finite.float(), reduction="sum") == self.world
+            if not bool(finite):
+                return None, out
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and config.max_grad_norm:
+                accelerator.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)
+            self.optimizer.step()
+            if accelerator.sync_gradients:
+                self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach(), out
+
+    def _handle_nonfinite(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        last = list_checkpoints(self.output_dir)
+        where = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was written yet"
+        if self.config.on_nonfinite_loss == "skip":
+            self.state.skipped_steps += 1
+            logger.warning(
+                f"non-finite loss at step {self.state.global_step}: step skipped "
+                f"({self.state.skipped_steps} so far); {where}"
+            )
+            return
+        raise FloatingPointError(
+            f"non-finite loss (NaN or inf) at step {self.state.global_step}; {where}. "
+            "Lower the learning rate, clip gradients (--max_grad_norm), or pass --on_nonfinite_loss skip."
+        )
+
+    def run(self) -> dict[str, Any]:
+        from tqdm.auto import tqdm
+
+        config, accelerator, state = self.config, self.accelerator, self.state
+        if config.with_tracking:
+            accelerator.init_trackers(
+                "sentence-vae", config={k: v for k, v in config.to_dict().items() if k != "extra"}
+            )
+        train_lengths = self.train_corpus.lengths
+        epoch_batches = bucketed_batches(train_lengths, self.global_batch, config.seed, state.epoch)
+        logger.info(
+            f"{len(self.train_corpus)} training sentences, {self.train_corpus.num_tokens} tokens; global batch "
+            f"{self.global_batch}; {self.max_train_steps} steps; pad fraction "
+            f"{pad_fraction(train_lengths, epoch_batches):.3f} (length-bucketed)"
+        )
+        eval_every = config.eval_steps or self.steps_per_epoch
+        checkpoint_every = (
+            None
+            if config.checkpointing_steps is None
+            else self.steps_per_epoch
+            if str(config.checkpointing_steps) == "epoch"
+            else int(config.checkpointing_steps)
+        )
+        has_validation = "validation" in self.corpora
+        progress = tqdm(
+            total=self.max_train_steps,
+            initial=state.global_step,
+            disable=config.disable_tqdm or not accelerator.is_local_main_process,
+            desc="training",
+        )
+        window = state.window = state.window or _empty_window()
+        window_start = time.perf_counter()
+        stop = state.global_step >= self.max_train_steps
+        ga = config.gradient_accumulation_steps
+        while not stop and state.epoch < self.num_epochs:
+            epoch_batches = bucketed_batches(train_lengths, self.global_batch, config.seed, state.epoch)
+            usable = (len(epoch_batches) // ga) * ga
+            while state.batch_in_epoch < usable:
+                index = state.batch_in_epoch
+                micro_step = state.epoch * usable + index
+                loss, out = self._train_step(epoch_batches[index], micro_step)
+                state.batch_in_epoch += 1
+                if loss is None:
+                    self._handle_nonfinite()
+                    continue
+                window["loss"] += float(out.loss)
+                window["reconstruction"] += float(out.reconstruction_loss)
+                window["kl"] += float(out.kl)
+                window["tokens"] += int(train_lengths[epoch_batches[index]].sum()) - len(epoch_batches[index])
+                window["n"] += 1
+                if not accelerator.sync_gradients:
+                    continue
+                state.global_step += 1
+                state.tokens_seen = state.tokens_seen + window["tokens"]
+                progress.update(1)
+                step = state.global_step
+                if step % config.logging_steps == 0 or step == self.max_train_steps:
+                    elapsed = time.perf_counter() - window_start
+                    record = {
+                        "step": step,
+                        "epoch": state.epoch + state.batch_in_epoch / max(usable, 1),
+                        "loss": window["loss"] / window["n"],
+                        "reconstruction": window["reconstruction"] / window["n"],
+                        "kl": window["kl"] / window["n"],
+                        "kl_weight": self.kl_schedule(step - 1),
+                        "learning_rate": self.scheduler.get_last_lr()[0],
+                        "tokens_per_second": window["tokens"] * self.world / max(elapsed, 1e-9),
+                    }
+                    self._log(record)
+                    progress.set_postfix(loss=f"{record['loss']:.2f}", kl=f"{record['kl']:.2f}")
+                    window = state.window = _empty_window()
+                    window_start = time.perf_counter()
+                if has_validation and (step % eval_every == 0 or step == self.max_train_steps):
+                    stop = self._evaluate_and_select(step) or stop
+                if checkpoint_every and step % checkpoint_every == 0:
+                    self.save_checkpoint()
+                if step >= self.max_train_steps:
+                    stop = True
+                if stop:
+                    break
+            if state.batch_in_epoch >= usable:
+                state.epoch += 1
+                state.batch_in_epoch = 0
+        progress.close()
+        return self._finish(has_validation)
+
+    def _evaluate_and_select(self, step: int) -> bool:
+        """Evaluate on validation, keep the best folder, and tell whether early stopping triggers."""
+        state = self.state
+        metrics = self.evaluate("validation")
+        improved = metrics["validation_loss"] < state.best_metric
+        if improved:
+            state.best_metric, state.best_step = metrics["validation_loss"], step
+            state.evals_without_improvement = 0
+            self._save_best(metrics)
+        else:
+            state.evals_without_improvement += 1
+        self._log({"step": step, **metrics, "best_validation_loss": state.best_metric})
+        patience = self.config.early_stopping_patience
+        if patience is not None and state.evals_without_improvement >= patience:
+            logger.info(f"early stopping at step {step}: no improvement in {patience} evaluations")
+            return True
+        return False
+
+    def _finish(self, has_validation: bool) -> dict[str, Any]:
+        accelerator, state = self.accelerator, self.state
+        accelerator.wait_for_everyone()
+        best = self.output_dir / "best"
+        if not has_validation:
+            self._save_best({})
+        accelerator.wait_for_everyone()
+        results: dict[str, Any] = {
+            "global_step": state.global_step,
+            "best_step": state.best_step,
+            "best_validation_loss": None if math.isinf(state.best_metric) else state.best_metric,
+            "skipped_steps": state.skipped_steps,
+            "world_size": self.world,
+            "truncated_lines": self.truncated,
+        }
+        # Final figures come from the selected (best) model, as in the paper's Table 2.
+        if has_validation and best.is_dir():
+            unwrapped = accelerator.unwrap_model(self.model)
+            best_model = SentenceVAEModel.from_pretrained(best).to(accelerator.device)
+            unwrapped.load_state_dict(best_model.state_dict())
+        for split in ("train", "validation", "test"):
+            if split in self.corpora:
+                results.update(self.evaluate(split))
+        if accelerator.is_main_process:
+            (self.output_dir / "results.json").write_text(json.dumps(results, indent=2))
+            if best.is_dir():
+                (best / "eval_results.json").write_text(json.dumps(results, indent=2))
+            plot_training(self.metrics_path, self.output_dir / "training_curves.png")
+        if self.config.with_tracking:
+            accelerator.end_training()
+        if self.config.push_to_hub and accelerator.is_main_process:
+            from .hub import push_folder
+
+            push_folder(best, self.config.hub_model_id, token=self.config.hub_token, private=self.config.hub_private)
+        accelerator.wait_for_everyone()
+        return results
+
+
+def train(config: TrainingConfig, accelerator=None) -> dict[str, Any]:
+    """Train a sentence VAE (or RNNLM) as configured; returns the final metrics (also in `results.json`)."""
+    return Trainer(config, accelerator).run()
