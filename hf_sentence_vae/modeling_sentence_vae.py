@@ -78,6 +78,32 @@ class SentenceVAEGenerationOutput(ModelOutput):
     latent: torch.Tensor | None = None
 
 
+class _TokenCrossEntropy(torch.autograd.Function):
+    """Per-token -log softmax(logits)[target] with a lean backward: the gradient softmax - onehot is
+    written in one fresh buffer (no log-softmax output kept, no zero-filled one-hot tensor)."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logits32 = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        lse = torch.logsumexp(logits32, dim=-1)
+        nll = lse - logits32.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        ctx.save_for_backward(logits, lse, targets)
+        return nll
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        logits, lse, targets = ctx.saved_tensors
+        grad = grad.to(lse.dtype).unsqueeze(-1)
+        probs = logits.to(lse.dtype).sub(lse.unsqueeze(-1)).exp_().mul_(grad)
+        probs.scatter_add_(-1, targets.unsqueeze(-1), -grad)
+        return probs.to(logits.dtype), None
+
+
+def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """`(N,)` negative log-likelihoods of `targets` under `(N, V)` logits (float32 math whatever the dtype)."""
+    return _TokenCrossEntropy.apply(logits, targets)
+
+
 class Highway(nn.Module):
     """A stack of highway layers: y = g * relu(W_h x) + (1 - g) * x with gate g = sigmoid(W_g x)."""
 
@@ -261,7 +287,9 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel):
         return self.dropout(outputs)
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden) + self.logit_mask.to(hidden.dtype)
+        """Next-token logits; `<pad>` and `<bos>` get -inf through the bias (a `(V,)` add, not `(N, V)`)."""
+        bias = self.lm_head.bias + self.logit_mask.to(self.lm_head.bias.dtype)
+        return F.linear(hidden, self.lm_head.weight, bias)
 
     def word_dropout(
         self,
@@ -337,6 +365,8 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel):
         if kwargs:
             logger.warning_once(f"SentenceVAEModel.forward ignores unexpected arguments: {sorted(kwargs)}")
         cfg = self.config
+        if free_bits < 0:
+            raise ValueError(f"free_bits must be >= 0, got {free_bits}")
         attention_mask = self._check_inputs(input_ids, attention_mask)
         batch_size = input_ids.shape[0]
 
@@ -383,8 +413,7 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel):
             reconstruction = token_nll.masked_fill(~target_mask, 0.0).sum(-1)
         else:
             rows = target_mask.nonzero(as_tuple=True)
-            selected = self._logits(hidden[rows])
-            token_nll = F.cross_entropy(selected.float(), targets[rows], reduction="none")
+            token_nll = token_cross_entropy(self._logits(hidden[rows]), targets[rows])
             reconstruction = torch.zeros(batch_size, device=hidden.device, dtype=token_nll.dtype)
             reconstruction = reconstruction.index_add(0, rows[0], token_nll)
 
@@ -415,7 +444,8 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel):
     ) -> torch.Tensor:
         """log p(x | z) per sentence `(B,)` with all words supplied (evaluation; no word dropout unless the
         model is inputless). For the RNNLM pass `latent=None`: this is then the exact log-likelihood."""
-        out = self.forward(input_ids, attention_mask, latent=latent, return_logits=False)
+        keep_rate = 0.0 if self.config.word_keep_rate == 0.0 else 1.0
+        out = self.forward(input_ids, attention_mask, latent=latent, word_keep_rate=keep_rate, return_logits=False)
         return -out.reconstruction_per_sentence
 
     # ----------------------------------------------------------------- decoding

@@ -577,6 +577,16 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
         return loss.detach(), out
 
+    def _global_means(self, out, global_size: int) -> tuple[float, float, float]:
+        """Loss, reconstruction and KL averaged over the whole global batch: each process holds the means over
+        its own share, so with several processes they are weighted by share size and summed across processes."""
+        local = torch.stack([out.loss.detach(), out.reconstruction_loss.detach(), out.kl.detach()]).double()
+        if self.world == 1:
+            return tuple(float(x) for x in local)
+        share = len(out.kl_per_sentence)
+        sums = self.accelerator.reduce((local * share).to(self.accelerator.device), reduction="sum").cpu()
+        return tuple(float(x) / global_size for x in sums)
+
     def _handle_nonfinite(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         last = list_checkpoints(self.output_dir)
@@ -638,9 +648,10 @@ class Trainer:
                 if loss is None:
                     self._handle_nonfinite()
                     continue
-                window["loss"] += float(out.loss)
-                window["reconstruction"] += float(out.reconstruction_loss)
-                window["kl"] += float(out.kl)
+                loss_value, reconstruction_value, kl_value = self._global_means(out, len(epoch_batches[index]))
+                window["loss"] += loss_value
+                window["reconstruction"] += reconstruction_value
+                window["kl"] += kl_value
                 window["tokens"] += int(train_lengths[epoch_batches[index]].sum()) - len(epoch_batches[index])
                 window["n"] += 1
                 if not accelerator.sync_gradients:
@@ -659,7 +670,7 @@ class Trainer:
                         "kl": window["kl"] / window["n"],
                         "kl_weight": self.kl_schedule(step - 1),
                         "learning_rate": self.scheduler.get_last_lr()[0],
-                        "tokens_per_second": window["tokens"] * self.world / max(elapsed, 1e-9),
+                        "tokens_per_second": window["tokens"] / max(elapsed, 1e-9),  # global-batch tokens
                     }
                     self._log(record)
                     progress.set_postfix(loss=f"{record['loss']:.2f}", kl=f"{record['kl']:.2f}")

@@ -1,0 +1,178 @@
+"""Shared, generic fixtures for the hf_sentence_vae test suite.
+
+The Hugging Face environment variables are set at import time of this module, i.e. before any test
+module imports `transformers` / `huggingface_hub` (which read them once, at import). This module itself
+imports neither torch nor transformers at import time (fixtures import lazily), so a test module may
+still set variables such as HF_ENDPOINT before its own imports.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from hf_sentence_vae import SentenceVAEConfig
+
+_HF_HOME = tempfile.mkdtemp(prefix="sentence_vae_hf_home_")
+os.environ["HF_HOME"] = _HF_HOME
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One intra-op thread (unless the caller chose otherwise): the models under test are tiny, and on a shared
+# 2-core machine a multi-threaded torch spins on contended cores (a 5x16 LSTM step took 40 ms instead of 0.5 ms).
+# Read by torch when it is first imported; inherited by subprocesses.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# A tiny corpus for tests that need a real tokenizer but not PTB (no data dependency).
+TINY_SENTENCES = [
+    "the cat sat on the mat .",
+    "the dog ran to the park .",
+    "a cat saw a dog .",
+    "the park was green .",
+    "a dog sat on a mat .",
+    "the mat was red and the cat was happy .",
+]
+
+# Tiny model sizes: fast on 2 CPU cores.
+TINY_SIZES = dict(embedding_size=16, encoder_hidden_size=16, decoder_hidden_size=16, latent_size=4)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def hf_offline_env():
+    """The offline Hugging Face environment (set at import of this module); removes the temp HF_HOME at the end."""
+    yield {
+        "HF_HOME": os.environ["HF_HOME"],
+        "HF_HUB_OFFLINE": os.environ["HF_HUB_OFFLINE"],
+        "HF_DATASETS_OFFLINE": os.environ["HF_DATASETS_OFFLINE"],
+        "HF_HUB_DISABLE_PROGRESS_BARS": os.environ["HF_HUB_DISABLE_PROGRESS_BARS"],
+    }
+    shutil.rmtree(_HF_HOME, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The data root: $SENTENCE_VAE_DATA, else <repo>/../shared/data; skips when neither exists."""
+    candidates = []
+    env = os.environ.get("SENTENCE_VAE_DATA")
+    if env:
+        candidates.append(Path(env))
+    candidates.append(REPO_ROOT.parent / "shared" / "data")
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate.resolve()
+    pytest.skip(f"no data directory: set SENTENCE_VAE_DATA or provide {REPO_ROOT.parent / 'shared' / 'data'}")
+
+
+@pytest.fixture(scope="session")
+def ptb_dir(data_dir: Path) -> Path:
+    """<data>/ptb with ptb.{train,valid,test}.txt; skips when missing."""
+    path = data_dir / "ptb"
+    missing = [name for name in ("ptb.train.txt", "ptb.valid.txt", "ptb.test.txt") if not (path / name).is_file()]
+    if missing:
+        pytest.skip(f"Penn Treebank files missing under {path}: {missing}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def ptb_train_lines(ptb_dir: Path) -> list[str]:
+    """The raw lines of ptb.train.txt (not stripped)."""
+    with open(ptb_dir / "ptb.train.txt", encoding="utf-8") as handle:
+        return handle.readlines()
+
+
+@pytest.fixture(scope="session")
+def ptb_tokenizer(ptb_dir: Path):
+    """The PTB word-level tokenizer (built once per session from ptb.train.txt). Do not mutate it."""
+    from hf_sentence_vae import build_tokenizer
+
+    with open(ptb_dir / "ptb.train.txt", encoding="utf-8") as handle:
+        return build_tokenizer(handle)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """A pretokenized tokenizer over `TINY_SENTENCES` (a few dozen entries). Do not mutate it."""
+    from hf_sentence_vae import build_tokenizer
+
+    return build_tokenizer(TINY_SENTENCES)
+
+
+@pytest.fixture(scope="session")
+def tiny_sentences() -> list[str]:
+    return list(TINY_SENTENCES)
+
+
+@pytest.fixture
+def tiny_config(tiny_tokenizer):
+    """Factory: `tiny_config(**overrides)` -> a tiny `SentenceVAEConfig` (the vocabulary of `tiny_tokenizer`,
+    emb 16, hidden 16, z 4; word dropout and dropout off unless overridden)."""
+
+    from hf_sentence_vae import SentenceVAEConfig
+
+    def make(**overrides) -> SentenceVAEConfig:
+        kwargs = dict(vocab_size=len(tiny_tokenizer), word_keep_rate=1.0, dropout=0.0, **TINY_SIZES)
+        kwargs.update(overrides)
+        return SentenceVAEConfig(**kwargs)
+
+    return make
+
+
+@pytest.fixture
+def tiny_model(tiny_config):
+    """Factory: `tiny_model(seed=0, train=False, **config_overrides)` -> a seeded tiny `SentenceVAEModel`
+    (in eval mode unless `train=True`). Pass `config=` to reuse a config."""
+
+    import torch
+
+    from hf_sentence_vae import SentenceVAEModel
+
+    def make(seed: int = 0, train: bool = False, config: SentenceVAEConfig | None = None, **overrides):
+        if config is None:
+            config = tiny_config(**overrides)
+        elif overrides:
+            raise TypeError("pass either config= or config overrides, not both")
+        torch.manual_seed(seed)
+        model = SentenceVAEModel(config)
+        return model.train(train)
+
+    return make
+
+
+@pytest.fixture
+def random_batch():
+    """Factory: `random_batch(config, lengths, seed=0)` -> `(input_ids, attention_mask)` of valid
+    `<bos> w_1 .. w_n <eos>` rows (n = lengths[i] words, drawn among non-special ids), right-padded."""
+
+    import torch
+
+    def make(config: SentenceVAEConfig, lengths, seed: int = 0):
+        generator = torch.Generator().manual_seed(seed)
+        specials = set(config.special_token_ids.values())
+        words = torch.tensor([i for i in range(config.vocab_size) if i not in specials])
+        total = max(lengths) + 2
+        input_ids = torch.full((len(lengths), total), config.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(lengths), total), dtype=torch.long)
+        for row, n in enumerate(lengths):
+            picks = words[torch.randint(len(words), (n,), generator=generator)]
+            input_ids[row, 0] = config.bos_token_id
+            input_ids[row, 1 : n + 1] = picks
+            input_ids[row, n + 1] = config.eos_token_id
+            attention_mask[row, : n + 2] = 1
+        return input_ids, attention_mask
+
+    return make

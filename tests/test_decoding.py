@@ -1,0 +1,451 @@
+"""Decoding: greedy, sampling and beam search (exactness, batching, constraints) and the latent-space helpers."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from hf_sentence_vae.decoding import beam_search, reverse_tokens, sample_search
+
+INIT = 0.5  # larger weights than the default initialisation: peaked, tie-free distributions
+SMALL_VOCAB = 7  # 3 words + <pad> <unk> <bos> <eos>
+
+VARIANTS = {
+    "default": dict(),
+    "inputless": dict(word_keep_rate=0.0),
+    "latent_in_inputs": dict(latent_injection="initial_state_and_inputs", num_highway_layers=1),
+    "right_to_left": dict(right_to_left=True),
+    "rnnlm": dict(latent_size=0),
+}
+
+
+def _strip(row: list[int], pad: int) -> tuple[int, ...]:
+    while row and row[-1] == pad:
+        row = row[:-1]
+    return tuple(row)
+
+
+def _sequences(out, pad: int = 0) -> list[tuple[int, ...]]:
+    return [_strip(row, pad) for row in out.sequences.tolist()]
+
+
+def _flip(seq: tuple[int, ...], eos: int = 3) -> tuple[int, ...]:
+    """Reverse the words of a generated sequence (a trailing <eos> stays last): reading <-> decoder order."""
+    if seq and seq[-1] == eos:
+        return tuple(reversed(seq[:-1])) + (eos,)
+    return tuple(reversed(seq))
+
+
+def _score(model, latent: torch.Tensor | None, sequences: list[tuple[int, ...]]) -> torch.Tensor:
+    """log p(sequence | z) by the model's forward pass, for generated sequences in reading order: those that end
+    with <eos> are whole sentences; the others were cut at the length limit (their <eos> is not scored)."""
+    cfg = model.config
+    total = max(len(s) for s in sequences) + 2
+    input_ids = torch.full((len(sequences), total), cfg.pad_token_id)
+    attention_mask = torch.zeros((len(sequences), total), dtype=torch.long)
+    labels = torch.full((len(sequences), total), -100)
+    for row, seq in enumerate(sequences):
+        ends = len(seq) > 0 and seq[-1] == cfg.eos_token_id
+        ids = [cfg.bos_token_id, *(seq[:-1] if ends else seq), cfg.eos_token_id]
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        attention_mask[row, : len(ids)] = 1
+        labels[row, : len(ids)] = torch.tensor(ids)
+        if not ends:
+            labels[row, len(ids) - 1] = -100
+    with torch.no_grad():
+        out = model(input_ids, attention_mask, labels=labels, latent=latent, return_logits=False)
+    return -out.reconstruction_per_sentence
+
+
+def _model_and_latent(tiny_model, variant: str, batch: int, seed: int = 0, **overrides):
+    model = tiny_model(initializer_range=INIT, seed=seed, **{**VARIANTS[variant], **overrides})
+    latent = None
+    if model.config.latent_size:
+        latent = torch.randn(batch, model.config.latent_size, generator=torch.Generator().manual_seed(seed + 100))
+    return model, latent
+
+
+def _generate(model, latent, batch: int, **kwargs):
+    if latent is None:
+        return model.generate(num_samples=batch, **kwargs)
+    return model.generate(latent=latent, **kwargs)
+
+
+def _repeat(latent, n):
+    return None if latent is None else latent.repeat_interleave(n, dim=0)
+
+
+# ----------------------------------------------------------------------------- exactness
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS), ids=list(VARIANTS))
+def test_generation_scores_are_the_models_log_likelihood(tiny_model, variant):
+    model, latent = _model_and_latent(tiny_model, variant, batch=6)
+    for kwargs in (
+        dict(max_new_tokens=12),
+        dict(max_new_tokens=4),  # many sequences are cut at the limit
+        dict(num_beams=4, num_return_sequences=3, max_new_tokens=8, length_penalty=0.0),
+        dict(do_sample=True, max_new_tokens=10, generator=torch.Generator().manual_seed(0)),
+    ):
+        out = _generate(model, latent, 6, **kwargs)
+        n = kwargs.get("num_return_sequences", 1)
+        sequences = _sequences(out)
+        assert all(len(s) <= kwargs["max_new_tokens"] for s in sequences)
+        assert all(3 not in s[:-1] and 0 not in s and 2 not in s for s in sequences)  # nothing after <eos>
+        expected = _score(model, _repeat(latent, n), sequences)
+        torch.testing.assert_close(out.log_probs, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_beam_search_with_one_beam_is_greedy(tiny_model):
+    for variant in ("default", "rnnlm", "right_to_left"):
+        model, latent = _model_and_latent(tiny_model, variant, batch=8)
+        greedy = _generate(model, latent, 8, max_new_tokens=15)
+        # beam_search driven directly (generate sends num_beams=1 to the greedy loop).
+        h, c = model._initial_state(latent, 8, model.device, model.dtype)
+        state = (h, c) if latent is None else (h, c, latent)
+        cfg = model.config
+        result = beam_search(
+            model._step,
+            state,
+            8,
+            1,
+            bos_token_id=cfg.bos_token_id,
+            eos_token_id=cfg.eos_token_id,
+            pad_token_id=cfg.pad_token_id,
+            max_new_tokens=15,
+        )
+        beam = model._generation_output(result, latent)
+        assert _sequences(beam) == _sequences(greedy)
+        torch.testing.assert_close(beam.log_probs, greedy.log_probs)
+        torch.testing.assert_close(
+            beam.sequences_scores, greedy.log_probs / torch.tensor([len(s) for s in _sequences(greedy)])
+        )
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS), ids=list(VARIANTS))
+def test_wide_beam_search_is_exact_search(tiny_model, variant):
+    """Every sequence of at most 3 tokens over 3 words (+ <unk>, <eos>) scored by the forward pass; a beam wider
+    than the number of partial hypotheses finds the best one, with its score, and ranks all of them."""
+    model, latent = _model_and_latent(tiny_model, variant, batch=3, vocab_size=SMALL_VOCAB)
+    cfg = model.config
+    predictable = [t for t in range(SMALL_VOCAB) if t not in (cfg.pad_token_id, cfg.bos_token_id, cfg.eos_token_id)]
+    assert len(predictable) == 4  # <unk> and the 3 words
+    eos = cfg.eos_token_id
+    candidates = [(eos,)]
+    candidates += [(*words, eos) for n in (1, 2) for words in itertools.product(predictable, repeat=n)]
+    candidates += list(itertools.product(predictable, repeat=3))  # cut at max_new_tokens without <eos>
+    assert len(candidates) == 85
+
+    out = _generate(model, latent, 3, num_beams=128, max_new_tokens=3, length_penalty=0.0, num_return_sequences=85)
+    best = _generate(model, latent, 3, num_beams=128, max_new_tokens=3, length_penalty=0.0)
+    sequences = _sequences(out)
+    penalized = _generate(
+        model, latent, 3, num_beams=128, max_new_tokens=3, length_penalty=1.5, num_return_sequences=85
+    )
+    penalized_sequences = _sequences(penalized)
+    for row in range(3):
+        z = None if latent is None else latent[row : row + 1].expand(len(candidates), -1)
+        exhaustive = _score(model, z, candidates)
+        assert torch.isfinite(exhaustive).all()
+        order = exhaustive.argsort(descending=True)
+        # The best sequence and its score.
+        assert _sequences(best)[row] == candidates[int(order[0])]
+        torch.testing.assert_close(best.sequences_scores[row], exhaustive[order[0]], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(best.log_probs[row], exhaustive[order[0]], rtol=1e-4, atol=1e-4)
+        # All 85 hypotheses come back, ranked, with their exact scores.
+        returned = sequences[row * 85 : (row + 1) * 85]
+        assert sorted(returned) == sorted(candidates)
+        scores = out.sequences_scores[row * 85 : (row + 1) * 85]
+        assert torch.all(scores[:-1] >= scores[1:])
+        by_candidate = dict(zip(candidates, exhaustive.tolist()))
+        torch.testing.assert_close(scores, torch.tensor([by_candidate[s] for s in returned]), rtol=1e-4, atol=1e-4)
+
+        # With a length penalty, the same hypotheses are ranked by log p / length ** penalty.
+        normalized = exhaustive / torch.tensor([float(len(c)) for c in candidates]) ** 1.5
+        returned = penalized_sequences[row * 85 : (row + 1) * 85]
+        assert returned[0] == candidates[int(normalized.argmax())]
+        assert sorted(returned) == sorted(candidates)
+        scores = penalized.sequences_scores[row * 85 : (row + 1) * 85]
+        assert torch.all(scores[:-1] >= scores[1:])
+        by_candidate = dict(zip(candidates, normalized.tolist()))
+        torch.testing.assert_close(scores, torch.tensor([by_candidate[s] for s in returned]), rtol=1e-4, atol=1e-4)
+
+
+def test_beam_search_beats_greedy_on_a_garden_path():
+    """A model-agnostic check with a fixed Markov chain: greedy takes the likelier first word (p=0.55) into a flat
+    continuation; beam search finds `b <eos>` (0.45 * 0.98)."""
+    pad, unk, bos, eos, a, b, c, d = range(8)
+    table = torch.full((8, 8), 1e-9)
+    table[bos, a], table[bos, b] = 0.55, 0.45
+    table[a, [c, d, eos, unk]] = 0.25
+    table[b, eos], table[b, c] = 0.98, 0.02
+    table[[c, d, unk, pad, eos]] = 0.0
+    table[[c, d, unk, pad, eos], eos] = 1.0
+    log_table = (table / table.sum(-1, keepdim=True)).log()
+
+    def step(tokens, state):
+        return log_table[tokens], state
+
+    state = (torch.zeros(1, 1),)
+    special = dict(bos_token_id=bos, eos_token_id=eos, pad_token_id=pad)
+    greedy = sample_search(step, state, 1, max_new_tokens=3, **special)
+    beam = beam_search(step, state, 1, 2, max_new_tokens=3, length_penalty=0.0, **special)
+    assert greedy.sequences[0, 0].tolist()[:1] == [a]
+    assert beam.sequences[0, 0].tolist() == [b, eos, pad]
+    assert beam.lengths[0, 0].item() == 2
+    assert beam.log_probs[0, 0].item() == pytest.approx(float(log_table[bos, b] + log_table[b, eos]), abs=1e-5)
+    assert beam.log_probs[0, 0] > greedy.log_probs[0, 0]
+
+
+# ----------------------------------------------------------------------------- batching
+
+
+@pytest.mark.parametrize("variant", ["default", "right_to_left", "rnnlm"])
+def test_batched_generation_equals_one_by_one(tiny_model, variant):
+    model, latent = _model_and_latent(tiny_model, variant, batch=5)
+    settings = [
+        dict(max_new_tokens=10),
+        dict(max_new_tokens=10, num_beams=3),
+        dict(max_new_tokens=10, num_beams=4, num_return_sequences=2, length_penalty=0.7),
+        dict(max_new_tokens=10, min_new_tokens=3, num_beams=2),
+    ]
+    for kwargs in settings:
+        batched = _generate(model, latent, 5, **kwargs)
+        n = kwargs.get("num_return_sequences", 1)
+        for row in range(5):
+            single = _generate(model, None if latent is None else latent[row : row + 1], 1, **kwargs)
+            rows = slice(row * n, (row + 1) * n)
+            assert _sequences(single) == _sequences(batched)[rows], kwargs
+            torch.testing.assert_close(single.sequences_scores, batched.sequences_scores[rows])
+            torch.testing.assert_close(single.log_probs, batched.log_probs[rows])
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def test_seeded_sampling_is_reproducible(tiny_model):
+    model = tiny_model(initializer_range=INIT)
+    runs = [
+        model.generate(num_samples=16, do_sample=True, max_new_tokens=10, generator=torch.Generator().manual_seed(s))
+        for s in (7, 7, 8)
+    ]
+    assert torch.equal(runs[0].latent, runs[1].latent) and torch.equal(runs[0].sequences, runs[1].sequences)
+    assert torch.equal(runs[0].log_probs, runs[1].log_probs)
+    assert not torch.equal(runs[0].latent, runs[2].latent)
+    latent = runs[0].latent
+    first = model.generate(latent=latent, do_sample=True, top_p=0.9, generator=torch.Generator().manual_seed(3))
+    second = model.generate(latent=latent, do_sample=True, top_p=0.9, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(first.sequences, second.sequences)
+
+
+@pytest.mark.parametrize("variant", ["default", "rnnlm"])
+def test_top_k_one_sampling_is_greedy(tiny_model, variant):
+    model, latent = _model_and_latent(tiny_model, variant, batch=8)
+    greedy = _generate(model, latent, 8, max_new_tokens=12)
+    for temperature in (1.0, 3.0):
+        sampled = _generate(
+            model,
+            latent,
+            8,
+            max_new_tokens=12,
+            do_sample=True,
+            top_k=1,
+            temperature=temperature,
+            generator=torch.Generator().manual_seed(0),
+        )
+        assert torch.equal(sampled.sequences, greedy.sequences)
+        torch.testing.assert_close(sampled.log_probs, greedy.log_probs)
+
+
+def test_sampling_follows_the_model_distribution(tiny_model):
+    """First-token frequencies over 6,000 samples match the model's probabilities (and the tempered ones)."""
+    model, latent = _model_and_latent(tiny_model, "default", batch=1, vocab_size=SMALL_VOCAB)
+    with torch.no_grad():
+        logits = model(torch.tensor([[2, 3]]), latent=latent).logits[0, 0]
+    for temperature in (1.0, 0.5):
+        out = model.generate(
+            latent=latent,
+            do_sample=True,
+            temperature=temperature,
+            max_new_tokens=1,
+            num_return_sequences=6000,
+            generator=torch.Generator().manual_seed(1),
+        )
+        assert out.sequences.shape == (6000, 1)
+        frequencies = torch.bincount(out.sequences[:, 0], minlength=SMALL_VOCAB).float() / 6000
+        expected = torch.softmax(logits / temperature, -1)
+        torch.testing.assert_close(frequencies, expected, atol=0.025, rtol=0)
+        # Reported log-probabilities are the model's own, not the tempered ones.
+        torch.testing.assert_close(out.log_probs, torch.log_softmax(logits, -1)[out.sequences[:, 0]])
+
+
+# ----------------------------------------------------------------------------- constraints
+
+
+def _eos_loving(tiny_model, **overrides):
+    model = tiny_model(initializer_range=INIT, **overrides)
+    with torch.no_grad():
+        model.lm_head.bias[model.config.eos_token_id] = 20.0  # <eos> first, almost surely
+    return model
+
+
+def test_min_new_tokens_is_respected(tiny_model):
+    model = _eos_loving(tiny_model)
+    latent = torch.randn(4, 4)
+    assert _sequences(model.generate(latent=latent)) == [(3,)] * 4  # premise: <eos> at once
+    for kwargs in (dict(), dict(num_beams=3), dict(do_sample=True, generator=torch.Generator().manual_seed(0))):
+        for minimum in (1, 3, 6):
+            out = model.generate(latent=latent, min_new_tokens=minimum, max_new_tokens=10, **kwargs)
+            for seq in _sequences(out):
+                assert len(seq) == minimum + 1 and seq[-1] == 3 and 3 not in seq[:-1], (kwargs, minimum, seq)
+    with pytest.raises(ValueError, match="min_new_tokens"):
+        model.generate(latent=latent, min_new_tokens=5, max_new_tokens=4)
+
+
+def test_max_new_tokens_and_default_length(tiny_model):
+    model = tiny_model(initializer_range=INIT, max_sentence_length=6)
+    with torch.no_grad():
+        model.lm_head.bias[model.config.eos_token_id] = -30.0  # never ends by itself
+    latent = torch.randn(3, 4)
+    out = model.generate(latent=latent)
+    assert out.sequences.shape == (3, 6) and not (out.sequences == 3).any()
+    out = model.generate(latent=latent, max_new_tokens=2, num_beams=2)
+    assert out.sequences.shape == (3, 2) and not (out.sequences == 3).any()
+    assert torch.equal(out.latent, latent)
+
+
+def test_num_return_sequences_are_distinct_and_sorted(tiny_model):
+    model, latent = _model_and_latent(tiny_model, "default", batch=3)
+    for length_penalty in (0.0, 1.0, 2.0):
+        out = model.generate(
+            latent=latent, num_beams=6, num_return_sequences=4, max_new_tokens=8, length_penalty=length_penalty
+        )
+        assert out.sequences.shape[0] == 12 and out.sequences_scores.shape == (12,) and out.log_probs.shape == (12,)
+        sequences = _sequences(out)
+        lengths = torch.tensor([len(s) for s in sequences], dtype=torch.float32)
+        torch.testing.assert_close(out.sequences_scores, out.log_probs / lengths.pow(length_penalty))
+        for row in range(3):
+            scores = out.sequences_scores[row * 4 : (row + 1) * 4]
+            assert torch.all(scores[:-1] >= scores[1:]), scores
+            assert len(set(sequences[row * 4 : (row + 1) * 4])) == 4
+        top = model.generate(latent=latent, num_beams=6, max_new_tokens=8, length_penalty=length_penalty)
+        assert _sequences(top) == sequences[::4]
+    sampled = model.generate(
+        latent=latent, do_sample=True, num_return_sequences=5, generator=torch.Generator().manual_seed(0)
+    )
+    assert sampled.sequences.shape[0] == 15
+
+
+@pytest.mark.parametrize("right_to_left", [False, True])
+def test_forced_tokens_are_pinned(tiny_model, right_to_left):
+    model = tiny_model(initializer_range=INIT, right_to_left=right_to_left)
+    latent = torch.randn(3, 4)
+    # Row 0: a 3-word sentence with 7 in second position (min_new_tokens keeps <eos> off the free slots);
+    # row 1: starts with 5 5 5 5; row 2: free.
+    forced = torch.tensor([[-1, 7, -1, 3], [5, 5, 5, 5], [-1, -1, -1, -1]])
+    for kwargs in (dict(), dict(num_beams=3), dict(do_sample=True, generator=torch.Generator().manual_seed(0))):
+        kwargs["min_new_tokens"] = 3
+        out = model.generate(latent=latent, forced_tokens=forced, max_new_tokens=8, **kwargs)
+        sequences = _sequences(out)
+        decoder_order = [_flip(s) if right_to_left else s for s in sequences]
+        assert len(decoder_order[0]) == 4 and decoder_order[0][1] == 7 and decoder_order[0][3] == 3, kwargs
+        assert decoder_order[1][:4] == (5, 5, 5, 5), kwargs
+        free = model.generate(latent=latent[2:], max_new_tokens=8, **kwargs)
+        if not kwargs.get("do_sample"):
+            assert _sequences(free)[0] == sequences[2]  # an all-free row is unconstrained
+    with pytest.raises(ValueError, match="forced_tokens"):
+        model.generate(latent=latent, forced_tokens=forced[:2])
+
+
+def test_right_to_left_generation_returns_reading_order(tiny_model):
+    l2r = tiny_model(initializer_range=INIT)
+    r2l = tiny_model(initializer_range=INIT, right_to_left=True, seed=1)
+    r2l.load_state_dict(l2r.state_dict())
+    latent = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
+    for kwargs in (dict(max_new_tokens=12), dict(max_new_tokens=3), dict(max_new_tokens=12, num_beams=3)):
+        decoder_order = _sequences(l2r.generate(latent=latent, **kwargs))
+        reading_order = r2l.generate(latent=latent, **kwargs)
+        expected = [_flip(s) for s in decoder_order]
+        assert _sequences(reading_order) == expected
+        assert any(len(s) > 2 for s in decoder_order)  # the reversal is visible
+        # The reading-order output scores, under the right-to-left model's forward, as generated.
+        torch.testing.assert_close(
+            _score(r2l, latent, _sequences(reading_order)), reading_order.log_probs, rtol=1e-4, atol=1e-4
+        )
+
+
+def test_reverse_tokens():
+    sequences = torch.tensor([[2, 5, 6, 7, 3, 0], [2, 8, 3, 0, 0, 0]])
+    lengths = torch.tensor([3, 1])
+    assert reverse_tokens(sequences, lengths, offset=1).tolist() == [[2, 7, 6, 5, 3, 0], [2, 8, 3, 0, 0, 0]]
+    generated = torch.tensor([[5, 6, 7, 3], [8, 9, 0, 0]])
+    assert reverse_tokens(generated, torch.tensor([3, 2])).tolist() == [[7, 6, 5, 3], [9, 8, 0, 0]]
+
+
+# ----------------------------------------------------------------------------- argument checks
+
+
+def test_generate_rejects_bad_arguments(tiny_model):
+    model = tiny_model()
+    latent = torch.zeros(2, 4)
+    bad = [
+        (dict(latent=latent, num_beams=0), "num_beams"),
+        (dict(latent=latent, num_return_sequences=0), "num_return_sequences"),
+        (dict(latent=latent, do_sample=True, num_beams=2), "num_beams"),
+        (dict(latent=latent, num_return_sequences=2), "greedy"),
+        (dict(latent=latent, num_beams=2, num_return_sequences=3), "num_return_sequences"),
+        (dict(latent=latent, do_sample=True, temperature=0.0), "temperature"),
+        (dict(latent=latent, max_new_tokens=0), "max_new_tokens"),
+        (dict(latent=torch.zeros(2, 3)), "latent"),
+        (dict(latent=torch.zeros(4)), "latent"),
+        (dict(), "num_samples"),
+    ]
+    for kwargs, match in bad:
+        with pytest.raises(ValueError, match=match):
+            model.generate(**kwargs)
+    rnnlm = tiny_model(latent_size=0)
+    with pytest.raises(ValueError, match="RNNLM"):
+        rnnlm.generate(latent=torch.zeros(2, 1))
+    out = rnnlm.generate(num_samples=3, max_new_tokens=5)
+    assert out.latent is None and out.sequences.shape[0] == 3
+
+
+# ----------------------------------------------------------------------------- latent helpers
+
+
+def test_interpolate_endpoints_and_midpoint(tiny_model):
+    model = tiny_model()
+    start, end = torch.randn(4), torch.randn(4)
+    path = model.interpolate(start, end, steps=5)
+    assert path.shape == (5, 4)
+    assert torch.equal(path[0], start) and torch.equal(path[-1], end)
+    torch.testing.assert_close(path[2], (start + end) / 2)
+    torch.testing.assert_close(path[1:] - path[:-1], ((end - start) / 4).expand(4, -1))
+    batch_start, batch_end = torch.randn(3, 4), torch.randn(3, 4)
+    paths = model.interpolate(batch_start, batch_end, steps=7)
+    assert paths.shape == (3, 7, 4)
+    assert torch.equal(paths[:, 0], batch_start) and torch.equal(paths[:, -1], batch_end)
+    out = model.generate(latent=path, max_new_tokens=5)  # a path decodes as a batch of codes
+    assert out.sequences.shape[0] == 5
+    with pytest.raises(ValueError, match="steps"):
+        model.interpolate(start, end, steps=1)
+    with pytest.raises(ValueError, match="shape"):
+        model.interpolate(start, torch.randn(3), steps=3)
+
+
+def test_sample_prior(tiny_model):
+    model = tiny_model(latent_size=6)
+    samples = model.sample_prior(5)
+    assert samples.shape == (5, 6) and samples.dtype == model.dtype and samples.device == model.device
+    first = model.sample_prior(3, generator=torch.Generator().manual_seed(0))
+    again = model.sample_prior(3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(first, again)
+    many = model.sample_prior(20_000, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(many.mean(0), torch.zeros(6), atol=0.05, rtol=0)
+    torch.testing.assert_close(many.std(0), torch.ones(6), atol=0.05, rtol=0)
+    with pytest.raises(ValueError, match="num_samples"):
+        model.sample_prior(0)
+    out = model.generate(num_samples=4, generator=torch.Generator().manual_seed(2), max_new_tokens=5)
+    assert torch.equal(out.latent, model.sample_prior(4, generator=torch.Generator().manual_seed(2)))
