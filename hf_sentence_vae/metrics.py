@@ -253,10 +253,10 @@ def importance_log_weights(
 ) -> torch.Tensor:
     """Log importance weights `log p(x|z_k) + log p(z_k) - log q(z_k|x)` with `z_k ~ q(z|x)`: `(k, B)` float64.
 
-    The k samples are processed in chunks: a chunk of s samples repeats the batch s times and runs the
-    decoder once on the `(s * B, T)` result, so memory stays bounded. The chunk size is `samples_per_chunk`,
-    or by default as many samples as fit in `max_tokens_per_chunk` predicted tokens (at least one). Chunking
-    does not change the result: the samples are drawn in the same order from `generator` either way.
+    The k samples are drawn at once (`(k, B, Z)`, cheap) and scored in chunks: a chunk of s samples repeats
+    the batch s times and runs the decoder once on the `(s * B, T)` result, so memory stays bounded. The chunk
+    size is `samples_per_chunk`, or by default as many samples as fit in `max_tokens_per_chunk` predicted
+    tokens (at least one). Chunking does not change the result.
 
     Args:
         model: a `SentenceVAEModel` with `latent_size > 0` (evaluated in eval mode, without autograd).
@@ -281,10 +281,12 @@ def importance_log_weights(
                 f"posterior must be (mu, logvar) of shape ({batch_size}, {latent_size}), got "
                 f"{tuple(mu.shape)} and {tuple(logvar.shape)}"
             )
+        # All k draws at once (k * B * Z numbers, small next to the decoder's activations), so that the
+        # estimate does not depend on the chunking: torch's sampler orders numbers differently by tensor size.
+        samples = reparameterize(mu, logvar, num_samples=num_samples, generator=generator)  # (k, B, Z)
         log_weights = []
-        for start in range(0, num_samples, chunk):
-            size = min(chunk, num_samples - start)
-            z = reparameterize(mu, logvar, num_samples=size, generator=generator)  # (s, B, Z)
+        for z in samples.split(chunk):
+            size = z.shape[0]
             log_likelihood = model.log_likelihood_given_latent(
                 input_ids.repeat(size, 1), attention_mask.repeat(size, 1), z.reshape(size * batch_size, latent_size)
             ).view(size, batch_size)
@@ -486,31 +488,32 @@ def evaluate_model(
     total_reconstruction = total_kl = total_iw_nll = total_mi = 0.0
     moments = RunningMoments()
     total = len(batches) if hasattr(batches, "__len__") else None
-    for batch in tqdm(batches, total=total, desc="evaluating", unit="batch", disable=not progress):
-        input_ids, attention_mask = _unpack_batch(batch, device, pad_token_id)
-        if input_ids.shape[0] == 0:
-            continue
-        terms = elbo_terms(model, input_ids, attention_mask, generator=generator)
-        num_sentences += input_ids.shape[0]
-        num_tokens += int(predicted_token_counts(attention_mask).sum())
-        total_reconstruction += float(terms.reconstruction.sum())
-        total_kl += float(terms.kl.sum())
-        if latent_size == 0:
-            continue
-        total_mi += float(mutual_information(terms.mu, terms.logvar, generator=generator)) * input_ids.shape[0]
-        moments.update(terms.mu)
-        if use_iw:
-            log_likelihood = importance_weighted_log_likelihood(
-                model,
-                input_ids,
-                attention_mask,
-                num_samples=iw_samples,
-                posterior=(terms.mu, terms.logvar),
-                generator=generator,
-                samples_per_chunk=samples_per_chunk,
-                max_tokens_per_chunk=max_tokens_per_chunk,
-            )
-            total_iw_nll -= float(log_likelihood.sum())
+    with _evaluation_mode(model):
+        for batch in tqdm(batches, total=total, desc="evaluating", unit="batch", disable=not progress):
+            input_ids, attention_mask = _unpack_batch(batch, device, pad_token_id)
+            if input_ids.shape[0] == 0:
+                continue
+            terms = elbo_terms(model, input_ids, attention_mask, generator=generator)
+            num_sentences += input_ids.shape[0]
+            num_tokens += int(predicted_token_counts(attention_mask).sum())
+            total_reconstruction += float(terms.reconstruction.sum())
+            total_kl += float(terms.kl.sum())
+            if latent_size == 0:
+                continue
+            total_mi += float(mutual_information(terms.mu, terms.logvar, generator=generator)) * input_ids.shape[0]
+            moments.update(terms.mu)
+            if use_iw:
+                log_likelihood = importance_weighted_log_likelihood(
+                    model,
+                    input_ids,
+                    attention_mask,
+                    num_samples=iw_samples,
+                    posterior=(terms.mu, terms.logvar),
+                    generator=generator,
+                    samples_per_chunk=samples_per_chunk,
+                    max_tokens_per_chunk=max_tokens_per_chunk,
+                )
+                total_iw_nll -= float(log_likelihood.sum())
     if num_sentences == 0:
         raise ValueError("evaluate_model got no sentences: the batches are empty")
 

@@ -125,6 +125,8 @@ class TrainingConfig:
     hub_token: str | None = None
     hub_private: bool = False
     disable_tqdm: bool = False
+    evaluate_train_split: bool = False
+    num_threads: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -353,6 +355,8 @@ class Trainer:
                 step_scheduler_with_optimizer=False,
             )
         self.accelerator = accelerator
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
         set_seed(config.seed)
         logger.info(
             f"world size {accelerator.num_processes} ({accelerator.distributed_type}), device {accelerator.device}"
@@ -729,7 +733,7 @@ class Trainer:
             best_model = SentenceVAEModel.from_pretrained(best).to(accelerator.device)
             unwrapped.load_state_dict(best_model.state_dict())
         for split in ("train", "validation", "test"):
-            if split in self.corpora:
+            if split in self.corpora and (split != "train" or self.config.evaluate_train_split):
                 results.update(self.evaluate(split))
         if accelerator.is_main_process:
             (self.output_dir / "results.json").write_text(json.dumps(results, indent=2))
