@@ -67,12 +67,14 @@ def _check_text_file(path: str, split: str) -> None:
         raise FileNotFoundError(f"--{split}_file {path!r} does not exist")
     if os.path.getsize(path) == 0:
         raise ValueError(f"--{split}_file {path!r} is empty")
+    limit = 1 << 20
     with open(path, "rb") as handle:
-        sample = handle.read(1 << 20)
+        sample = handle.read(limit)
     try:
         sample.decode("utf-8")
     except UnicodeDecodeError as err:
-        if err.start < len(sample) - 4:  # not merely a character cut at the sample's end
+        cut_at_end = len(sample) == limit and err.start >= len(sample) - 4  # a character cut by the sample's end
+        if not cut_at_end:
             raise ValueError(
                 f"--{split}_file {path!r} is not valid UTF-8 (byte {err.start}: {sample[err.start : err.start + 4]!r})"
             ) from None
@@ -106,6 +108,12 @@ def load_text_splits(
                 raise ValueError(
                     f"--text_column {text_column!r} is not a column of {dataset_name!r} split {split!r}; "
                     f"columns: {dataset.column_names}"
+                )
+            feature = dataset.features[text_column]
+            if getattr(feature, "dtype", None) not in ("string", "large_string"):
+                raise ValueError(
+                    f"--text_column {text_column!r} of {dataset_name!r} split {split!r} is not a text column "
+                    f"(its type is {feature}); columns: {dataset.column_names}"
                 )
             dataset = dataset.select_columns([text_column])
             if text_column != "text":
@@ -164,6 +172,8 @@ class TokenizedCorpus:
 
     @classmethod
     def from_dataset(cls, dataset, pad_token_id: int) -> TokenizedCorpus:
+        if getattr(dataset, "_indices", None) is not None:  # after select/filter/shuffle: rows are a mapping
+            dataset = dataset.flatten_indices()
         column = dataset.data.column("input_ids").combine_chunks()
         offsets = column.offsets.to_numpy()
         values = column.values.to_numpy()

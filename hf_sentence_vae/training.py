@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from transformers.utils import logging
 
-from .annealing import KLSchedule
+from .annealing import SCHEDULES, KLSchedule
 from .configuration_sentence_vae import SentenceVAEConfig
 from .data import TokenizedCorpus, bucketed_batches, load_text_splits, pad_fraction, tokenize_splits
 from .modeling_sentence_vae import SentenceVAEModel
@@ -153,6 +153,8 @@ class TrainingConfig:
             value = str(self.checkpointing_steps)
             if value != "epoch" and not (value.isdigit() and int(value) > 0):
                 raise ValueError(f"checkpointing_steps must be a positive integer or 'epoch', got {value!r}")
+        if self.kl_schedule not in SCHEDULES:
+            raise ValueError(f"kl_schedule must be one of {SCHEDULES}, got {self.kl_schedule!r}")
         if self.text_mode not in ("pretokenized", "raw"):
             raise ValueError(f"text_mode must be 'pretokenized' or 'raw', got {self.text_mode!r}")
         if not self.train_file and not self.dataset_name:
@@ -415,7 +417,7 @@ class Trainer:
         model.train()
 
         self.global_batch = config.per_device_train_batch_size * self.world
-        self.batches_per_epoch = len(bucketed_batches(self.train_corpus.lengths, self.global_batch, config.seed, 0))
+        self.batches_per_epoch = len(self._epoch_batches(0))
         self.steps_per_epoch = max(1, self.batches_per_epoch // config.gradient_accumulation_steps)
         self.max_train_steps = config.max_train_steps or config.num_train_epochs * self.steps_per_epoch
         self.num_epochs = math.ceil(self.max_train_steps / self.steps_per_epoch)
@@ -475,6 +477,12 @@ class Trainer:
             logger.info(f"built a {len(tokenizer)}-entry vocabulary from the training split -> {folder}")
         accelerator.wait_for_everyone()
         return AutoTokenizer.from_pretrained(folder)
+
+    def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
+        """The epoch's global batches; a batch smaller than the number of processes (the corpus's remainder)
+        is dropped, since every process needs at least one sentence."""
+        batches = bucketed_batches(self.train_corpus.lengths, self.global_batch, self.config.seed, epoch)
+        return [b for b in batches if len(b) >= self.world]
 
     # ------------------------------------------------------------------ saving
     def _save_model_folder(self, folder: Path, extra: dict[str, Any] | None = None) -> None:
@@ -616,7 +624,7 @@ class Trainer:
                 "sentence-vae", config={k: v for k, v in config.to_dict().items() if k != "extra"}
             )
         train_lengths = self.train_corpus.lengths
-        epoch_batches = bucketed_batches(train_lengths, self.global_batch, config.seed, state.epoch)
+        epoch_batches = self._epoch_batches(state.epoch)
         logger.info(
             f"{len(self.train_corpus)} training sentences, {self.train_corpus.num_tokens} tokens; global batch "
             f"{self.global_batch}; {self.max_train_steps} steps; pad fraction "
@@ -642,7 +650,7 @@ class Trainer:
         stop = state.global_step >= self.max_train_steps
         ga = config.gradient_accumulation_steps
         while not stop and state.epoch < self.num_epochs:
-            epoch_batches = bucketed_batches(train_lengths, self.global_batch, config.seed, state.epoch)
+            epoch_batches = self._epoch_batches(state.epoch)
             usable = (len(epoch_batches) // ga) * ga
             while state.batch_in_epoch < usable:
                 index = state.batch_in_epoch
