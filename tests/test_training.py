@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.multiprocessing.spawn import ProcessRaisedException
 
 from hf_sentence_vae.annealing import KLSchedule, cyclical_weight, linear_weight, sigmoid_weight
 from hf_sentence_vae.cli import parse_args
