@@ -1,0 +1,165 @@
+#!/usr/bin/env python
+"""The PTB language-modelling table beside the paper's Table 2, from trained run folders.
+
+    python benchmarks/ptb_report.py --runs_dir runs/ptb --data_dir ../shared/data/ptb --iw_samples 50 \
+        --output runs/ptb/report.json --markdown runs/ptb/report.md
+
+For each run (`vae_standard`, `rnnlm_standard`, `vae_inputless`, `rnnlm_inputless`) found under --runs_dir it
+loads the selected model (`best/`, chosen on validation), evaluates the training split (the bound; exact for
+the RNNLM) and the test split (bound, importance-weighted NLL with --iw_samples, MI, active units), and writes
+a JSON file and a markdown table. Negative log-likelihoods are per sentence (summed over words and the end of
+sentence, as in the paper); perplexities are given per word (the paper's convention) and per token (words +
+end of sentence).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+# The paper's Table 2: (train NLL, train KL, train PPL, test NLL, test KL, test PPL); None where not given.
+PAPER = {
+    "rnnlm_standard": (100, None, 95, 100, None, 116),
+    "vae_standard": (98, 2, 100, 101, 2, 119),
+    "rnnlm_inputless": (135, None, 600, 135, None, "> 600"),
+    "vae_inputless": (120, 15, 300, 125, 15, 380),
+}
+TITLES = {
+    "rnnlm_standard": "RNNLM",
+    "vae_standard": "VAE",
+    "rnnlm_inputless": "RNNLM, inputless decoder",
+    "vae_inputless": "VAE, inputless decoder",
+}
+
+
+def training_summary(run: Path) -> dict:
+    """Steps, best step, KL weight at the end and wall time of a run, from its metrics.jsonl."""
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    train = [r for r in records if "kl_weight" in r]
+    evals = [r for r in records if "validation_loss" in r]
+    best = min(evals, key=lambda r: r["validation_loss"]) if evals else None
+    start = (run / "tokenizer").stat().st_mtime if (run / "tokenizer").exists() else None
+    end = (run / "metrics.jsonl").stat().st_mtime
+    return {
+        "steps": train[-1]["step"] if train else 0,
+        "epochs": round(train[-1]["epoch"], 2) if train else 0,
+        "final_kl_weight": train[-1]["kl_weight"] if train else None,
+        "best_step": best["step"] if best else None,
+        "best_validation_bound": best["validation_loss"] if best else None,
+        "finished": (run / "results.json").is_file(),
+        "wall_minutes": round((end - start) / 60, 1) if start else None,
+    }
+
+
+def evaluate_split(model, tokenizer, path: Path, iw_samples: int, batch_size: int, seed: int) -> dict:
+    from hf_sentence_vae.metrics import evaluate_model, length_sorted_batches, read_sentences
+
+    sentences, _ = read_sentences(path)
+    batches = length_sorted_batches(tokenizer, sentences, batch_size)
+    generator = torch.Generator().manual_seed(seed)
+    return evaluate_model(model, batches, iw_samples=iw_samples, generator=generator, progress=False)
+
+
+def fmt(value, digits=1) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, str):
+        return value
+    return f"{value:.{digits}f}"
+
+
+def markdown(rows: dict) -> str:
+    lines = [
+        "| model | | train NLL (KL) | train PPL | test NLL (KL) | test PPL | test IW-NLL | test PPL (IW) "
+        "| MI | active units | steps (epochs) | wall min |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, row in rows.items():
+        p = PAPER[name]
+        paper_train = f"{p[0]}" + (f" ({p[1]})" if p[1] is not None else "")
+        paper_test = f"{p[3]}" + (f" ({p[4]})" if p[4] is not None else "")
+        lines.append(
+            f"| {TITLES[name]} | paper | {paper_train} | {p[2]} | {paper_test} | {p[5]} | – | – | – | – | – | – |"
+        )
+        train, test, summary = row.get("train"), row["test"], row["training"]
+        is_vae = test["latent_size"] > 0
+
+        def nll_kl(result):
+            if result is None:
+                return "–"
+            if is_vae:
+                return f"{result['nll_bound']:.1f} ({result['kl']:.1f})"
+            return f"{result['nll_exact']:.1f}"
+
+        def ppl(result):
+            if result is None:
+                return "–"
+            return fmt(result["ppl_bound_words"] if is_vae else result["ppl_exact_words"])
+
+        lines.append(
+            f"| | ours | {nll_kl(train)} | {ppl(train)} | {nll_kl(test)} | {ppl(test)} "
+            f"| {fmt(test.get('nll_iw'))} | {fmt(test.get('ppl_iw_words'))} "
+            f"| {fmt(test.get('mutual_information'), 2) if is_vae else '–'} "
+            f"| {test.get('active_units') if is_vae else '–'} / {test['latent_size']} "
+            f"| {summary['steps']} ({summary['epochs']}) | {fmt(summary['wall_minutes'])} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs_dir", default="runs/ptb")
+    parser.add_argument("--data_dir", default=os.environ.get("SENTENCE_VAE_DATA", "../shared/data") + "/ptb")
+    parser.add_argument("--iw_samples", type=int, default=50)
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--skip_train", action="store_true", help="do not evaluate the training split")
+    parser.add_argument("--models", nargs="*", default=list(PAPER))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", default=None)
+    parser.add_argument("--markdown", default=None)
+    args = parser.parse_args(argv)
+
+    from transformers import AutoModel, AutoTokenizer
+
+    import hf_sentence_vae  # noqa: F401  (registers the Auto classes)
+
+    rows = {}
+    for name in args.models:
+        run = Path(args.runs_dir) / name
+        if not (run / "best" / "model.safetensors").is_file():
+            print(f"skipping {name}: no {run / 'best'}", file=sys.stderr)
+            continue
+        model = AutoModel.from_pretrained(run / "best").eval()
+        tokenizer = AutoTokenizer.from_pretrained(run / "best")
+        start = time.time()
+        row = {"training": training_summary(run)}
+        row["test"] = evaluate_split(
+            model, tokenizer, Path(args.data_dir) / "ptb.test.txt", args.iw_samples, args.batch_size, args.seed
+        )
+        if not args.skip_train:
+            row["train"] = evaluate_split(
+                model, tokenizer, Path(args.data_dir) / "ptb.train.txt", 0, args.batch_size, args.seed
+            )
+        for split in ("test", "train"):
+            if split in row:
+                row[split].pop("active_unit_variances", None)
+        row["evaluation_seconds"] = round(time.time() - start, 1)
+        rows[name] = row
+        print(f"{name}: {json.dumps(row['test'])}", file=sys.stderr)
+    table = markdown(rows)
+    print(table)
+    if args.output:
+        Path(args.output).write_text(json.dumps(rows, indent=2))
+    if args.markdown:
+        Path(args.markdown).write_text(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
