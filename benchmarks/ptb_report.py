@@ -90,14 +90,14 @@ def markdown(rows: dict) -> str:
         train, test, summary = row.get("train"), row["test"], row["training"]
         is_vae = test["latent_size"] > 0
 
-        def nll_kl(result):
+        def nll_kl(result, is_vae=is_vae):
             if result is None:
                 return "–"
             if is_vae:
                 return f"{result['nll_bound']:.1f} ({result['kl']:.1f})"
             return f"{result['nll_exact']:.1f}"
 
-        def ppl(result):
+        def ppl(result, is_vae=is_vae):
             if result is None:
                 return "–"
             return fmt(result["ppl_bound_words"] if is_vae else result["ppl_exact_words"])
