@@ -1,0 +1,162 @@
+"""Latent-space analyses (Section 6): library functions and every `generate.py` subcommand on a tiny model."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+import torch
+
+from hf_sentence_vae import analysis
+
+INIT = 0.5
+
+
+@pytest.fixture
+def vae(tiny_model):
+    return tiny_model(initializer_range=INIT, max_sentence_length=12)
+
+
+@pytest.fixture
+def saved_vae(tmp_path, vae, tiny_tokenizer):
+    folder = tmp_path / "vae"
+    vae.save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def generate_script(repo_root):
+    spec = importlib.util.spec_from_file_location("generate_script", repo_root / "train_scripts" / "generate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ids_to_texts_keeps_unk(tiny_tokenizer):
+    ids = tiny_tokenizer(["the zebra sat", "a"], padding=True)["input_ids"]
+    assert analysis.ids_to_texts(tiny_tokenizer, ids) == ["the <unk> sat", "a"]
+    assert analysis.ids_to_texts(tiny_tokenizer, torch.tensor(ids)) == ["the <unk> sat", "a"]
+
+
+def test_posterior_means_match_encode_in_input_order(vae, tiny_tokenizer, tiny_sentences):
+    mu, logvar = analysis.posterior_means(vae, tiny_tokenizer, tiny_sentences, batch_size=2)
+    for i, text in enumerate(tiny_sentences):
+        m, lv = analysis.encode_texts(vae, tiny_tokenizer, [text])
+        torch.testing.assert_close(mu[i], m[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(logvar[i], lv[0], atol=1e-5, rtol=1e-5)
+
+
+def test_stretched_codes_preserve_volume(vae):
+    codes = analysis.stretched_prior_codes(vae, 5, c=0.3, generator=torch.Generator().manual_seed(0))
+    assert codes["stretched"].shape == (5, vae.config.latent_size)
+    assert float(codes["singular_values"].prod()) == pytest.approx(1.0, rel=1e-4)
+    torch.testing.assert_close(codes["stretched"], codes["z"] @ codes["matrix"].T)
+
+
+def test_homotopies(vae, tiny_tokenizer, tiny_sentences):
+    path = analysis.homotopy(vae, tiny_tokenizer, tiny_sentences[0], tiny_sentences[1], steps=5)
+    assert len(path) == 5
+    ends = analysis.decode(vae, tiny_tokenizer, analysis.encode_texts(vae, tiny_tokenizer, tiny_sentences[:2])[0])
+    assert [path[0], path[-1]] == ends
+    paths = analysis.random_homotopies(vae, tiny_tokenizer, 3, steps=4, generator=torch.Generator().manual_seed(0))
+    assert len(paths) == 3 and all(len(p) == 4 for p in paths)
+    assert analysis.collapse_repeats(["a", "a", "b", "a", "a"]) == ["a", "b", "a"]
+
+
+def test_pca_2d_recovers_the_main_axis():
+    generator = torch.Generator().manual_seed(0)
+    points = torch.randn(200, 3, generator=generator) * torch.tensor([10.0, 1.0, 0.1])
+    coords, ratio = analysis.pca_2d(points)
+    assert coords.shape == (200, 2) and ratio[0] > 0.95 and ratio[0] >= ratio[1]
+    assert abs(torch.corrcoef(torch.stack([coords[:, 0], points[:, 0]]))[0, 1]) > 0.99
+    one_dim, _ = analysis.pca_2d(points[:, :1])
+    assert one_dim.shape == (200, 2) and torch.all(one_dim[:, 1] == 0)
+    correlation = analysis.length_correlation(points, points[:, 0].tolist())
+    assert abs(correlation[0]) > 0.99
+
+
+def _run(script, command, saved_vae, tmp_path, *extra):
+    output = tmp_path / f"{command}.json"
+    argv = [command, "--model_name_or_path", str(saved_vae), "--device", "cpu", "--output_file", str(output)]
+    results = script.main(argv + list(extra))
+    assert json.loads(output.read_text(encoding="utf-8")) == json.loads(json.dumps(results))
+    return results
+
+
+def test_generate_prior_and_stretched(generate_script, saved_vae, tmp_path):
+    prior = _run(generate_script, "prior", saved_vae, tmp_path, "--num_samples", "4")
+    assert len(prior["samples"]) == 4 and all(isinstance(s, str) for s in prior["samples"])
+    again = _run(generate_script, "prior", saved_vae, tmp_path, "--num_samples", "4")
+    assert again["samples"] == prior["samples"]  # seeded
+    stretched = _run(generate_script, "stretched", saved_vae, tmp_path, "--num_samples", "3", "--c", "0.5")
+    assert len(stretched["samples"]) == 3 == len(stretched["unstretched_samples"])
+    assert stretched["max_stretch"] >= 1.0 >= stretched["min_stretch"]
+
+
+def test_generate_posterior_and_homotopy(generate_script, saved_vae, tmp_path, tiny_sentences):
+    posterior = _run(
+        generate_script, "posterior", saved_vae, tmp_path, "--texts", *tiny_sentences[:2], "--num_samples", "2"
+    )
+    assert [row["input"] for row in posterior["rows"]] == tiny_sentences[:2]
+    assert all(len(row["samples"]) == 2 for row in posterior["rows"])
+    between = _run(
+        generate_script,
+        "homotopy",
+        saved_vae,
+        tmp_path,
+        "--start",
+        tiny_sentences[0],
+        "--end",
+        tiny_sentences[1],
+        "--steps",
+        "5",
+        "--keep_repeats",
+    )
+    assert len(between["paths"]) == 1 and len(between["paths"][0]) == 5
+    random_paths = _run(generate_script, "homotopy", saved_vae, tmp_path, "--random", "--num_paths", "2")
+    assert len(random_paths["paths"]) == 2
+    with pytest.raises(SystemExit):
+        generate_script.main(["homotopy", "--model_name_or_path", str(saved_vae)])
+
+
+def test_generate_report(generate_script, saved_vae, tmp_path, tiny_sentences):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(tiny_sentences * 3) + "\n", encoding="utf-8")
+    out = tmp_path / "report"
+    results = _run(
+        generate_script,
+        "report",
+        saved_vae,
+        tmp_path,
+        "--texts_file",
+        str(texts),
+        "--output_dir",
+        str(out),
+        "--num_samples",
+        "3",
+        "--num_posterior",
+        "2",
+        "--num_homotopies",
+        "1",
+        "--steps",
+        "4",
+        "--min_words",
+        "1",
+    )
+    markdown = (out / "report.md").read_text(encoding="utf-8")
+    for heading in ("Table 5", "Table 6", "Table 7", "Table 8", "PCA"):
+        assert heading in markdown
+    assert "Books Corpus" in markdown and "latent_pca.png" in markdown
+    assert (out / "latent_pca.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((out / "report.json").read_text())["pca"]["num_sentences"] == len(tiny_sentences) * 3
+    assert len(results["posterior"]) == 2 and len(results["sentence_homotopies"]) == 1
+
+
+def test_generate_rejects_an_rnnlm(generate_script, tmp_path, tiny_model, tiny_tokenizer):
+    folder = tmp_path / "rnnlm"
+    tiny_model(latent_size=0).save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    with pytest.raises(SystemExit, match="RNNLM"):
+        generate_script.main(["prior", "--model_name_or_path", str(folder), "--device", "cpu"])

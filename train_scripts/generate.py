@@ -1,0 +1,297 @@
+"""Explore a trained sentence VAE's latent space (the paper's Section 6): greedy decodes of prior samples
+(Table 5), of stretched lower-probability prior samples (Table 6), of posterior means and samples (Table 7),
+and homotopies (Tables 8 and 12); `report` writes all of them to a markdown file with a PNG of posterior
+means projected to 2-D by PCA, coloured by sentence length.
+
+    python train_scripts/generate.py prior      --model_name_or_path runs/ptb/vae_standard/best --num_samples 10
+    python train_scripts/generate.py stretched  --model_name_or_path ... --num_samples 10 --c 0.1
+    python train_scripts/generate.py posterior  --model_name_or_path ... --texts "the company said ..." ...
+    python train_scripts/generate.py homotopy   --model_name_or_path ... --start "..." --end "..." --steps 7
+    python train_scripts/generate.py homotopy   --model_name_or_path ... --random --num_paths 5
+    python train_scripts/generate.py report     --model_name_or_path ... \
+        --texts_file ../shared/data/ptb/ptb.test.txt --output_dir results/analysis
+
+Every subcommand prints JSON (and writes it to --output_file when given). Decoding is greedy unless
+--num_beams > 1. The paper's models were trained on the Books Corpus; ours on the Penn Treebank.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import sys
+from pathlib import Path
+
+import torch
+
+from hf_sentence_vae import analysis
+from hf_sentence_vae.imputation import load_sentences
+
+logger = logging.getLogger("generate")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model_name_or_path", required=True, help="save_pretrained folder (model + tokenizer)")
+    parser.add_argument("--tokenizer_name_or_path", default=None, help="default: --model_name_or_path")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--max_new_tokens", type=int, default=None, help="default: the config's maximum")
+    parser.add_argument("--num_beams", type=int, default=1, help="1 = greedy decoding (the paper's choice)")
+    parser.add_argument("--output_file", default=None, help="also write the JSON here")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    prior = sub.add_parser("prior", help="greedy decodes of prior samples (Table 5)")
+    _common(prior)
+    prior.add_argument("--num_samples", type=int, default=10)
+
+    stretched = sub.add_parser("stretched", help="decodes of stretched prior samples (Table 6)")
+    _common(stretched)
+    stretched.add_argument("--num_samples", type=int, default=10)
+    stretched.add_argument("--c", type=float, default=0.1, help="entries of M - I uniform in [-c, c]")
+
+    posterior = sub.add_parser("posterior", help="posterior mean and samples for given sentences (Table 7)")
+    _common(posterior)
+    posterior.add_argument("--texts", nargs="+", default=None, help="sentences to encode")
+    posterior.add_argument("--input_file", default=None, help="or: one sentence a line")
+    posterior.add_argument("--max_sentences", type=int, default=10)
+    posterior.add_argument("--num_samples", type=int, default=3, help="posterior samples per sentence")
+
+    homotopy = sub.add_parser("homotopy", help="homotopies between sentences or random points (Tables 8, 12)")
+    _common(homotopy)
+    homotopy.add_argument("--start", default=None, help="first sentence")
+    homotopy.add_argument("--end", default=None, help="last sentence")
+    homotopy.add_argument("--random", action="store_true", help="between pairs of random prior points")
+    homotopy.add_argument("--num_paths", type=int, default=5, help="with --random")
+    homotopy.add_argument("--steps", type=int, default=7, help="points on each path, both ends included")
+    homotopy.add_argument("--keep_repeats", action="store_true", help="keep consecutive duplicate sentences")
+
+    report = sub.add_parser("report", help="all of the above as markdown + a PCA plot of posterior means")
+    _common(report)
+    report.add_argument("--texts_file", required=True, help="sentences for the posterior/homotopy/PCA parts")
+    report.add_argument("--output_dir", required=True)
+    report.add_argument("--num_samples", type=int, default=10, help="prior and stretched samples")
+    report.add_argument("--c", type=float, default=0.1)
+    report.add_argument("--num_posterior", type=int, default=3, help="sentences for the posterior table")
+    report.add_argument("--posterior_samples", type=int, default=3)
+    report.add_argument("--num_homotopies", type=int, default=3, help="paths between sentences and random points")
+    report.add_argument("--steps", type=int, default=7)
+    report.add_argument("--min_words", type=int, default=4, help="sentences picked for the tables: word range")
+    report.add_argument("--max_words", type=int, default=12)
+    report.add_argument("--pca_sentences", type=int, default=2000, help="sentences encoded for the PCA plot")
+    report.add_argument("--batch_size", type=int, default=128)
+    report.add_argument("--title", default=None, help="report title (default: the model path)")
+
+    args = parser.parse_args(argv)
+    if args.command == "homotopy" and not args.random and not (args.start and args.end):
+        parser.error("homotopy needs --start and --end, or --random")
+    if args.command == "posterior" and not (args.texts or args.input_file):
+        parser.error("posterior needs --texts or --input_file")
+    return args
+
+
+def _generate_kwargs(args: argparse.Namespace) -> dict:
+    kwargs = {"num_beams": args.num_beams}
+    if args.max_new_tokens is not None:
+        kwargs["max_new_tokens"] = args.max_new_tokens
+    return kwargs
+
+
+def _paths(paths: list[list[str]], keep_repeats: bool) -> list[list[str]]:
+    return paths if keep_repeats else [analysis.collapse_repeats(p) for p in paths]
+
+
+def run_prior(model, tokenizer, args, generator) -> dict:
+    samples = analysis.prior_samples(model, tokenizer, args.num_samples, generator=generator, **_generate_kwargs(args))
+    return {"command": "prior", "samples": samples}
+
+
+def run_stretched(model, tokenizer, args, generator) -> dict:
+    codes = analysis.stretched_prior_codes(model, args.num_samples, c=args.c, generator=generator)
+    kwargs = _generate_kwargs(args)
+    singular = codes["singular_values"]
+    return {
+        "command": "stretched",
+        "c": args.c,
+        "max_stretch": float(singular.max()),
+        "min_stretch": float(singular.min()),
+        "mean_log_prior": float(codes["log_prior"].mean()),
+        "mean_stretched_log_prior": float(codes["stretched_log_prior"].mean()),
+        "samples": analysis.decode(model, tokenizer, codes["stretched"], **kwargs),
+        "unstretched_samples": analysis.decode(model, tokenizer, codes["z"], **kwargs),
+    }
+
+
+def run_posterior(model, tokenizer, args, generator) -> dict:
+    texts = list(args.texts or [])
+    if args.input_file:
+        texts += load_sentences(args.input_file, tokenizer, args.max_sentences)
+    rows = analysis.posterior_decodes(
+        model, tokenizer, texts, num_samples=args.num_samples, generator=generator, **_generate_kwargs(args)
+    )
+    return {"command": "posterior", "rows": rows}
+
+
+def run_homotopy(model, tokenizer, args, generator) -> dict:
+    kwargs = _generate_kwargs(args)
+    if args.random:
+        paths = analysis.random_homotopies(model, tokenizer, args.num_paths, args.steps, generator, **kwargs)
+        return {"command": "homotopy", "between": "random prior points", "paths": _paths(paths, args.keep_repeats)}
+    path = analysis.homotopy(model, tokenizer, args.start, args.end, steps=args.steps, **kwargs)
+    return {
+        "command": "homotopy",
+        "between": [args.start, args.end],
+        "paths": _paths([path], args.keep_repeats),
+    }
+
+
+def run_report(model, tokenizer, args, generator) -> dict:
+    kwargs = _generate_kwargs(args)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sentences = load_sentences(args.texts_file, tokenizer)
+    if len(sentences) < 2:
+        raise SystemExit(f"error: {args.texts_file} needs at least 2 sentences")
+    rng = random.Random(args.seed)
+    lengths = [len(ids) - 2 for ids in tokenizer(sentences)["input_ids"]]
+    pool = [s for s, n in zip(sentences, lengths) if args.min_words <= n <= args.max_words] or sentences
+    picked = rng.sample(pool, min(len(pool), args.num_posterior + 2 * args.num_homotopies))
+    posterior_texts = picked[: args.num_posterior]
+    pair_texts = picked[args.num_posterior :]
+    pairs = [(pair_texts[2 * i], pair_texts[2 * i + 1]) for i in range(len(pair_texts) // 2)]
+
+    prior = analysis.prior_samples(model, tokenizer, args.num_samples, generator=generator, **kwargs)
+    codes = analysis.stretched_prior_codes(model, args.num_samples, c=args.c, generator=generator)
+    stretched = analysis.decode(model, tokenizer, codes["stretched"], **kwargs)
+    posterior = analysis.posterior_decodes(
+        model, tokenizer, posterior_texts, num_samples=args.posterior_samples, generator=generator, **kwargs
+    )
+    sentence_paths = [analysis.homotopy(model, tokenizer, a, b, steps=args.steps, **kwargs) for a, b in pairs]
+    random_paths = analysis.random_homotopies(model, tokenizer, args.num_homotopies, args.steps, generator, **kwargs)
+
+    pca_texts = sentences[: args.pca_sentences]
+    pca_lengths = lengths[: args.pca_sentences]
+    means, _ = analysis.posterior_means(model, tokenizer, pca_texts, batch_size=args.batch_size)
+    png = analysis.plot_latent_pca(means, pca_lengths, out / "latent_pca.png")
+    _, ratio = analysis.pca_2d(means)
+    correlation = analysis.length_correlation(means, pca_lengths)
+
+    singular = codes["singular_values"]
+    results = {
+        "command": "report",
+        "model_name_or_path": str(args.model_name_or_path),
+        "texts_file": str(args.texts_file),
+        "prior_samples": prior,
+        "stretched": {
+            "c": args.c,
+            "max_stretch": float(singular.max()),
+            "min_stretch": float(singular.min()),
+            "mean_log_prior": float(codes["log_prior"].mean()),
+            "mean_stretched_log_prior": float(codes["stretched_log_prior"].mean()),
+            "samples": stretched,
+        },
+        "posterior": posterior,
+        "sentence_homotopies": [
+            {"start": a, "end": b, "path": analysis.collapse_repeats(p)} for (a, b), p in zip(pairs, sentence_paths)
+        ],
+        "random_homotopies": [analysis.collapse_repeats(p) for p in random_paths],
+        "pca": {
+            "num_sentences": len(pca_texts),
+            "explained_variance_ratio": [float(r) for r in ratio],
+            "length_correlation": correlation,
+            "plot": str(png),
+        },
+    }
+    markdown = report_markdown(results, args)
+    (out / "report.md").write_text(markdown, encoding="utf-8")
+    (out / "report.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    results["report"] = str(out / "report.md")
+    return results
+
+
+def report_markdown(results: dict, args: argparse.Namespace) -> str:
+    title = args.title or f"Latent-space analysis of {results['model_name_or_path']}"
+    decoding = "greedy decoding" if args.num_beams == 1 else f"beam search ({args.num_beams} beams)"
+    stretched = results["stretched"]
+    pca = results["pca"]
+    lines = [
+        f"# {title}",
+        "",
+        f"Trained on the Penn Treebank (the paper's Section 6 models used the Books Corpus, which is not available). "
+        f"All sentences are decoded with {decoding}; seed {args.seed}.",
+        "",
+        "## Sentences decoded from prior samples (cf. Table 5)",
+        "",
+        *[f"- {s}" for s in results["prior_samples"]],
+        "",
+        "## Lower-probability samples: a random volume-preserving stretch of prior samples (cf. Table 6)",
+        "",
+        f"M = I + U, U uniform in [-{stretched['c']}, {stretched['c']}], |det M| = 1; singular values of M "
+        f"in [{stretched['min_stretch']:.2f}, {stretched['max_stretch']:.2f}]; mean log prior density "
+        f"{stretched['mean_log_prior']:.2f} before and {stretched['mean_stretched_log_prior']:.2f} after.",
+        "",
+        *[f"- {s}" for s in stretched["samples"]],
+        "",
+        "## Posterior mean and samples (cf. Table 7)",
+        "",
+        "| input | mean | " + " | ".join(f"sample {i + 1}" for i in range(args.posterior_samples)) + " |",
+        "|---" * (2 + args.posterior_samples) + "|",
+    ]
+    for row in results["posterior"]:
+        lines.append("| " + " | ".join([row["input"], row["mean"], *row["samples"]]) + " |")
+    lines += ["", "## Homotopies between sentences (posterior means; cf. Table 8)", ""]
+    for item in results["sentence_homotopies"]:
+        lines += [f"From *{item['start']}* to *{item['end']}*:", ""]
+        lines += [f"{i}. {s}" for i, s in enumerate(item["path"], 1)] + [""]
+    lines += ["## Homotopies between random points of the prior (cf. Tables 8 and 12)", ""]
+    for number, path in enumerate(results["random_homotopies"], 1):
+        lines += [f"Path {number}:", ""] + [f"{i}. {s}" for i, s in enumerate(path, 1)] + [""]
+    lines += [
+        "Consecutive duplicates along a path are shown once.",
+        "",
+        "## Posterior means in 2-D (PCA)",
+        "",
+        f"{pca['num_sentences']} sentences of `{Path(results['texts_file']).name}`; the first two components "
+        f"explain {100 * pca['explained_variance_ratio'][0]:.1f}% and {100 * pca['explained_variance_ratio'][1]:.1f}% "
+        f"of the variance; their correlations with sentence length are {pca['length_correlation'][0]:.2f} and "
+        f"{pca['length_correlation'][1]:.2f}.",
+        "",
+        f"![posterior means, PCA]({Path(pca['plot']).name})",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+COMMANDS = {
+    "prior": run_prior,
+    "stretched": run_stretched,
+    "posterior": run_posterior,
+    "homotopy": run_homotopy,
+    "report": run_report,
+}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    model, tokenizer = analysis.load_pretrained(args.model_name_or_path, args.tokenizer_name_or_path, args.device)
+    if model.config.latent_size == 0:
+        raise SystemExit("error: this model is an RNNLM (latent_size=0): it has no latent space to explore")
+    generator = torch.Generator(device=model.device).manual_seed(args.seed)
+    with torch.no_grad():
+        results = COMMANDS[args.command](model, tokenizer, args, generator)
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.output_file:
+        Path(args.output_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output_file).write_text(text + "\n", encoding="utf-8")
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
