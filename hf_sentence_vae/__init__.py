@@ -7,6 +7,7 @@ with `AutoConfig`, `AutoModel` and `AutoTokenizer`, and marks them for `trust_re
 
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+from . import pipelines  # noqa: F401  (registers the "sentence-vae" pipeline task)
 from .configuration_sentence_vae import SentenceVAEConfig
 from .modeling_sentence_vae import (
     SentenceVAEGenerationOutput,
