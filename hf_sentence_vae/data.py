@@ -7,6 +7,7 @@ offsets (memory-mapped from the Arrow cache), from which padded batches are cut 
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -62,22 +63,38 @@ def split_corpus(lines: Sequence[str], validation_fraction: float = 0.05, seed: 
 
 
 # --------------------------------------------------------------------------- loading text with datasets
-def _check_text_file(path: str, split: str) -> None:
+def _check_text_file(path: str, split: str, chunk_size: int = 1 << 20, label: str | None = None) -> None:
+    """Fail early, naming the file (as `--{split}_file`, or `label`), when it is missing, empty or not UTF-8
+    anywhere (the whole file is decoded incrementally in `chunk_size` pieces, ~1 s per GB; the error gives the
+    byte offset and the line number)."""
+    flag = label or f"--{split}_file"
+    if os.path.isdir(path):
+        raise ValueError(f"{flag} {path!r} is a directory, not a text file")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"--{split}_file {path!r} does not exist")
+        raise FileNotFoundError(f"{flag} {path!r} does not exist")
     if os.path.getsize(path) == 0:
-        raise ValueError(f"--{split}_file {path!r} is empty")
-    limit = 1 << 20
+        raise ValueError(f"{flag} {path!r} is empty")
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = newlines = 0
     with open(path, "rb") as handle:
-        sample = handle.read(limit)
-    try:
-        sample.decode("utf-8")
-    except UnicodeDecodeError as err:
-        cut_at_end = len(sample) == limit and err.start >= len(sample) - 4  # a character cut by the sample's end
-        if not cut_at_end:
-            raise ValueError(
-                f"--{split}_file {path!r} is not valid UTF-8 (byte {err.start}: {sample[err.start : err.start + 4]!r})"
-            ) from None
+        while True:
+            chunk = handle.read(chunk_size)
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as err:
+                # Offsets in the error count from the start of the decoder's buffer: pending bytes of a character
+                # cut at the previous chunk's end come first.
+                pending = err.object[: len(err.object) - len(chunk)]
+                position = offset - len(pending) + err.start
+                line = newlines + err.object[: err.start].count(b"\n") - pending.count(b"\n") + 1
+                raise ValueError(
+                    f"{flag} {path!r} is not valid UTF-8: line {line}, byte {position} "
+                    f"({err.object[err.start : err.start + 4]!r}); convert it, e.g. `iconv -f latin1 -t utf-8`"
+                ) from None
+            if not chunk:
+                return
+            offset += len(chunk)
+            newlines += chunk.count(b"\n")
 
 
 def load_text_splits(
@@ -141,16 +158,28 @@ def load_text_splits(
 def tokenize_splits(splits, tokenizer, max_length: int, num_proc: int | None = None):
     """Tokenize every split with `Dataset.map(batched=True)` into ``input_ids`` (``<bos> ... <eos>``, at most
     `max_length` ids: longer sentences keep their first words and their ``<eos>``) and ``length``. The count
-    of truncated lines is logged per split. Returns (`DatasetDict`, {split: truncated count})."""
+    of truncated lines is logged per split, and so is the count of special-token strings (``<pad>``, ``<bos>``,
+    ``<eos>``) found inside sentences and replaced by ``<unk>``. Returns (`DatasetDict`, {split: truncated count})."""
     if max_length < 3:
         raise ValueError(f"max_length must be >= 3 (<bos>, a word, <eos>), got {max_length}")
-    eos = tokenizer.eos_token_id
+    eos, unk = tokenizer.eos_token_id, tokenizer.unk_token_id
+    # A literal "<pad>", "<bos>" or "<eos>" in the text encodes to that special id inside the sentence: <pad> and
+    # <bos> are never predicted (an infinite loss), an inner <eos> teaches ending mid-sentence. They become <unk>.
+    inner_specials = {i for i in (tokenizer.pad_token_id, tokenizer.bos_token_id, eos) if i is not None and i != unk}
 
     def encode(batch):
         ids = tokenizer(batch["text"], add_special_tokens=True)["input_ids"]
+        replaced = []
+        for x in ids:
+            count = 0
+            if inner_specials.intersection(x[1:-1]):
+                for i in range(1, len(x) - 1):
+                    if x[i] in inner_specials:
+                        x[i], count = unk, count + 1
+            replaced.append(count)
         truncated = [len(x) > max_length for x in ids]
         ids = [x[: max_length - 1] + [eos] if cut else x for x, cut in zip(ids, truncated)]
-        return {"input_ids": ids, "length": [len(x) for x in ids], "truncated": truncated}
+        return {"input_ids": ids, "length": [len(x) for x in ids], "truncated": truncated, "specials": replaced}
 
     tokenized = splits.map(encode, batched=True, remove_columns=["text"], num_proc=num_proc, desc="Tokenizing")
     counts = {}
@@ -158,6 +187,11 @@ def tokenize_splits(splits, tokenizer, max_length: int, num_proc: int | None = N
         counts[split] = int(np.asarray(dataset.data.column("truncated")).sum())
         if counts[split]:
             logger.warning(f"{split}: truncated {counts[split]} line(s) longer than max_length={max_length} tokens")
+        specials = int(np.asarray(dataset.data.column("specials")).sum())
+        if specials:
+            logger.warning(
+                f"{split}: replaced {specials} special-token string(s) (<pad>, <bos>, <eos>) inside sentences by <unk>"
+            )
     return tokenized, counts
 
 

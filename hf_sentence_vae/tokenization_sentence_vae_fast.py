@@ -106,7 +106,8 @@ def build_tokenizer(
     backend.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A {EOS}",
         pair=f"{BOS} $A {EOS} $B:1 {EOS}:1",
-        special_tokens=[(BOS, backend.token_to_id(BOS)), (EOS, backend.token_to_id(EOS))],
+        # Our ids, not backend.token_to_id: that can return a stale trainer id when the corpus contains "<eos>".
+        special_tokens=[(BOS, vocab[BOS]), (EOS, vocab[EOS])],
     )
     return SentenceVAETokenizerFast(
         tokenizer_object=backend,

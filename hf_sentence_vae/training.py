@@ -23,7 +23,21 @@ import torch
 from transformers.utils import logging
 
 from .annealing import SCHEDULES, KLSchedule
-from .configuration_sentence_vae import SentenceVAEConfig
+from .checkpointing import (
+    TRAINING_STATE_DIR,
+    CheckpointError,
+    check_pretrained_folder,
+    checkpoint_problem,
+    fsync_tree,
+    load_pretrained_model,
+    load_tokenizer,
+    load_training_state,
+    remove_dir,
+    replace_dir,
+    save_training_state,
+    write_manifest,
+)
+from .configuration_sentence_vae import SentenceVAEConfig, _validate
 from .data import TokenizedCorpus, bucketed_batches, load_text_splits, pad_fraction, tokenize_splits
 from .modeling_sentence_vae import SentenceVAEModel
 from .tokenization_sentence_vae_fast import build_tokenizer, check_tokenizer_matches_model
@@ -155,6 +169,8 @@ class TrainingConfig:
                 raise ValueError(f"checkpointing_steps must be a positive integer or 'epoch', got {value!r}")
         if self.kl_schedule not in SCHEDULES:
             raise ValueError(f"kl_schedule must be one of {SCHEDULES}, got {self.kl_schedule!r}")
+        if self.max_length < 3:
+            raise ValueError(f"max_length must be >= 3 (<bos>, a word, <eos>), got {self.max_length}")
         if self.text_mode not in ("pretokenized", "raw"):
             raise ValueError(f"text_mode must be 'pretokenized' or 'raw', got {self.text_mode!r}")
         if not self.train_file and not self.dataset_name:
@@ -223,13 +239,24 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
 
 
 def resolve_checkpoint(value: str, output_dir: str) -> Path | None:
-    """`latest` -> the newest complete checkpoint in `output_dir` (None if there is none); else the path."""
+    """`latest` -> the newest complete, intact checkpoint in `output_dir` (None if there is none): a corrupt one
+    (a file missing, truncated or altered; see `checkpointing.checkpoint_problem`) is skipped with a warning.
+    Else the path, which must be an intact checkpoint (`CheckpointError` otherwise)."""
     if value == "latest":
-        checkpoints = list_checkpoints(output_dir)
-        return checkpoints[-1] if checkpoints else None
+        for path in reversed(list_checkpoints(output_dir)):
+            problem = checkpoint_problem(path, STATE_FILE)
+            if problem is None:
+                return path
+            logger.warning(f"skipping corrupt checkpoint {path}: {problem}; trying the previous one")
+        return None
     path = Path(value)
     if not (path / STATE_FILE).is_file():
-        raise ValueError(f"--resume_from_checkpoint {value!r} is not a complete checkpoint (no {STATE_FILE})")
+        raise CheckpointError(f"--resume_from_checkpoint {value!r} is not a complete checkpoint (no {STATE_FILE})")
+    problem = checkpoint_problem(path, STATE_FILE)
+    if problem is not None:
+        others = [p.name for p in list_checkpoints(path.parent) if p != path]
+        hint = f"; other checkpoints there: {', '.join(others)}" if others else ""
+        raise CheckpointError(f"--resume_from_checkpoint {value!r} is corrupt: {problem}{hint}")
     return path
 
 
@@ -246,8 +273,17 @@ def _truncate_metrics(path: Path, step: int) -> None:
     """On resume, drop records written after the checkpoint's step (they will be produced again)."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
-    path.write_text("".join(line + "\n" for line in kept))
+    kept = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:  # a record torn by the interruption
+            continue
+        if isinstance(record, dict) and record.get("step", 0) <= step:
+            kept.append(line)
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
@@ -373,11 +409,17 @@ class Trainer:
             if config.resume_from_checkpoint
             else None
         )
+        if config.resume_from_checkpoint == "latest" and self.resume_path is None:
+            logger.warning(f"no intact checkpoint in {self.output_dir}: starting from scratch")
         self._prepare_data_and_model()
 
     # ------------------------------------------------------------------ setup
     def _prepare_data_and_model(self) -> None:
         config, accelerator = self.config, self.accelerator
+        if self.resume_path is None and not config.model_name_or_path:
+            SentenceVAEConfig(vocab_size=8, **config.model_overrides())  # impossible settings fail before the data
+        if config.model_name_or_path and self.resume_path is None:
+            check_pretrained_folder(config.model_name_or_path)  # so do missing or truncated weights
         splits = load_text_splits(
             config.train_file,
             config.validation_file,
@@ -397,11 +439,12 @@ class Trainer:
         self.train_corpus = self.corpora["train"]
 
         if self.resume_path is not None:
-            model = SentenceVAEModel.from_pretrained(self.resume_path)
+            model = load_pretrained_model(SentenceVAEModel, self.resume_path, "--resume_from_checkpoint")
         elif config.model_name_or_path:
-            model = SentenceVAEModel.from_pretrained(config.model_name_or_path)
+            model = load_pretrained_model(SentenceVAEModel, config.model_name_or_path)
             for name, value in config.model_overrides().items():
                 setattr(model.config, name, value)  # e.g. a different word keep rate for fine-tuning
+            _validate(model.config)
         else:
             model_config = SentenceVAEConfig(
                 vocab_size=len(self.tokenizer),
@@ -412,7 +455,13 @@ class Trainer:
                 **config.model_overrides(),
             )
             model = SentenceVAEModel(model_config)
-        check_tokenizer_matches_model(self.tokenizer, model.config)
+        try:
+            check_tokenizer_matches_model(self.tokenizer, model.config)
+        except ValueError as err:
+            source = self.resume_path or config.tokenizer_name_or_path or config.model_name_or_path or "built"
+            raise ValueError(
+                f"{err} (tokenizer: {source}; model: {self.resume_path or config.model_name_or_path})"
+            ) from None
         self.latent_size = model.config.latent_size
         model.train()
 
@@ -442,10 +491,13 @@ class Trainer:
             num_training_steps=self.max_train_steps,
         )
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
-        accelerator.register_for_checkpointing(self.scheduler)
         self.state = TrainerState()
         if self.resume_path is not None:
-            accelerator.load_state(str(self.resume_path / "training_state"))
+            # Our own state files, read with torch.load(weights_only=True) (not accelerator.load_state, which
+            # unpickles registered objects such as the scheduler with weights_only=False).
+            load_training_state(
+                self.resume_path / TRAINING_STATE_DIR, self.optimizer, self.scheduler, accelerator.scaler, self.rank
+            )
             self.state = TrainerState.load(self.resume_path / STATE_FILE)
             accelerator.step = 0  # checkpoints are written on optimizer-step boundaries
             if accelerator.is_main_process:
@@ -459,11 +511,11 @@ class Trainer:
 
         config, accelerator = self.config, self.accelerator
         if self.resume_path is not None:
-            return AutoTokenizer.from_pretrained(self.resume_path)
+            return load_tokenizer(self.resume_path, "--resume_from_checkpoint")
         if config.tokenizer_name_or_path:
-            return AutoTokenizer.from_pretrained(config.tokenizer_name_or_path)
+            return load_tokenizer(config.tokenizer_name_or_path)
         if config.model_name_or_path:
-            return AutoTokenizer.from_pretrained(config.model_name_or_path)
+            return load_tokenizer(config.model_name_or_path, "--model_name_or_path")
         folder = self.output_dir / "tokenizer"
         if accelerator.is_main_process:
             tokenizer = build_tokenizer(
@@ -495,21 +547,26 @@ class Trainer:
             (folder / "eval_results.json").write_text(json.dumps(extra, indent=2))
 
     def save_checkpoint(self) -> Path:
-        """Write `checkpoint-<step>` atomically (temporary folder, then rename), then prune old ones."""
+        """Write `checkpoint-<step>` atomically: everything goes into a temporary folder (model, tokenizer, our
+        weights_only-loadable training state, trainer state, then a manifest of sizes and SHA-256s), is fsynced,
+        and the folder is renamed into place; only then are old checkpoints pruned."""
         accelerator = self.accelerator
         step = self.state.global_step
         final = self.output_dir / f"{CHECKPOINT_PREFIX}{step}"
         tmp = self.output_dir / f".tmp-{CHECKPOINT_PREFIX}{step}"
-        if accelerator.is_main_process and tmp.exists():
-            shutil.rmtree(tmp)
+        if accelerator.is_main_process:
+            for stale in [*self.output_dir.glob(f".tmp-{CHECKPOINT_PREFIX}*"), *self.output_dir.glob(".trash-*")]:
+                shutil.rmtree(stale, ignore_errors=True)  # left by an interrupted run
+            (tmp / TRAINING_STATE_DIR).mkdir(parents=True)
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp / "training_state"))
+        save_training_state(tmp / TRAINING_STATE_DIR, self.optimizer, self.scheduler, accelerator.scaler, self.rank)
+        accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             self._save_model_folder(tmp)
             self.state.save(tmp / STATE_FILE)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+            write_manifest(tmp)
+            fsync_tree(tmp)
+            replace_dir(tmp, final)
             self._prune_checkpoints()
         accelerator.wait_for_everyone()
         return final
@@ -519,7 +576,7 @@ class Trainer:
         if limit is None:
             return
         for old in list_checkpoints(self.output_dir)[:-limit] if limit > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
+            remove_dir(old)
 
     def _save_best(self, metrics: dict[str, float]) -> None:
         if not self.accelerator.is_main_process:
@@ -528,9 +585,7 @@ class Trainer:
         if tmp.exists():
             shutil.rmtree(tmp)
         self._save_model_folder(tmp, extra={"step": self.state.global_step, **metrics})
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        replace_dir(tmp, final)
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, split: str) -> dict[str, float]:
@@ -603,15 +658,15 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         last = list_checkpoints(self.output_dir)
         where = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was written yet"
+        step = self.state.global_step + 1  # the step being attempted, numbered as in the logs
         if self.config.on_nonfinite_loss == "skip":
             self.state.skipped_steps += 1
             logger.warning(
-                f"non-finite loss at step {self.state.global_step}: step skipped "
-                f"({self.state.skipped_steps} so far); {where}"
+                f"non-finite loss at step {step}: batch skipped ({self.state.skipped_steps} so far); {where}"
             )
             return
         raise FloatingPointError(
-            f"non-finite loss (NaN or inf) at step {self.state.global_step}; {where}. "
+            f"non-finite loss (NaN or inf) at step {step}; {where}. "
             "Lower the learning rate, clip gradients (--max_grad_norm), or pass --on_nonfinite_loss skip."
         )
 
@@ -748,6 +803,8 @@ class Trainer:
             if best.is_dir():
                 (best / "eval_results.json").write_text(json.dumps(results, indent=2))
             plot_training(self.metrics_path, self.output_dir / "training_curves.png")
+            if best.is_dir():
+                self._finalize_best(best)
         if self.config.with_tracking:
             accelerator.end_training()
         if self.config.push_to_hub and accelerator.is_main_process:
@@ -756,6 +813,19 @@ class Trainer:
             push_folder(best, self.config.hub_model_id, token=self.config.hub_token, private=self.config.hub_private)
         accelerator.wait_for_everyone()
         return results
+
+    def _finalize_best(self, best: Path) -> None:
+        """Make `best/` Hub-ready: the run's metrics and curves, the pipeline file and the model card (README.md).
+        The card is a convenience: a failure here only warns, the trained model is already saved."""
+        try:
+            for name in ("metrics.jsonl", "training_curves.png"):
+                if (self.output_dir / name).is_file():
+                    shutil.copy2(self.output_dir / name, best / name)
+            from .hub import finalize_model_folder
+
+            finalize_model_folder(best)
+        except Exception as err:
+            logger.warning(f"could not write the model card in {best}: {type(err).__name__}: {err}")
 
 
 def train(config: TrainingConfig, accelerator=None) -> dict[str, Any]:
