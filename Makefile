@@ -29,7 +29,7 @@ $(WORDNET):
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wordnet-base >/dev/null
 
 demo: install $(WORDNET)
-	$(OFFLINE) $(BIN)/python train_scripts/demo.py --output_dir runs/demo
+	OMP_NUM_THREADS=1 $(OFFLINE) $(BIN)/python train_scripts/demo.py --output_dir runs/demo --num_threads 1
 
 bench: install
 	$(OFFLINE) $(BIN)/python benchmarks/run_benchmarks.py --data_dir $(DATA) --output BENCHMARKS.json

@@ -33,7 +33,10 @@ def parse(argv):
     parser.add_argument("--output_dir", default="runs/demo")
     parser.add_argument("--corpus_file", help="one sentence a line; default: WordNet's example sentences")
     parser.add_argument("--wordnet_dir", default=DEFAULT_WORDNET_DIR)
-    parser.add_argument("--num_train_epochs", type=int, default=6)
+    parser.add_argument("--num_train_epochs", type=int, default=4)
+    parser.add_argument(
+        "--num_threads", type=int, default=None, help="torch threads (1 is safest on a busy machine: see README)"
+    )
     parser.add_argument("--max_train_steps", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
@@ -76,6 +79,7 @@ def main(argv=None) -> int:
         kl_sigmoid_midpoint=1500,
         logging_steps=100,
         seed=args.seed,
+        num_threads=args.num_threads,
     )
     results = train(config)
     minutes = (time.time() - start) / 60
