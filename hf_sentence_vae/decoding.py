@@ -55,13 +55,6 @@ def _apply_constraints(
     return log_probs
 
 
-def _finished_row(vocab_size: int, pad_token_id: int, like: torch.Tensor) -> torch.Tensor:
-    """Log-probabilities for a finished hypothesis: padding with probability one."""
-    row = torch.full((vocab_size,), float("-inf"), dtype=like.dtype, device=like.device)
-    row[pad_token_id] = 0.0
-    return row
-
-
 def sample_search(
     step_fn: StepFn,
     state: State,
@@ -81,31 +74,55 @@ def sample_search(
     `logits_processor(generated_ids, scores) -> scores` (e.g. a `transformers.LogitsProcessorList` of
     temperature / top-k / top-p warpers) reshapes the distribution before sampling; it does not change
     the reported log-probabilities, which are the model's own.
+
+    Greedy rows that have produced `<eos>` leave the batch (their state rows are dropped), so a batch costs
+    the sum of its sentence lengths rather than its size times its longest sentence; rows do not interact,
+    so the results are those of decoding every row on its own. Sampling keeps all rows to the end, so the
+    generator's random stream is consumed as always.
     """
     device = state[0].device
     tokens = torch.full((batch_size,), bos_token_id, dtype=torch.long, device=device)
-    generated = torch.empty((batch_size, 0), dtype=torch.long, device=device)
+    generated = torch.full((batch_size, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
     finished = torch.zeros(batch_size, dtype=torch.bool, device=device)
     total = torch.zeros(batch_size, device=device)
     lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
+    rows = torch.arange(batch_size, device=device)  # greedy: the rows still being decoded
+    forced = forced_tokens
+    steps = 0
     for step in range(max_new_tokens):
+        steps = step + 1
         log_probs, state = step_fn(tokens, state)
-        log_probs = _apply_constraints(log_probs.float(), step, eos_token_id, min_new_tokens, forced_tokens)
-        if do_sample:
-            scores = log_probs if logits_processor is None else logits_processor(generated, log_probs.clone())
-            probs = torch.softmax(scores, dim=-1)
-            choice = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-        else:
-            choice = log_probs.argmax(-1)
+        log_probs = _apply_constraints(log_probs.float(), step, eos_token_id, min_new_tokens, forced)
+        if not do_sample:
+            # max() gives the first maximal index, as argmax() does, at a fraction of argmax's CPU time.
+            chosen, choice = log_probs.max(-1)
+            generated[rows, step] = choice
+            total.index_add_(0, rows, chosen)
+            lengths[rows] += 1
+            ended = choice == eos_token_id
+            if bool(ended.any()):
+                keep = (~ended).nonzero().squeeze(-1)
+                if keep.numel() == 0:
+                    break
+                rows, choice = rows[keep], choice[keep]
+                state = tuple(s.index_select(0, keep) for s in state)
+                if forced is not None:
+                    forced = forced.index_select(0, keep)
+            tokens = choice
+            continue
+        scores = log_probs if logits_processor is None else logits_processor(generated[:, :step], log_probs.clone())
+        probs = torch.softmax(scores, dim=-1)
+        choice = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
         chosen = log_probs.gather(-1, choice.unsqueeze(-1)).squeeze(-1)
         choice = choice.masked_fill(finished, pad_token_id)
         total = total + chosen.masked_fill(finished, 0.0)
         lengths = lengths + (~finished).long()
-        generated = torch.cat([generated, choice.unsqueeze(-1)], dim=-1)
+        generated[:, step] = choice
         finished = finished | (choice == eos_token_id)
         tokens = choice
         if bool(finished.all()):
             break
+    generated = generated[:, :steps]
     return SearchResult(generated.unsqueeze(1), total.unsqueeze(1), total.unsqueeze(1), lengths.unsqueeze(1))
 
 
@@ -130,6 +147,10 @@ def beam_search(
     log-probability; at the end hypotheses are ranked by `sum log p / length ** length_penalty`
     (`length_penalty=0` ranks by the plain sum). With `num_beams=1` this is greedy decoding; with a beam
     at least as wide as the number of partial hypotheses it is exact search.
+
+    Each step takes the `num_beams` best tokens of every hypothesis first (only those can enter the next
+    beam), so the selection works on `(B, k * k)` candidates instead of `(B, k * V)`; rows whose hypotheses
+    have all finished leave the batch. Both leave the search's result unchanged.
     """
     if num_return_sequences > num_beams:
         raise ValueError(f"num_return_sequences={num_return_sequences} must be <= num_beams={num_beams}")
@@ -137,47 +158,95 @@ def beam_search(
     k = num_beams
     state = tuple(s.repeat_interleave(k, dim=0) for s in state)
     forced = None if forced_tokens is None else forced_tokens.repeat_interleave(k, dim=0)
+    # Results of every row, filled in as rows finish.
+    out_sequences = torch.full((batch_size, k, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
+    out_scores = torch.empty((batch_size, k), device=device)
+    out_lengths = torch.zeros((batch_size, k), dtype=torch.long, device=device)
+    # The rows still searching, and their hypotheses.
+    active = torch.arange(batch_size, device=device)
     scores = torch.full((batch_size, k), float("-inf"), device=device)
     scores[:, 0] = 0.0
     sequences = torch.empty((batch_size, k, 0), dtype=torch.long, device=device)
     finished = torch.zeros((batch_size, k), dtype=torch.bool, device=device)
     lengths = torch.zeros((batch_size, k), dtype=torch.long, device=device)
     tokens = torch.full((batch_size * k,), bos_token_id, dtype=torch.long, device=device)
-    offsets = (torch.arange(batch_size, device=device) * k).unsqueeze(-1)
+    steps = 0
     for step in range(max_new_tokens):
+        steps = step + 1
+        n = active.numel()
         log_probs, state = step_fn(tokens, state)
-        log_probs = _apply_constraints(log_probs.float(), step, eos_token_id, min_new_tokens, forced)
-        vocab_size = log_probs.shape[-1]
-        done_row = _finished_row(vocab_size, pad_token_id, log_probs)
-        log_probs = torch.where(finished.view(-1, 1), done_row, log_probs)
-        candidates = (scores.unsqueeze(-1) + log_probs.view(batch_size, k, vocab_size)).view(batch_size, -1)
+        log_probs = log_probs.float()
+        if step < min_new_tokens:
+            log_probs = log_probs.index_fill(-1, torch.tensor([eos_token_id], device=device), float("-inf"))
+        # The best min(k, V) tokens of each hypothesis: the next beam is drawn from these.
+        top_scores, top_tokens = log_probs.topk(min(k, log_probs.shape[-1]), dim=-1)
+        if forced is not None and step < forced.shape[1]:
+            pinned = forced[:, step]
+            is_pinned = (pinned >= 0).unsqueeze(-1)
+            if bool(is_pinned.any()):
+                only_scores = torch.full_like(top_scores, float("-inf"))
+                only_scores[:, 0] = log_probs.gather(-1, pinned.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+                only_tokens = top_tokens.clone()
+                only_tokens[:, 0] = pinned.clamp(min=0)
+                top_scores = torch.where(is_pinned, only_scores, top_scores)
+                top_tokens = torch.where(is_pinned, only_tokens, top_tokens)
+        # Finished hypotheses continue with padding at no cost.
+        done = finished.view(-1, 1)
+        top_scores = torch.where(done, _finished_candidates(top_scores), top_scores)
+        top_tokens = top_tokens.masked_fill(done, pad_token_id)
+        width = top_scores.shape[-1]
+        candidates = (scores.unsqueeze(-1) + top_scores.view(n, k, width)).view(n, -1)
         scores, flat = candidates.topk(k, dim=-1)
-        beam = torch.div(flat, vocab_size, rounding_mode="floor")
-        tokens_bk = flat % vocab_size
-        source = (offsets + beam).view(-1)
-        state = tuple(s.index_select(0, source) for s in state)
-        if forced is not None:
-            forced = forced.index_select(0, source)
+        beam = torch.div(flat, width, rounding_mode="floor")
+        tokens_bk = top_tokens.view(n, k * width).gather(1, flat)
         was_finished = finished.gather(1, beam)
         sequences = torch.cat(
             [sequences.gather(1, beam.unsqueeze(-1).expand_as(sequences)), tokens_bk.unsqueeze(-1)], -1
         )
         lengths = lengths.gather(1, beam) + (~was_finished).long()
         finished = was_finished | (tokens_bk == eos_token_id)
-        tokens = tokens_bk.view(-1)
-        if bool(finished.all()):
-            break
-    log_probs_total = scores
-    ranking = scores / lengths.clamp(min=1).float().pow(length_penalty) if length_penalty else scores
+        source = (torch.arange(n, device=device).unsqueeze(-1) * k + beam).view(-1)
+        row_done = finished.all(-1)
+        if bool(row_done.any()):
+            out_sequences[active[row_done], :, :steps] = sequences[row_done]
+            out_scores[active[row_done]] = scores[row_done]
+            out_lengths[active[row_done]] = lengths[row_done]
+            keep = (~row_done).nonzero().squeeze(-1)
+            if keep.numel() == 0:
+                break
+            active, scores, sequences = active[keep], scores[keep], sequences[keep]
+            lengths, finished, tokens_bk = lengths[keep], finished[keep], tokens_bk[keep]
+            source = source.view(n, k)[keep].view(-1)
+        state = tuple(s.index_select(0, source) for s in state)
+        if forced is not None:
+            forced = forced.index_select(0, source)
+        tokens = tokens_bk.reshape(-1)
+    else:  # the length limit: the rows still open end here
+        out_sequences[active, :, :steps] = sequences
+        out_scores[active] = scores
+        out_lengths[active] = lengths
+    out_sequences = out_sequences[:, :, :steps]
+    log_probs_total = out_scores
+    if length_penalty:
+        ranking = out_scores / out_lengths.clamp(min=1).float().pow(length_penalty)
+    else:
+        ranking = out_scores
     ranking, order = ranking.sort(dim=-1, descending=True)
     order = order[:, :num_return_sequences]
-    pick = order.unsqueeze(-1).expand(-1, -1, sequences.shape[-1])
+    pick = order.unsqueeze(-1).expand(-1, -1, out_sequences.shape[-1])
     return SearchResult(
-        sequences.gather(1, pick),
+        out_sequences.gather(1, pick),
         ranking[:, :num_return_sequences],
         log_probs_total.gather(1, order),
-        lengths.gather(1, order),
+        out_lengths.gather(1, order),
     )
+
+
+def _finished_candidates(like: torch.Tensor) -> torch.Tensor:
+    """Candidate scores of a finished hypothesis: padding (the first candidate) at no cost, nothing else."""
+    row = torch.full((like.shape[-1],), float("-inf"), dtype=like.dtype, device=like.device)
+    row[0] = 0.0
+    return row
 
 
 def reverse_tokens(sequences: torch.Tensor, lengths: torch.Tensor, offset: int = 0) -> torch.Tensor:

@@ -30,6 +30,12 @@ from .latent import gaussian_kl, interpolate, reparameterize, sample_standard_no
 
 logger = logging.get_logger(__name__)
 
+# Decoding steps of at most this many rows use the LSTM cell op instead of nn.LSTM (faster for small batches).
+_CELL_MAX_BATCH = 64
+# Under CPU bf16 autocast the output layer pads its rows to a multiple of this: oneDNN builds a bf16 GEMM kernel
+# per new shape (~4 ms), and the number of target tokens differs almost every batch.
+_BF16_ROW_BUCKET = 128
+
 
 @dataclass
 class SentenceVAEOutput(ModelOutput):
@@ -79,24 +85,94 @@ class SentenceVAEGenerationOutput(ModelOutput):
 
 
 class _TokenCrossEntropy(torch.autograd.Function):
-    """Per-token -log softmax(logits)[target] with a lean backward: the gradient softmax - onehot is
-    written in one fresh buffer (no log-softmax output kept, no zero-filled one-hot tensor)."""
+    """Per-token -log softmax(logits)[target] with a lean backward.
+
+    The forward is one fused `log_softmax` pass (float32 math whatever the input dtype), whose output is
+    the only `(N, V)` tensor kept; the backward turns that buffer in place into softmax * grad - onehot * grad
+    (no second `(N, V)` allocation, no zero-filled one-hot). On CPU this is about twice as fast as
+    logsumexp-based or `F.cross_entropy` versions (see BENCHMARKS.md). The saved buffer is consumed, so the
+    graph through this node can be differentiated once (`retain_graph=True` raises instead of being wrong)."""
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        logits32 = logits.to(torch.promote_types(logits.dtype, torch.float32))
-        lse = torch.logsumexp(logits32, dim=-1)
-        nll = lse - logits32.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        ctx.save_for_backward(logits, lse, targets)
+        log_probs = torch.log_softmax(logits, dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32))
+        nll = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1).neg()
+        ctx.save_for_backward(log_probs, targets)
+        ctx.logits_dtype = logits.dtype
         return nll
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        logits, lse, targets = ctx.saved_tensors
-        grad = grad.to(lse.dtype).unsqueeze(-1)
-        probs = logits.to(lse.dtype).sub(lse.unsqueeze(-1)).exp_().mul_(grad)
+        log_probs, targets = ctx.saved_tensors
+        grad = grad.to(log_probs.dtype).unsqueeze(-1)
+        probs = log_probs.exp_().mul_(grad)
         probs.scatter_add_(-1, targets.unsqueeze(-1), -grad)
-        return probs.to(logits.dtype), None
+        return probs.to(ctx.logits_dtype), None
+
+
+class _OutputLayerNLL(torch.autograd.Function):
+    """Per-token -log softmax(hidden @ weight.T + bias)[target]: the output layer and its loss in one node.
+
+    Against `F.linear` followed by a cross-entropy, it keeps one `(N, V)` buffer instead of two (the log-softmax
+    is written over the logits, and the backward turns it into the logits' gradient in place), and it gets the
+    bias gradient from the weight-gradient product (one column of ones more) instead of a separate pass over
+    `(N, V)`: 10-14% more tokens per second in PTB training (BENCHMARKS.md). Under autocast the products run in
+    the autocast dtype (on CPU with the rows padded to a multiple of `_BF16_ROW_BUCKET`), the log-softmax in
+    float32. The graph through this node can be differentiated once."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets):
+        device = hidden.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+        rows = hidden.shape[0]
+        with torch.autocast(device, enabled=False):
+            hidden_c, weight_c = hidden.to(dtype), weight.to(dtype)
+            pad = (-rows) % _BF16_ROW_BUCKET if device == "cpu" and dtype != torch.float32 else 0
+            if pad:  # zero rows, whose gradient is zero: a few shapes for oneDNN's per-shape bf16 GEMM kernels
+                hidden_c = torch.cat([hidden_c, hidden_c.new_zeros(pad, hidden_c.shape[1])])
+                targets = torch.cat([targets, targets.new_zeros(pad)])
+            logits = torch.addmm(bias.to(dtype), hidden_c, weight_c.t())
+            # In place, row by row (each row is read before it is written); a float32 copy of bf16 logits first
+            # (2.5x faster than log_softmax(dtype=float32) on CPU).
+            log_probs = logits.to(torch.promote_types(logits.dtype, torch.float32))
+            log_probs = torch.log_softmax(log_probs, dim=-1, out=log_probs)
+            nll = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1).neg()
+        ctx.save_for_backward(hidden_c, weight_c, log_probs, targets)
+        ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype)
+        ctx.rows = rows
+        return nll[:rows]
+
+    @staticmethod
+    def backward(ctx, grad):
+        hidden_c, weight_c, log_probs, targets = ctx.saved_tensors
+        hidden_dtype, weight_dtype, bias_dtype = ctx.dtypes
+        grad = grad.to(log_probs.dtype)
+        if log_probs.shape[0] > ctx.rows:
+            grad = torch.cat([grad, grad.new_zeros(log_probs.shape[0] - ctx.rows)])
+        grad = grad.unsqueeze(-1)
+        grad_logits = log_probs.exp_().mul_(grad)  # softmax * grad - onehot * grad, in the saved buffer
+        grad_logits.scatter_add_(-1, targets.unsqueeze(-1), -grad)
+        grad_logits = grad_logits.to(hidden_c.dtype)
+        grad_hidden = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_hidden = torch.mm(grad_logits, weight_c)[: ctx.rows].to(hidden_dtype)
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            ones = hidden_c.new_ones(hidden_c.shape[0], 1)
+            both = torch.mm(grad_logits.t(), torch.cat([hidden_c, ones], dim=1))
+            grad_weight = both[:, :-1].to(weight_dtype).contiguous()
+            grad_bias = both[:, -1].to(bias_dtype).contiguous()
+        return grad_hidden, grad_weight, grad_bias, None
+
+
+def _run_lstm(lstm: nn.LSTM, inputs, state: tuple[torch.Tensor, torch.Tensor] | None = None):
+    """`lstm(inputs, state)`, except under CPU autocast, where the recurrence runs in float32: oneDNN's bf16
+    LSTM is 1.2-1.5x slower on CPU than its fp32 one, which made a bf16-autocast training step slower than an
+    fp32 one; with fp32 LSTMs and bf16 projections it is ~1.25x faster (BENCHMARKS.md). Elsewhere (fp32, CUDA
+    autocast) this is a plain call."""
+    if torch.is_autocast_enabled("cpu") and lstm.weight_hh_l0.device.type == "cpu":
+        with torch.autocast("cpu", enabled=False):
+            return lstm(inputs.float(), None if state is None else tuple(s.float() for s in state))
+    return lstm(inputs, state)
 
 
 def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -244,17 +320,19 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel):
         attention_mask = self._check_inputs(input_ids, attention_mask)
         return self._encode(input_ids, attention_mask)
 
-    def _encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _encode(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, embedded: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         embed = getattr(self, "encoder_embed_tokens", self.embed_tokens)
         lengths = attention_mask.sum(-1)
-        embedded = embed(input_ids)
+        embedded = embed(input_ids) if embedded is None else embedded
         if self.config.bidirectional_encoder:
             packed = nn.utils.rnn.pack_padded_sequence(embedded, lengths.cpu(), batch_first=True, enforce_sorted=False)
-            _, (h_n, _) = self.encoder(packed)
+            _, (h_n, _) = _run_lstm(self.encoder, packed)
             final = torch.cat([h_n[0], h_n[1]], dim=-1)
         else:
             # A left-to-right LSTM's output at the last real token is its final state for that row.
-            outputs, _ = self.encoder(embedded)
+            outputs, _ = _run_lstm(self.encoder, embedded)
             index = (lengths - 1).view(-1, 1, 1).expand(-1, 1, outputs.shape[-1])
             final = outputs.gather(1, index).squeeze(1)
         mu, raw = self.posterior(self.encoder_highway(final)).chunk(2, dim=-1)
@@ -274,22 +352,30 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel):
         h, c = self.latent_to_state(self.latent_highway(z)).chunk(2, dim=-1)
         return h.contiguous(), c.contiguous()
 
-    def _decoder_inputs(self, ids: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
-        embedded = self.dropout(self.embed_tokens(ids))
+    def _decoder_inputs(
+        self, ids: torch.Tensor, z: torch.Tensor | None, embedded: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        embedded = self.dropout(self.embed_tokens(ids) if embedded is None else embedded)
         if z is not None and self.config.latent_injection == "initial_state_and_inputs":
             embedded = torch.cat([embedded, z.unsqueeze(1).expand(-1, ids.shape[1], -1).to(embedded.dtype)], -1)
         return embedded
 
-    def _run_decoder(self, ids: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
-        """Decoder hidden states `(B, T, H)` after reading `ids` `(B, T)`."""
+    def _run_decoder(
+        self, ids: torch.Tensor, z: torch.Tensor | None, embedded: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Decoder hidden states `(B, T, H)` after reading `ids` `(B, T)` (whose embeddings may be given)."""
         h0, c0 = self._initial_state(z, ids.shape[0], ids.device, self.embed_tokens.weight.dtype)
-        outputs, _ = self.decoder(self._decoder_inputs(ids, z), (h0.unsqueeze(0), c0.unsqueeze(0)))
+        inputs = self._decoder_inputs(ids, z, embedded)
+        outputs, _ = _run_lstm(self.decoder, inputs, (h0.unsqueeze(0), c0.unsqueeze(0)))
         return self.dropout(outputs)
+
+    def _output_bias(self) -> torch.Tensor:
+        """The output bias with the never-predicted mask folded in (`<pad>` and `<bos>` get -inf)."""
+        return self.lm_head.bias + self.logit_mask.to(self.lm_head.bias.dtype)
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Next-token logits; `<pad>` and `<bos>` get -inf through the bias (a `(V,)` add, not `(N, V)`)."""
-        bias = self.lm_head.bias + self.logit_mask.to(self.lm_head.bias.dtype)
-        return F.linear(hidden, self.lm_head.weight, bias)
+        return F.linear(hidden, self.lm_head.weight, self._output_bias())
 
     def word_dropout(
         self,
@@ -372,8 +458,19 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel):
 
         mu = logvar = None
         z = latent
+        # Encoder and decoder read the same (shared) embedding table: one lookup serves both (the decoder's
+        # inputs are the encoder's, shifted, with dropped words replaced by <unk>), so the backward builds one
+        # dense (V, E) gradient instead of two plus their sum (~6% of a PTB training step at batch 32).
+        one_lookup = (
+            cfg.latent_size > 0 and z is None and not cfg.right_to_left and not hasattr(self, "encoder_embed_tokens")
+        )
+        encoder_embedded = unk_embedding = None
+        if one_lookup:
+            unk = input_ids.new_full((1,), cfg.unk_token_id)
+            table = self.embed_tokens(torch.cat([input_ids.reshape(-1), unk]))
+            encoder_embedded, unk_embedding = table[:-1].view(*input_ids.shape, -1), table[-1]
         if cfg.latent_size > 0 and z is None:
-            mu, logvar = self._encode(input_ids, attention_mask)
+            mu, logvar = self._encode(input_ids, attention_mask, encoder_embedded)
             if not sample_latent:
                 z = mu
             elif latent_noise is not None:
@@ -403,7 +500,11 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel):
         if not self.training and keep_rate > 0.0:
             keep_rate = 1.0
         decoder_ids = self.word_dropout(ordered[:, :-1], keep_rate, generator=generator, noise=word_dropout_noise)
-        hidden = self._run_decoder(decoder_ids, z)
+        decoder_embedded = None
+        if one_lookup:
+            dropped = (decoder_ids != ordered[:, :-1]).unsqueeze(-1)
+            decoder_embedded = torch.where(dropped, unk_embedding, encoder_embedded[:, :-1])
+        hidden = self._run_decoder(decoder_ids, z, decoder_embedded)
 
         logits = None
         if return_logits:
@@ -413,7 +514,7 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel):
             reconstruction = token_nll.masked_fill(~target_mask, 0.0).sum(-1)
         else:
             rows = target_mask.nonzero(as_tuple=True)
-            token_nll = token_cross_entropy(self._logits(hidden[rows]), targets[rows])
+            token_nll = _OutputLayerNLL.apply(hidden[rows], self.lm_head.weight, self._output_bias(), targets[rows])
             reconstruction = torch.zeros(batch_size, device=hidden.device, dtype=token_nll.dtype)
             reconstruction = reconstruction.index_add(0, rows[0], token_nll)
 
@@ -456,9 +557,17 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel):
         if self.config.word_keep_rate == 0.0:
             tokens = self.word_dropout(tokens, 0.0)
         inputs = self._decoder_inputs(tokens.unsqueeze(1), z)
-        output, (h, c) = self.decoder(inputs, (h.unsqueeze(0), c.unsqueeze(0)))
-        log_probs = torch.log_softmax(self._logits(output[:, 0]).float(), dim=-1)
-        return log_probs, (h[0], c[0]) + (() if z is None else (z,))
+        decoder = self.decoder
+        if inputs.shape[0] <= _CELL_MAX_BATCH and not torch.is_autocast_enabled(inputs.device.type):
+            # A single step of a small batch: the LSTM cell op is ~5x faster than nn.LSTM's (oneDNN) call.
+            h, c = torch.lstm_cell(
+                inputs[:, 0], (h, c), decoder.weight_ih_l0, decoder.weight_hh_l0, decoder.bias_ih_l0, decoder.bias_hh_l0
+            )
+        else:
+            _, (h, c) = _run_lstm(decoder, inputs, (h.unsqueeze(0), c.unsqueeze(0)))
+            h, c = h[0], c[0]
+        log_probs = torch.log_softmax(self._logits(h).float(), dim=-1)
+        return log_probs, (h, c) + (() if z is None else (z,))
 
     def sample_prior(self, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """`(num_samples, Z)` codes drawn from the prior N(0, I) on the model's device."""

@@ -1,0 +1,114 @@
+"""Smoke test of the speed benchmarks (benchmarks/run_benchmarks.py): the --quick path on a tiny synthetic
+config, in-process. Structure only: every figure present and positive; no timing thresholds."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def bench(repo_root):
+    folder = str(repo_root / "benchmarks")
+    sys.path.insert(0, folder)  # run_benchmarks imports its sibling baseline.py
+    try:
+        spec = importlib.util.spec_from_file_location("run_benchmarks", repo_root / "benchmarks" / "run_benchmarks.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["run_benchmarks"] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(folder)
+        sys.modules.pop("run_benchmarks", None)
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and value > 0
+
+
+def test_quick_tiny_run_has_every_figure(bench, tmp_path):
+    output = tmp_path / "bench.json"
+    args = [
+        "--quick",
+        "--tiny",
+        "--threads", "1",
+        "--warmup", "0",
+        "--repeats", "1",
+        "--steps", "1",
+        "--loss_steps", "2",
+        "--single_sentences", "2",
+        "--decode_batch_sizes", "1,4",
+        "--max_beam_batch", "4",
+        "--max_new_tokens", "6",
+        "--stream_sentences", "8",
+        "--impute_batch_size", "4",
+        "--matmul_size", "128",
+        "--profile",
+        "--no_memory",
+        "--output", str(output),
+    ]  # fmt: skip
+    results = bench.run(args)
+    assert json.loads(output.read_text())["command"] == results["command"]
+    assert {"machine", "data", "training", "bf16_loss", "decoding", "imputation", "profiles", "markdown"} <= set(
+        results
+    )
+    assert results["machine"]["load_average_start"] and results["data"]["train_sentences"] > 0
+
+    (entry,) = results["training"]
+    assert entry["size"] == "tiny" and entry["batch_size"] == 32 and _positive(entry["flops_per_token"])
+    assert set(entry["arms"]) == {"fp32", "fp32+fused_adam", "bf16+fused_adam", "baseline"}
+    for name, arm in entry["arms"].items():
+        for key in (
+            "tokens_per_second",
+            "tokens_per_cpu_second",
+            "achieved_gflops",
+            "matmul_gflops",
+            "fraction_of_matmul",
+            "fraction_of_matmul_cpu_time",
+            "ratio_vs_fp32",
+            "ratio_vs_baseline",
+            "flops_per_token",
+        ):
+            assert _positive(arm[key]), (name, key, arm[key])
+        assert arm["runs"] and not any(run["warmup"] for run in arm["runs"])
+    assert entry["arms"]["fp32"]["ratio_vs_fp32"] == pytest.approx(1.0)
+
+    loss = results["bf16_loss"]
+    assert loss["steps"] == 2 and set(loss["validation_fp32_eval"]) == {"fp32", "bf16"}
+    assert loss["mean_abs_step_loss_difference"] >= 0 and _positive(loss["time_ratio_bf16_over_fp32"])
+
+    decoding = results["decoding"]["arms"]
+    assert set(decoding) == {"greedy/batch1", "greedy/batch4", "beam5/batch1", "beam5/batch4"}
+    for key, arm in decoding.items():
+        assert _positive(arm["sentences_per_second"]) and _positive(arm["per_sentence_speedup_vs_batch1"]), key
+        assert 1 <= arm["max_length"] <= 6
+    imputation = results["imputation"]
+    assert "skipped" in imputation or all(_positive(a["sentences_per_second"]) for a in imputation["arms"].values())
+
+    assert results["profiles"] and all(p["top_ops"] for p in results["profiles"])
+    assert "| fp32 |" in results["markdown"] and "greedy/batch4" in results["markdown"]
+
+
+def test_memory_probes_report_peak_rss(bench, tmp_path):
+    """The probes that the benchmark runs in fresh processes, run here in-process on a tiny model."""
+    data = bench.load_data(bench.parse_args(["--quick", "--tiny"]))
+    path = bench.corpus_file(data, tmp_path)
+    config = bench.model_config(data["tokenizer"], "tiny").to_diff_dict()
+    config.pop("transformers_version", None)
+    config.pop("model_type", None)
+    for arm in (bench.Arm("fp32"), bench.Arm("baseline", baseline=True)):
+        spec = {"kind": "train", "corpus": str(path), "config": config, "batch_size": 8, "arm": bench.asdict(arm)}
+        out = bench.probe_main({**spec, "steps": 2})
+        assert _positive(out["peak_rss_mb"]) and out["peak_rss_mb"] >= out["rss_before_model_mb"] * 0.5
+        speed = bench.probe_main({**spec, "kind": "train_speed", "steps": 2})
+        assert _positive(speed["tokens_per_second"]) and speed["minor_faults_per_step"] >= 0
+
+    model_dir = tmp_path / "model"
+    bench.SentenceVAEModel(bench.SentenceVAEConfig(**config)).save_pretrained(model_dir)
+    data["tokenizer"].save_pretrained(model_dir)
+    spec = {"kind": "decode_stream", "model_dir": str(model_dir), "sentences": 10, "batch_size": 4, "max_new_tokens": 5}
+    out = bench.probe_main(spec)
+    assert out["sentences"] == 10 and _positive(out["sentences_per_second"]) and _positive(out["peak_rss_mb"])
