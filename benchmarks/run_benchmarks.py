@@ -1050,9 +1050,11 @@ def run(argv=None) -> dict[str, Any]:
             if args.decode_model:
                 model = SentenceVAEModel.from_pretrained(args.decode_model)
                 model_name = args.decode_model
-                with contextlib.suppress(OSError, ValueError, KeyError):
-                    step = json.loads((Path(args.decode_model) / "eval_results.json").read_text())["step"]
-                    model_name += f" (training step {step})"
+                with contextlib.suppress(OSError, ValueError):
+                    saved = json.loads((Path(args.decode_model) / "eval_results.json").read_text())
+                    step = saved.get("step", saved.get("global_step"))
+                    if step is not None:
+                        model_name += f" (training step {step})"
             else:
                 model = trained
                 model_name = f"{args.sizes[0]} size after the {args.loss_steps}-step fp32 run of the loss comparison"
