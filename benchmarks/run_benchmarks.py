@@ -238,6 +238,7 @@ class Arm:
 
 
 REFERENCE = "fp32"
+SECTIONS = ("training", "memory", "allocator", "profile", "loss", "decoding", "imputation", "stream")
 
 
 def default_arms(args, size: str) -> list[Arm]:
@@ -955,9 +956,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--impute_batch_size", type=int, default=None, help="sentences imputed in one call")
     parser.add_argument("--stream_sentences", type=int, default=None, help="sentences of the streamed decoding probe")
     parser.add_argument("--no_decoding", action="store_true")
+    parser.add_argument(
+        "--sections",
+        default=",".join(SECTIONS),
+        help="comma list of the parts to run (default: all): " + ",".join(SECTIONS),
+    )
     parser.add_argument("--probe", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     quick = args.quick
+    args.sections = [x for x in args.sections.split(",") if x]
+    for section in args.sections:
+        if section not in SECTIONS:
+            parser.error(f"unknown section {section!r}; choose from {','.join(SECTIONS)}")
 
     def pick(value, quick_value, full_value):
         return value if value is not None else (quick_value if quick else full_value)
@@ -1004,21 +1014,24 @@ def run(argv=None) -> dict[str, Any]:
     results["data"] = data["info"]
     results["training"] = []
     results["profiles"] = []
+    sections = args.sections
+
+    def done(what: str) -> None:
+        print(f"[{time.perf_counter() - started:.0f}s] {what} done", file=sys.stderr)
+
     with tempfile.TemporaryDirectory(prefix="sentence_vae_bench_") as tmp:
         workdir = Path(tmp)
-        for size in args.sizes:
-            config = model_config(data["tokenizer"], size)
-            for batch_size in args.batch_sizes:
-                entry = bench_training(data["corpora"]["train"], config, batch_size, default_arms(args, size), args)
-                entry["size"] = size
-                entry["flops_per_token"] = flops_of_lengths(config, data["corpora"]["train"].lengths) / max(
-                    data["corpora"]["train"].num_tokens, 1
-                )
-                results["training"].append(entry)
-                print(
-                    f"[{time.perf_counter() - started:.0f}s] training {size} batch {batch_size} done", file=sys.stderr
-                )
-        if not args.no_memory:
+        corpus = data["corpora"]["train"]
+        if "training" in sections:
+            for size in args.sizes:
+                config = model_config(data["tokenizer"], size)
+                for batch_size in args.batch_sizes:
+                    entry = bench_training(corpus, config, batch_size, default_arms(args, size), args)
+                    entry["size"] = size
+                    entry["flops_per_token"] = flops_of_lengths(config, corpus.lengths) / max(corpus.num_tokens, 1)
+                    results["training"].append(entry)
+                    done(f"training {size} batch {batch_size}")
+        if "memory" in sections and not args.no_memory:
             probe_arms = [a for a in default_arms(args, "") if a.name in (REFERENCE, "bf16+fused_adam", "baseline")]
             if args.quick:
                 probe_arms = probe_arms[:1]
@@ -1029,40 +1042,48 @@ def run(argv=None) -> dict[str, Any]:
                     if entry["size"] == probe["size"] and entry["batch_size"] == probe["batch_size"]:
                         if probe["arm"] in entry["arms"]:
                             entry["arms"][probe["arm"]]["peak_rss_mb"] = probe.get("peak_rss_mb")
-            print(f"[{time.perf_counter() - started:.0f}s] memory probes done", file=sys.stderr)
-        if args.env_repeats and not args.no_memory:
+            done("memory probes")
+        if "allocator" in sections and args.env_repeats and not args.no_memory:
             results["allocator_env"] = bench_allocator_env(data, args.sizes[0], args.batch_sizes, args, workdir)
-            print(f"[{time.perf_counter() - started:.0f}s] allocator comparison done", file=sys.stderr)
-        if args.profile:
-            for size in args.sizes[:1]:
-                config = model_config(data["tokenizer"], size)
-                for batch_size in args.batch_sizes:
-                    for arm in (Arm(REFERENCE), Arm("bf16+fused_adam", bf16=True, fused_adam=True)):
-                        steps = max(4, steps_for(batch_size, args))
-                        prof = profile_training(data["corpora"]["train"], config, batch_size, arm, steps=steps)
-                        prof["size"] = size
-                        results["profiles"].append(prof)
-            print(f"[{time.perf_counter() - started:.0f}s] profiles done", file=sys.stderr)
-        loss_config = model_config(data["tokenizer"], args.sizes[0])
-        results["bf16_loss"], trained = bf16_loss_effect(data["corpora"], loss_config, args)
-        print(f"[{time.perf_counter() - started:.0f}s] bf16 loss comparison done", file=sys.stderr)
-        if not args.no_decoding:
-            if args.decode_model:
-                model = SentenceVAEModel.from_pretrained(args.decode_model)
-                model_name = args.decode_model
-                with contextlib.suppress(OSError, ValueError):
-                    saved = json.loads((Path(args.decode_model) / "eval_results.json").read_text())
-                    step = saved.get("step", saved.get("global_step"))
-                    if step is not None:
-                        model_name += f" (training step {step})"
-            else:
-                model = trained
-                model_name = f"{args.sizes[0]} size after the {args.loss_steps}-step fp32 run of the loss comparison"
-            results["decoding"] = bench_decoding(model, args)
-            results["decoding"]["model"] = model_name
-            results["imputation"] = bench_imputation(model, data["corpora"]["validation"], args)
-            print(f"[{time.perf_counter() - started:.0f}s] decoding done", file=sys.stderr)
-            if not args.no_memory:
+            done("allocator comparison")
+        if "profile" in sections and args.profile:
+            config = model_config(data["tokenizer"], args.sizes[0])
+            for batch_size in args.batch_sizes:
+                for arm in (Arm(REFERENCE), Arm("bf16+fused_adam", bf16=True, fused_adam=True)):
+                    prof = profile_training(corpus, config, batch_size, arm, steps=max(4, steps_for(batch_size, args)))
+                    prof["size"] = args.sizes[0]
+                    results["profiles"].append(prof)
+            done("profiles")
+        trained = None
+        if "loss" in sections:
+            loss_config = model_config(data["tokenizer"], args.sizes[0])
+            results["bf16_loss"], trained = bf16_loss_effect(data["corpora"], loss_config, args)
+            done("bf16 loss comparison")
+        model = None
+        if args.decode_model:
+            model = SentenceVAEModel.from_pretrained(args.decode_model)
+            model_name = args.decode_model
+            with contextlib.suppress(OSError, ValueError):
+                saved = json.loads((Path(args.decode_model) / "eval_results.json").read_text())
+                step = saved.get("step", saved.get("global_step"))
+                if step is not None:
+                    model_name += f" (training step {step})"
+        elif trained is not None:
+            model = trained
+            model_name = f"{args.sizes[0]} size after the {args.loss_steps}-step fp32 run of the loss comparison"
+        wants_model = {"decoding", "imputation", "stream"} & set(sections) and not args.no_decoding
+        if wants_model and model is None:
+            results["decoding_skipped"] = "no model: pass --decode_model or include the 'loss' section"
+        elif wants_model:
+            if "decoding" in sections:
+                results["decoding"] = bench_decoding(model, args)
+                results["decoding"]["model"] = model_name
+                done("decoding")
+            if "imputation" in sections:
+                results["imputation"] = bench_imputation(model, data["corpora"]["validation"], args)
+                results["imputation"]["model"] = model_name
+                done("imputation")
+            if "stream" in sections and not args.no_memory:
                 model_dir = workdir / "decode_model"
                 model.save_pretrained(model_dir)
                 data["tokenizer"].save_pretrained(model_dir)
@@ -1075,7 +1096,8 @@ def run(argv=None) -> dict[str, Any]:
                     "threads": args.threads[0],
                 }
                 results["decoding_memory"] = run_probe(spec)
-                print(f"[{time.perf_counter() - started:.0f}s] streamed decoding probe done", file=sys.stderr)
+                results["decoding_memory"]["model"] = model_name
+                done("streamed decoding probe")
     results["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     results["elapsed_seconds"] = round(time.perf_counter() - started, 1)
     markdown = render_markdown(results)
