@@ -708,3 +708,29 @@ def test_push_to_hub_at_the_end_of_training_fails_cleanly_after_saving(small_ptb
         _train(config)
     out = Path(config.output_dir)
     assert (out / "results.json").is_file() and (out / "best" / "model.safetensors").is_file()
+
+
+def test_bf16_mixed_precision_runs_under_autocast_and_tracks_fp32(small_ptb, tmp_path, monkeypatch):
+    """`mixed_precision="bf16"` trains with CPU bf16 autocast (the Speed section's bf16 arm); the losses stay
+    within bf16 rounding of the same fp32 run (same init, batches and noise)."""
+    from hf_sentence_vae.modeling_sentence_vae import SentenceVAEModel
+
+    seen: list[bool] = []
+    original = SentenceVAEModel.forward
+
+    def spy(self, *args, **kwargs):
+        if self.training:
+            seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SentenceVAEModel, "forward", spy)
+    bf16 = _train(tiny_run(small_ptb, tmp_path / "bf16", mixed_precision="bf16"))
+    assert seen and all(seen)
+    seen.clear()
+    fp32 = _train(tiny_run(small_ptb, tmp_path / "fp32"))
+    assert seen and not any(seen)
+    got, want = _train_records(tmp_path / "bf16"), _train_records(tmp_path / "fp32")
+    assert [r["step"] for r in got] == [r["step"] for r in want]
+    for a, b in zip(got, want):
+        assert a["loss"] == pytest.approx(b["loss"], rel=0.02)
+    assert bf16["validation_loss"] == pytest.approx(fp32["validation_loss"], rel=0.02)
