@@ -112,3 +112,56 @@ def test_memory_probes_report_peak_rss(bench, tmp_path):
     spec = {"kind": "decode_stream", "model_dir": str(model_dir), "sentences": 10, "batch_size": 4, "max_new_tokens": 5}
     out = bench.probe_main(spec)
     assert out["sentences"] == 10 and _positive(out["sentences_per_second"]) and _positive(out["peak_rss_mb"])
+
+
+def _load_script(repo_root, name: str):
+    spec = importlib.util.spec_from_file_location(name, repo_root / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_word_dropout_sweep_report_from_finished_runs(repo_root, tmp_path, monkeypatch):
+    """--report_only builds the Figure-3 table, JSON and PNG from the runs' results.json, in keep-rate order,
+    with the paper's values beside ours; unfinished runs are left out; a bad keep rate is refused."""
+    sweep = _load_script(repo_root, "word_dropout_sweep")
+    runs = tmp_path / "sweep"
+    for keep, (rec, kl) in {1.0: (120.0, 0.01), 0.5: (100.0, 9.5)}.items():
+        folder = runs / sweep.run_name(keep)
+        folder.mkdir(parents=True)
+        results = {"test_reconstruction": rec, "test_kl": kl, "test_loss": rec + kl, "train_reconstruction": rec - 5,
+                   "train_kl": kl, "global_step": 10, "best_step": 10}  # fmt: skip
+        (folder / "results.json").write_text(json.dumps(results))
+    (runs / sweep.run_name(0.9)).mkdir()  # started, not finished
+    out, png = tmp_path / "sweep.json", tmp_path / "sweep.png"
+    argv = ["word_dropout_sweep.py", "--runs_dir", str(runs), "--output", str(out), "--plot", str(png), "--report_only"]
+    monkeypatch.setattr(sys, "argv", argv)
+    sweep.main()
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["keep_rate"] for r in rows] == [1.0, 0.5]
+    assert rows[1]["test_kl"] == 9.5 and rows[1]["paper_kl"] == pytest.approx(15.13052)
+    table = out.with_suffix(".md").read_text()
+    assert "| 50% | 100.0 | 9.50 | 109.5 |" in table
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    monkeypatch.setattr(sys, "argv", [*argv, "--keep_rates", "1.5"])
+    with pytest.raises(SystemExit):
+        sweep.main()
+
+
+def test_profile_decoding_reports_the_roofline(repo_root, tiny_model, tmp_path, monkeypatch, capsys):
+    """The decoding profile on a tiny saved model prints its JSON (rates, FLOPs per row-step, the matmul bound)
+    and the profiler table."""
+    profile = _load_script(repo_root, "profile_decoding")
+    model = tiny_model()
+    model.save_pretrained(tmp_path / "model")
+    argv = ["profile_decoding.py", "--model", str(tmp_path / "model"), "--batch_size", "4", "--max_new_tokens", "5"]
+    monkeypatch.setattr(sys, "argv", argv)
+    profile.main()
+    text = capsys.readouterr().out
+    result = json.loads(text[: text.index("}") + 1])
+    config = model.config
+    h = config.decoder_hidden_size
+    assert result["flops_per_row_step"] == 2 * (h * config.vocab_size + 4 * h * (config.embedding_size + h))
+    assert 0 < result["row_steps"] <= 4 * 5
+    assert all(_positive(result[k]) for k in ("sentences_per_second", "ms_per_row_step", "matmul_gflops"))
+    assert "Self CPU" in text
