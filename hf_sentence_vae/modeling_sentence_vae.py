@@ -9,6 +9,7 @@ decoder reads `<bos> w_1 ... w_n` and predicts `w_1 ... w_n <eos>`.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -193,6 +194,12 @@ class Highway(nn.Module):
             gate = torch.sigmoid(gate)
             x = gate * F.relu(hidden) + (1.0 - gate) * x
         return x
+
+
+def _suppressed_step(step_fn, suppressed: torch.Tensor, tokens: torch.Tensor, state: tuple[torch.Tensor, ...]):
+    """`step_fn` with the `suppressed` ids' log-probabilities set to -inf (the others unchanged)."""
+    log_probs, state = step_fn(tokens, state)
+    return log_probs.index_fill(-1, suppressed, float("-inf")), state
 
 
 class SentenceVAEPreTrainedModel(PreTrainedModel):
@@ -605,6 +612,7 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel):
         length_penalty: float = 1.0,
         num_return_sequences: int = 1,
         forced_tokens: torch.Tensor | None = None,
+        suppress_tokens: list[int] | None = None,
         generator: torch.Generator | None = None,
     ) -> SentenceVAEGenerationOutput:
         """Decode sentences from latent codes, batched over the codes.
@@ -620,6 +628,8 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel):
             length_penalty: beam hypotheses are ranked by `log p / length ** length_penalty`.
             num_return_sequences: the n best beams per code (or n samples per code).
             forced_tokens: `(B, T)` ids to pin at each step (`-1` = free), in the decoder's order.
+            suppress_tokens: ids never to generate (e.g. `[tokenizer.unk_token_id]`), as `transformers`'
+                `suppress_tokens`; the reported log-probabilities stay the model's own (not renormalised).
             generator: random generator for prior samples and sampling.
 
         Returns a [`SentenceVAEGenerationOutput`]; decode `sequences` with
@@ -657,12 +667,17 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel):
         if forced_tokens is not None and forced_tokens.shape[0] != batch_size:
             raise ValueError(f"forced_tokens must have {batch_size} rows, got {forced_tokens.shape[0]}")
 
+        step_fn = self._step
+        if suppress_tokens:
+            suppressed = self._check_suppress_tokens(suppress_tokens, forced_tokens)
+            step_fn = functools.partial(_suppressed_step, self._step, suppressed)
+
         h, c = self._initial_state(latent, batch_size, self.device, self.dtype)
         state = (h, c) if latent is None else (h, c, latent)
         special = dict(bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id, pad_token_id=cfg.pad_token_id)
         if num_beams > 1:
             result = beam_search(
-                self._step,
+                step_fn,
                 state,
                 batch_size,
                 num_beams,
@@ -687,7 +702,7 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel):
                 if forced_tokens is not None:
                     forced_tokens = forced_tokens.repeat_interleave(num_return_sequences, dim=0)
             flat = sample_search(
-                self._step,
+                step_fn,
                 state,
                 batch_size * num_return_sequences,
                 max_new_tokens=max_new_tokens,
@@ -700,6 +715,19 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel):
             )
             result = SearchResult(*(t.view(batch_size, num_return_sequences, *t.shape[2:]) for t in flat))
         return self._generation_output(result, latent)
+
+    def _check_suppress_tokens(self, suppress_tokens: list[int], forced_tokens: torch.Tensor | None) -> torch.Tensor:
+        cfg = self.config
+        ids = [int(t) for t in suppress_tokens]
+        bad = [t for t in ids if not 0 <= t < cfg.vocab_size]
+        if bad:
+            raise ValueError(f"suppress_tokens must be ids in [0, {cfg.vocab_size}), got {bad}")
+        if cfg.eos_token_id in ids:
+            raise ValueError(f"suppress_tokens may not contain the end-of-sentence id {cfg.eos_token_id}")
+        suppressed = torch.tensor(sorted(set(ids)), dtype=torch.long, device=self.device)
+        if forced_tokens is not None and bool(torch.isin(forced_tokens.to(self.device), suppressed).any()):
+            raise ValueError("forced_tokens pins a token that suppress_tokens forbids")
+        return suppressed
 
     def _generation_output(self, result: SearchResult, latent: torch.Tensor | None) -> SentenceVAEGenerationOutput:
         sequences = result.sequences.flatten(0, 1)

@@ -90,6 +90,8 @@ def test_generate_prior_and_stretched(generate_script, saved_vae, tmp_path):
     assert len(prior["samples"]) == 4 and all(isinstance(s, str) for s in prior["samples"])
     again = _run(generate_script, "prior", saved_vae, tmp_path, "--num_samples", "4")
     assert again["samples"] == prior["samples"]  # seeded
+    no_unk = _run(generate_script, "prior", saved_vae, tmp_path, "--num_samples", "16", "--suppress_unk")
+    assert len(no_unk["samples"]) == 16 and not any("<unk>" in s for s in no_unk["samples"])
     stretched = _run(generate_script, "stretched", saved_vae, tmp_path, "--num_samples", "3", "--c", "0.5")
     assert len(stretched["samples"]) == 3 == len(stretched["unstretched_samples"])
     assert stretched["max_stretch"] >= 1.0 >= stretched["min_stretch"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 
 import pytest
 import torch
@@ -449,3 +450,38 @@ def test_sample_prior(tiny_model):
         model.sample_prior(0)
     out = model.generate(num_samples=4, generator=torch.Generator().manual_seed(2), max_new_tokens=5)
     assert torch.equal(out.latent, model.sample_prior(4, generator=torch.Generator().manual_seed(2)))
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS), ids=list(VARIANTS))
+def test_suppressed_tokens_are_never_generated_and_scores_stay_the_models(tiny_model, variant):
+    """`suppress_tokens` removes ids from every search; the greedy choices are the unsuppressed argmax, and the
+    reported log-probabilities are the model's own (not renormalised)."""
+    model, latent = _model_and_latent(tiny_model, variant, batch=6)
+    free = _generate(model, latent, 6, max_new_tokens=10)
+    common = [t for t, _ in Counter(t for s in _sequences(free) for t in s[:-1]).most_common(3)]
+    assert common, "the unconstrained samples should contain words to suppress"
+    banned = [*common, model.config.unk_token_id]
+    for kwargs in (
+        dict(max_new_tokens=10),
+        dict(num_beams=3, num_return_sequences=2, max_new_tokens=8),
+        dict(do_sample=True, max_new_tokens=10, generator=torch.Generator().manual_seed(0)),
+    ):
+        out = _generate(model, latent, 6, suppress_tokens=banned, **kwargs)
+        sequences = _sequences(out)
+        assert not any(t in banned for s in sequences for t in s)
+        expected = _score(model, _repeat(latent, kwargs.get("num_return_sequences", 1)), sequences)
+        torch.testing.assert_close(out.log_probs, expected, rtol=1e-4, atol=1e-4)
+    assert _sequences(_generate(model, latent, 6, max_new_tokens=10, suppress_tokens=[])) == _sequences(free)
+
+
+def test_suppress_tokens_rejects_bad_ids(tiny_model):
+    model = tiny_model()
+    cfg = model.config
+    with pytest.raises(ValueError, match=rf"suppress_tokens.*\[{cfg.vocab_size}\]"):
+        model.generate(num_samples=2, suppress_tokens=[cfg.vocab_size])
+    with pytest.raises(ValueError, match="end-of-sentence"):
+        model.generate(num_samples=2, suppress_tokens=[cfg.eos_token_id])
+    forced = torch.full((2, 3), -1)
+    forced[0, 1] = cfg.unk_token_id
+    with pytest.raises(ValueError, match="forced_tokens pins"):
+        model.generate(num_samples=2, forced_tokens=forced, suppress_tokens=[cfg.unk_token_id])

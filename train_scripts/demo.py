@@ -38,6 +38,9 @@ def parse(argv):
         "--num_threads", type=int, default=None, help="torch threads (1 is safest on a busy machine: see README)"
     )
     parser.add_argument("--max_train_steps", type=int, default=None)
+    parser.add_argument(
+        "--allow_unk", action="store_true", help="let the decodes contain <unk> (suppressed by default)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
@@ -89,13 +92,17 @@ def main(argv=None) -> int:
     model = AutoModel.from_pretrained(out / "run" / "best").eval()
     tokenizer = AutoTokenizer.from_pretrained(out / "run" / "best")
     generator = torch.Generator().manual_seed(args.seed)
-    samples = analysis.prior_samples(model, tokenizer, 8, generator=generator, max_new_tokens=30)
-    posterior = analysis.posterior_decodes(model, tokenizer, RECONSTRUCT, num_samples=2, generator=generator)
-    path = analysis.homotopy(model, tokenizer, *HOMOTOPY, steps=7)
+    decoding = {} if args.allow_unk else {"suppress_tokens": [tokenizer.unk_token_id]}
+    samples = analysis.prior_samples(model, tokenizer, 8, generator=generator, max_new_tokens=30, **decoding)
+    posterior = analysis.posterior_decodes(
+        model, tokenizer, RECONSTRUCT, num_samples=2, generator=generator, **decoding
+    )
+    path = analysis.homotopy(model, tokenizer, *HOMOTOPY, steps=7, **decoding)
 
     report = [f"# Demo run ({minutes:.1f} min of training)", "", "## Validation", "", "```json"]
     report += [json.dumps({k: v for k, v in results.items() if k.startswith("validation")}, indent=2), "```", ""]
-    report += ["## Prior samples, greedy decoding (cf. the paper's Table 5)", ""]
+    note = "" if args.allow_unk else "; `<unk>` suppressed"
+    report += [f"## Prior samples, greedy decoding (cf. the paper's Table 5{note})", ""]
     report += [f"- {s}" for s in samples] + ["", "## Posterior reconstructions (cf. Table 7)", ""]
     for row in posterior:
         report += [f"- input: {row['input']}", f"  - mean: {row['mean']}"]

@@ -39,6 +39,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--max_new_tokens", type=int, default=None, help="default: the config's maximum")
     parser.add_argument("--num_beams", type=int, default=1, help="1 = greedy decoding (the paper's choice)")
+    parser.add_argument("--suppress_unk", action="store_true", help="never generate <unk> (suppress_tokens)")
     parser.add_argument("--output_file", default=None, help="also write the JSON here")
 
 
@@ -95,10 +96,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _generate_kwargs(args: argparse.Namespace) -> dict:
+def _generate_kwargs(args: argparse.Namespace, tokenizer) -> dict:
     kwargs = {"num_beams": args.num_beams}
     if args.max_new_tokens is not None:
         kwargs["max_new_tokens"] = args.max_new_tokens
+    if args.suppress_unk:
+        kwargs["suppress_tokens"] = [tokenizer.unk_token_id]
     return kwargs
 
 
@@ -107,13 +110,15 @@ def _paths(paths: list[list[str]], keep_repeats: bool) -> list[list[str]]:
 
 
 def run_prior(model, tokenizer, args, generator) -> dict:
-    samples = analysis.prior_samples(model, tokenizer, args.num_samples, generator=generator, **_generate_kwargs(args))
+    samples = analysis.prior_samples(
+        model, tokenizer, args.num_samples, generator=generator, **_generate_kwargs(args, tokenizer)
+    )
     return {"command": "prior", "samples": samples}
 
 
 def run_stretched(model, tokenizer, args, generator) -> dict:
     codes = analysis.stretched_prior_codes(model, args.num_samples, c=args.c, generator=generator)
-    kwargs = _generate_kwargs(args)
+    kwargs = _generate_kwargs(args, tokenizer)
     singular = codes["singular_values"]
     return {
         "command": "stretched",
@@ -132,13 +137,13 @@ def run_posterior(model, tokenizer, args, generator) -> dict:
     if args.input_file:
         texts += load_sentences(args.input_file, tokenizer, args.max_sentences)
     rows = analysis.posterior_decodes(
-        model, tokenizer, texts, num_samples=args.num_samples, generator=generator, **_generate_kwargs(args)
+        model, tokenizer, texts, num_samples=args.num_samples, generator=generator, **_generate_kwargs(args, tokenizer)
     )
     return {"command": "posterior", "rows": rows}
 
 
 def run_homotopy(model, tokenizer, args, generator) -> dict:
-    kwargs = _generate_kwargs(args)
+    kwargs = _generate_kwargs(args, tokenizer)
     if args.random:
         paths = analysis.random_homotopies(model, tokenizer, args.num_paths, args.steps, generator, **kwargs)
         return {"command": "homotopy", "between": "random prior points", "paths": _paths(paths, args.keep_repeats)}
@@ -151,7 +156,7 @@ def run_homotopy(model, tokenizer, args, generator) -> dict:
 
 
 def run_report(model, tokenizer, args, generator) -> dict:
-    kwargs = _generate_kwargs(args)
+    kwargs = _generate_kwargs(args, tokenizer)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     sentences = load_sentences(args.texts_file, tokenizer)
