@@ -47,6 +47,18 @@ TINY_SENTENCES = [
 TINY_SIZES = dict(embedding_size=16, encoder_hidden_size=16, decoder_hidden_size=16, latent_size=4)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a module (use with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`): on
+    shared, oversubscribed CPUs two spinning OpenMP threads make tiny training runs up to 100x slower."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def hf_offline_env():
     """The offline Hugging Face environment (set at import of this module); removes the temp HF_HOME at the end."""

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import reset_accelerate
 from huggingface_hub import ModelCard, ModelCardData, metadata_load
 from huggingface_hub.repocard_data import model_index_to_eval_results
 from transformers import AutoModel, AutoTokenizer, pipeline
@@ -33,6 +34,8 @@ import hf_sentence_vae
 from hf_sentence_vae import hub
 from hf_sentence_vae.hub import HubPushError
 from hf_sentence_vae.pipelines import TASK, SentenceVAEPipeline
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE_DIR = Path(hf_sentence_vae.__file__).parent
@@ -62,22 +65,6 @@ TOKEN = "hf_test_token_123"
 SIZES = dict(embedding_size=16, encoder_hidden_size=16, decoder_hidden_size=16, latent_size=4)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def _reset_accelerate() -> None:
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    PartialState._reset_state()
-    GradientState._reset_state()
-
-
 def _train_tiny(data_dir: Path, output_dir: Path, **overrides) -> dict:
     from hf_sentence_vae.training import TrainingConfig, train
 
@@ -100,7 +87,7 @@ def _train_tiny(data_dir: Path, output_dir: Path, **overrides) -> dict:
         seed=7,
     )
     kwargs.update(overrides)
-    _reset_accelerate()
+    reset_accelerate()
     return train(TrainingConfig(**kwargs))
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import head_lines, reset_accelerate
 
 from hf_sentence_vae import training as training_module
 from hf_sentence_vae.checkpointing import (
@@ -38,6 +39,8 @@ from hf_sentence_vae.checkpointing import (
 )
 from hf_sentence_vae.modeling_sentence_vae import SentenceVAEModel
 from hf_sentence_vae.training import STATE_FILE, Trainer, TrainingConfig, list_checkpoints, resolve_checkpoint, train
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "hf_sentence_vae"
@@ -67,31 +70,9 @@ WORDS = "the cat sat on mat dog ran to park a saw was green red and happy .".spl
 
 
 # --------------------------------------------------------------------------- helpers and fixtures
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def _reset_accelerate() -> None:
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    PartialState._reset_state()
-    GradientState._reset_state()
-
-
 def _train(config: TrainingConfig) -> dict:
-    _reset_accelerate()
+    reset_accelerate()
     return train(config)
-
-
-def _head(src: Path, dst: Path, n: int) -> str:
-    with open(src, encoding="utf-8") as handle:
-        dst.write_text("".join(next(handle) for _ in range(n)), encoding="utf-8")
-    return str(dst)
 
 
 def _records(output_dir) -> list[dict]:
@@ -124,9 +105,9 @@ def _synthetic_lines(n: int, seed: int = 0, low: int = 3, high: int = 12) -> lis
 def ptb_run_data(ptb_dir: Path, tmp_path_factory) -> dict[str, str]:
     folder = tmp_path_factory.mktemp("ptb_reliability")
     return {
-        "train_file": _head(ptb_dir / "ptb.train.txt", folder / "train.txt", 200),
-        "validation_file": _head(ptb_dir / "ptb.valid.txt", folder / "valid.txt", 40),
-        "test_file": _head(ptb_dir / "ptb.test.txt", folder / "test.txt", 40),
+        "train_file": head_lines(ptb_dir / "ptb.train.txt", folder / "train.txt", 200),
+        "validation_file": head_lines(ptb_dir / "ptb.valid.txt", folder / "valid.txt", 40),
+        "test_file": head_lines(ptb_dir / "ptb.test.txt", folder / "test.txt", 40),
     }
 
 
@@ -178,7 +159,7 @@ def _cli_error(train_script, capsys, argv: list[str], pattern: str) -> str:
     """Run the CLI's `main` in this process: exit status 2 and exactly one `error: ...` line matching `pattern`."""
     import re
 
-    _reset_accelerate()
+    reset_accelerate()
     capsys.readouterr()
     status = train_script.main(argv)
     err = capsys.readouterr().err
@@ -254,7 +235,7 @@ def test_blank_lines_are_skipped_and_counted(small_data, tmp_path, caplog):
     config = TrainingConfig(
         **dict(small_data, train_file=str(tmp_path / "train.txt")), output_dir=str(tmp_path / "o"), **SIZES
     )
-    _reset_accelerate()
+    reset_accelerate()
     with caplog.at_level(logging.WARNING):
         trainer = Trainer(config)
     assert len(trainer.corpora["train"]) == 40
@@ -294,7 +275,7 @@ def test_over_long_lines_are_truncated_and_counted(small_data, tmp_path, caplog)
     (tmp_path / "train.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     data = dict(small_data, train_file=str(tmp_path / "train.txt"))
     config = TrainingConfig(**data, output_dir=str(tmp_path / "o"), **SIZES, max_length=30)
-    _reset_accelerate()
+    reset_accelerate()
     with caplog.at_level(logging.WARNING):
         trainer = Trainer(config)
     assert "train: truncated 2 line(s) longer than max_length=30 tokens" in caplog.text
@@ -312,7 +293,7 @@ def test_special_token_strings_in_the_text_become_unk(small_data, tmp_path, capl
     (tmp_path / "train.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     data = dict(small_data, train_file=str(tmp_path / "train.txt"))
     config = TrainingConfig(**data, output_dir=str(tmp_path / "o"), **SIZES)
-    _reset_accelerate()
+    reset_accelerate()
     with caplog.at_level(logging.WARNING):
         trainer = Trainer(config)
     assert "train: replaced 3 special-token string(s)" in caplog.text
@@ -598,7 +579,7 @@ def test_crash_inside_checkpointing_then_resume_matches_the_uninterrupted_run(
 
 
 def _ddp_worker(config_kwargs: dict) -> None:
-    _reset_accelerate()
+    reset_accelerate()
     torch.set_num_threads(1)
     train(TrainingConfig(**config_kwargs))
 
@@ -616,7 +597,7 @@ def test_two_process_resume_matches_the_uninterrupted_two_process_run(ptb_run_da
         for config in (full, first, rest):
             debug_launcher(_ddp_worker, args=(dict(vars(config)),), num_processes=2)
     finally:
-        _reset_accelerate()
+        reset_accelerate()
     state = tmp_path / "part" / "checkpoint-8" / TRAINING_STATE_DIR
     assert {p.name for p in state.iterdir()} == {"optimizer.pt", "scheduler.pt", "rng_state_0.pt", "rng_state_1.pt"}
     want = json.loads((tmp_path / "full" / "results.json").read_text())

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import head_lines, reset_accelerate
 
 from hf_sentence_vae.annealing import KLSchedule, cyclical_weight, linear_weight, sigmoid_weight
 from hf_sentence_vae.cli import parse_args
@@ -33,6 +34,8 @@ from hf_sentence_vae.training import (
     train,
 )
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 REPO = Path(__file__).resolve().parents[1]
 SIZES = dict(embedding_size=16, encoder_hidden_size=16, decoder_hidden_size=16, latent_size=4)
 # Per-record fields that depend on wall-clock time, not on the computation.
@@ -40,27 +43,8 @@ TIMING_FIELDS = {"tokens_per_second"}
 
 
 # --------------------------------------------------------------------------- helpers
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on shared, oversubscribed CPUs two spinning OpenMP threads make these tiny runs up to
-    100x slower. Restored after the module."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def _reset_accelerate() -> None:
-    """Forget any Accelerate singleton state left by an earlier run in this process (or inherited by a fork)."""
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    PartialState._reset_state()
-    GradientState._reset_state()
-
-
 def _train(config: TrainingConfig) -> dict:
-    _reset_accelerate()
+    reset_accelerate()
     return train(config)
 
 
@@ -94,21 +78,14 @@ def _assert_metrics_close(got: dict, want: dict, rel: float, prefixes=("validati
         assert got[key] == pytest.approx(want[key], rel=rel, abs=1e-6), f"{key}: {got[key]} != {want[key]}"
 
 
-def _head(src: Path, dst: Path, n: int) -> str:
-    with open(src, encoding="utf-8") as handle:
-        lines = [next(handle) for _ in range(n)]
-    dst.write_text("".join(lines), encoding="utf-8")
-    return str(dst)
-
-
 @pytest.fixture(scope="module")
 def small_ptb(ptb_dir: Path, tmp_path_factory) -> dict[str, str]:
     """100 training, 40 validation and 40 test sentences of PTB (the first lines of each file)."""
     folder = tmp_path_factory.mktemp("ptb_small")
     return {
-        "train_file": _head(ptb_dir / "ptb.train.txt", folder / "train.txt", 100),
-        "validation_file": _head(ptb_dir / "ptb.valid.txt", folder / "valid.txt", 40),
-        "test_file": _head(ptb_dir / "ptb.test.txt", folder / "test.txt", 40),
+        "train_file": head_lines(ptb_dir / "ptb.train.txt", folder / "train.txt", 100),
+        "validation_file": head_lines(ptb_dir / "ptb.valid.txt", folder / "valid.txt", 40),
+        "test_file": head_lines(ptb_dir / "ptb.test.txt", folder / "test.txt", 40),
     }
 
 
@@ -270,8 +247,8 @@ def test_training_on_ptb_reduces_the_bound_and_keeps_kl_alive(ptb_dir, tmp_path)
     near weight 0.12, in the annealing phase where the paper's Figure 2 shows the KL term alive (final validation
     KL ~0.7-1.0 nats for seeds 0-2)."""
     data = {
-        "train_file": _head(ptb_dir / "ptb.train.txt", tmp_path / "train.txt", 600),
-        "validation_file": _head(ptb_dir / "ptb.valid.txt", tmp_path / "valid.txt", 150),
+        "train_file": head_lines(ptb_dir / "ptb.train.txt", tmp_path / "train.txt", 600),
+        "validation_file": head_lines(ptb_dir / "ptb.valid.txt", tmp_path / "valid.txt", 150),
     }
     config = TrainingConfig(
         **data,
@@ -295,7 +272,7 @@ def test_training_on_ptb_reduces_the_bound_and_keeps_kl_alive(ptb_dir, tmp_path)
         disable_tqdm=True,
         seed=0,
     )
-    _reset_accelerate()
+    reset_accelerate()
     trainer = Trainer(config)
     untrained = evaluate_bound(trainer.model, trainer.corpora["validation"], 64)
     untrained_loss = float(untrained[0] + untrained[1]) / float(untrained[3])
@@ -350,7 +327,7 @@ def test_resume_from_an_incomplete_checkpoint_path_is_refused(small_ptb, tmp_pat
     with pytest.raises(ValueError, match="not a complete checkpoint"):
         resolve_checkpoint(str(broken), str(tmp_path))
     config = tiny_run(small_ptb, tmp_path / "run", resume_from_checkpoint=str(broken))
-    _reset_accelerate()
+    reset_accelerate()
     with pytest.raises(ValueError, match="not a complete checkpoint"):
         Trainer(config)
 
@@ -358,7 +335,7 @@ def test_resume_from_an_incomplete_checkpoint_path_is_refused(small_ptb, tmp_pat
 # --------------------------------------------------------------------------- two processes (DDP over gloo)
 def _ddp_worker(config_kwargs: dict) -> None:
     """Runs in each forked process of `accelerate.debug_launcher` (module level so it can be launched)."""
-    _reset_accelerate()
+    reset_accelerate()
     torch.set_num_threads(1)
     train(TrainingConfig(**config_kwargs))  # the Trainer builds its own Accelerator, as under `accelerate launch`
 
@@ -368,7 +345,7 @@ def test_two_process_cpu_run_matches_one_process_run(small_ptb, tmp_path):
     and one of 3, split 2 + 1): same logged losses and validation metrics; the run logs and saves once."""
     from accelerate import debug_launcher
 
-    data = dict(small_ptb, train_file=_head(Path(small_ptb["train_file"]), tmp_path / "train99.txt", 99))
+    data = dict(small_ptb, train_file=head_lines(Path(small_ptb["train_file"]), tmp_path / "train99.txt", 99))
     common = dict(checkpointing_steps="3", max_train_steps=13, logging_steps=1, eval_steps=3)
     single = tiny_run(data, tmp_path / "single", per_device_train_batch_size=8, **common)
     single_results = _train(single)
@@ -377,7 +354,7 @@ def test_two_process_cpu_run_matches_one_process_run(small_ptb, tmp_path):
     started = time.perf_counter()
     debug_launcher(_ddp_worker, args=(dict(vars(double)),), num_processes=2)
     elapsed = time.perf_counter() - started
-    _reset_accelerate()
+    reset_accelerate()
 
     out = Path(double.output_dir)
     double_results = json.loads((out / "results.json").read_text())
@@ -408,12 +385,12 @@ def test_two_process_cpu_run_matches_one_process_run(small_ptb, tmp_path):
 def test_two_process_run_with_a_one_sentence_batch(small_ptb, tmp_path):
     from accelerate import debug_launcher
 
-    data = dict(small_ptb, train_file=_head(Path(small_ptb["train_file"]), tmp_path / "train9.txt", 9))
+    data = dict(small_ptb, train_file=head_lines(Path(small_ptb["train_file"]), tmp_path / "train9.txt", 9))
     config = tiny_run(data, tmp_path / "run", per_device_train_batch_size=4, max_train_steps=2, eval_steps=2)
     try:
         debug_launcher(_ddp_worker, args=(dict(vars(config)),), num_processes=2)  # batches of 8 and 1
     finally:
-        _reset_accelerate()
+        reset_accelerate()
     results = json.loads((Path(config.output_dir) / "results.json").read_text())
     assert results["world_size"] == 2
     # the 1-sentence remainder batch (fewer sentences than processes) is dropped: one 8-sentence batch an epoch
@@ -422,7 +399,7 @@ def test_two_process_run_with_a_one_sentence_batch(small_ptb, tmp_path):
 
 # --------------------------------------------------------------------------- bad data
 def _expect_error_before_training(config: TrainingConfig, error: type, pattern: str) -> None:
-    _reset_accelerate()
+    reset_accelerate()
     with pytest.raises(error, match=pattern):
         Trainer(config)
     out = Path(config.output_dir)
@@ -603,7 +580,7 @@ def cli_run(small_ptb, tmp_path_factory) -> Path:
     import yaml
 
     (folder / "run.yaml").write_text(yaml.safe_dump(settings))
-    _reset_accelerate()
+    reset_accelerate()
     assert _load_train_script().main(["--config", str(folder / "run.yaml"), "--seed", "5"]) == 0
     return out
 

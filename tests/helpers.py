@@ -1,0 +1,21 @@
+"""Plain helpers shared by the training-heavy test modules (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def reset_accelerate() -> None:
+    """Forget any Accelerate singleton state left by an earlier run in this process (or inherited by a fork)."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    PartialState._reset_state()
+    GradientState._reset_state()
+
+
+def head_lines(src: Path, dst: Path, n: int) -> str:
+    """Write the first `n` lines of `src` to `dst`; returns `dst` as a string."""
+    with open(src, encoding="utf-8") as handle:
+        dst.write_text("".join(next(handle) for _ in range(n)), encoding="utf-8")
+    return str(dst)
