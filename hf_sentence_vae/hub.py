@@ -42,7 +42,14 @@ REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 RUN_ARTIFACTS = ("metrics.jsonl", "training_curves.png", "results.json")
 # Top-level files a repository gets (weights, configs, tokenizer, code, card, metrics, plots); no sub-folders.
 HUB_PATTERNS = ("*.safetensors", "*.json", "*.jsonl", "*.py", "README.md", "*.png", "*.txt")
-TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "model_cards" / "sentence_vae.md.j2"
+TEMPLATE_NAME = "sentence_vae.md.j2"
+# The template lives in the repository's model_cards/; a built package (wheel) carries a copy inside the package.
+_PACKAGED_TEMPLATE = Path(__file__).resolve().parent / "model_cards" / TEMPLATE_NAME
+TEMPLATE_PATH = (
+    _PACKAGED_TEMPLATE
+    if _PACKAGED_TEMPLATE.is_file()
+    else Path(__file__).resolve().parent.parent / "model_cards" / TEMPLATE_NAME
+)
 PIPELINE_FILE = "pipelines.py"
 PIPELINE_TASK = "sentence-vae"
 PIPELINE_CLASS = "SentenceVAEPipeline"

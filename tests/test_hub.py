@@ -688,3 +688,30 @@ def test_a_failed_upload_deletes_the_repository_it_created(staged, monkeypatch):
             hub.push_folder(staged, REPO_ID, token=TOKEN, endpoint=fake.endpoint)
     assert len(fake.created) == 1 and fake.commits == []
     assert fake.deleted == [{"name": "tiny-sentence-vae", "organization": "me", "type": "model"}]
+
+
+def test_built_package_carries_the_model_card_template(repo_root, tmp_path):
+    """`setup.py build_py` (what a wheel build runs) copies model_cards/*.j2 into the package, and the built
+    package's hub module uses that copy rather than a repository checkout."""
+    import subprocess
+    import sys
+
+    build = tmp_path / "build"
+    subprocess.run(
+        [sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(build)],
+        cwd=repo_root,
+        check=True,
+        capture_output=True,
+    )
+    packaged = build / "hf_sentence_vae" / "model_cards" / "sentence_vae.md.j2"
+    assert packaged.read_text() == (repo_root / "model_cards" / "sentence_vae.md.j2").read_text()
+    probe = "import hf_sentence_vae.hub as h; print(h.__file__); print(h.TEMPLATE_PATH)"
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(build)},
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split("\n")
+    assert Path(out[0]).is_relative_to(build) and Path(out[1]) == packaged
