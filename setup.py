@@ -20,6 +20,7 @@ class BuildPyWithModelCards(build_py):
         for template in sorted((ROOT / "model_cards").glob("*.j2")):
             shutil.copyfile(template, target / template.name)
 
+
 EXTRAS = {
     "train": ["accelerate>=1.0", "datasets>=3.0", "tqdm", "pyyaml", "matplotlib"],
     "eval": ["evaluate>=0.4", "scikit-learn>=1.3"],
