@@ -36,6 +36,9 @@ TITLES = {
     "vae_standard": "VAE",
     "rnnlm_inputless": "RNNLM, inputless decoder",
     "vae_inputless": "VAE, inputless decoder",
+    "vae_beyond": "VAE, beyond the paper (free bits)",
+    "vae_r2l": "VAE, right to left (Section 5)",
+    "rnnlm_r2l": "RNNLM, right to left (Section 5)",
 }
 
 
@@ -71,10 +74,16 @@ def train_from_results(run: Path, train_file: Path, latent_size: int) -> dict:
     return row
 
 
-def evaluate_split(model, tokenizer, path: Path, iw_samples: int, batch_size: int, seed: int) -> dict:
+def evaluate_split(
+    model, tokenizer, path: Path, iw_samples: int, batch_size: int, seed: int, subset: int | None = None
+) -> dict:
+    """Bound, IW-NLL, MI and active units on a split, or on a seeded random `subset` of its sentences."""
     from hf_sentence_vae.metrics import evaluate_model, length_sorted_batches, read_sentences
 
     sentences, _ = read_sentences(path)
+    if subset is not None and subset < len(sentences):
+        picked = torch.randperm(len(sentences), generator=torch.Generator().manual_seed(seed))[:subset]
+        sentences = [sentences[i] for i in sorted(picked.tolist())]
     batches = length_sorted_batches(tokenizer, sentences, batch_size)
     generator = torch.Generator().manual_seed(seed)
     return evaluate_model(model, batches, iw_samples=iw_samples, generator=generator, progress=False)
@@ -95,12 +104,13 @@ def markdown(rows: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in rows.items():
-        p = PAPER[name]
-        paper_train = f"{p[0]}" + (f" ({p[1]})" if p[1] is not None else "")
-        paper_test = f"{p[3]}" + (f" ({p[4]})" if p[4] is not None else "")
-        lines.append(
-            f"| {TITLES[name]} | paper | {paper_train} | {p[2]} | {paper_test} | {p[5]} | – | – | – | – | – | – |"
-        )
+        p = PAPER.get(name)
+        if p is not None:
+            paper_train = f"{p[0]}" + (f" ({p[1]})" if p[1] is not None else "")
+            paper_test = f"{p[3]}" + (f" ({p[4]})" if p[4] is not None else "")
+            lines.append(
+                f"| {TITLES[name]} | paper | {paper_train} | {p[2]} | {paper_test} | {p[5]} | – | – | – | – | – | – |"
+            )
         train, test, summary = row.get("train"), row["test"], row["training"]
         is_vae = test["latent_size"] > 0
 
@@ -117,12 +127,24 @@ def markdown(rows: dict) -> str:
             return fmt(result["ppl_bound_words"] if is_vae else result["ppl_exact_words"])
 
         lines.append(
-            f"| | ours | {nll_kl(train)} | {ppl(train)} | {nll_kl(test)} | {ppl(test)} "
+            f"| {'' if p is not None else TITLES.get(name, name)} | ours | {nll_kl(train)} | {ppl(train)} | {nll_kl(test)} | {ppl(test)} "
             f"| {fmt(test.get('nll_iw'))} | {fmt(test.get('ppl_iw_words'))} "
             f"| {fmt(test.get('mutual_information'), 2) if is_vae else '–'} "
             f"| {test.get('active_units') if is_vae else '–'} / {test['latent_size']} "
             f"| {summary['steps']} ({summary['epochs']}) | {fmt(summary['wall_minutes'])} |"
         )
+    subsets = [(name, row["test_subset"]) for name, row in rows.items() if row.get("test_subset")]
+    if subsets:
+        lines += [
+            "",
+            "| model | test sentences (seeded random subset) | IW samples k | IW-NLL | bound on the same subset (KL) |",
+            "|---|---|---|---|---|",
+        ]
+        for name, sub in subsets:
+            lines.append(
+                f"| {TITLES.get(name, name)} | {sub['num_sentences']} | {sub['iw_samples']} | {fmt(sub.get('nll_iw'))} "
+                f"| {fmt(sub.get('nll_bound'))} ({fmt(sub.get('kl'))}) |"
+            )
     return "\n".join(lines)
 
 
@@ -135,6 +157,8 @@ def main(argv=None) -> int:
     parser.add_argument("--skip_train", action="store_true", help="do not evaluate the training split")
     parser.add_argument("--models", nargs="*", default=list(PAPER))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--subset_iw_samples", type=int, default=None, help="also: IW-NLL with this k on a subset")
+    parser.add_argument("--subset_size", type=int, default=1000, help="test sentences in that seeded subset")
     parser.add_argument("--output", default=None)
     parser.add_argument("--markdown", default=None)
     args = parser.parse_args(argv)
@@ -156,13 +180,23 @@ def main(argv=None) -> int:
         row["test"] = evaluate_split(
             model, tokenizer, Path(args.data_dir) / "ptb.test.txt", args.iw_samples, args.batch_size, args.seed
         )
+        if args.subset_iw_samples and model.config.latent_size > 0:
+            row["test_subset"] = evaluate_split(
+                model,
+                tokenizer,
+                Path(args.data_dir) / "ptb.test.txt",
+                args.subset_iw_samples,
+                args.batch_size,
+                args.seed,
+                subset=args.subset_size,
+            )
         if (run / "results.json").is_file() and "train_loss" in json.loads((run / "results.json").read_text()):
             row["train"] = train_from_results(run, Path(args.data_dir) / "ptb.train.txt", model.config.latent_size)
         elif not args.skip_train:
             row["train"] = evaluate_split(
                 model, tokenizer, Path(args.data_dir) / "ptb.train.txt", 0, args.batch_size, args.seed
             )
-        for split in ("test", "train"):
+        for split in ("test", "train", "test_subset"):
             if split in row:
                 row[split].pop("active_unit_variances", None)
         row["evaluation_seconds"] = round(time.time() - start, 1)

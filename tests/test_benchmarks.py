@@ -165,3 +165,36 @@ def test_profile_decoding_reports_the_roofline(repo_root, tiny_model, tmp_path, 
     assert 0 < result["row_steps"] <= 4 * 5
     assert all(_positive(result[k]) for k in ("sentences_per_second", "ms_per_row_step", "matmul_gflops"))
     assert "Self CPU" in text
+
+
+def test_ptb_report_with_a_seeded_iw_subset(repo_root, tiny_model, tiny_tokenizer, tiny_sentences, tmp_path):
+    """ptb_report on tiny saved runs: the paper's row only where the paper has one, and the k-sample IW-NLL on a
+    seeded subset of the test sentences (the same subset on a rerun), at most sampling noise above its bound."""
+    report = _load_script(repo_root, "ptb_report")
+    data = tmp_path / "ptb"
+    data.mkdir()
+    (data / "ptb.test.txt").write_text("\n".join(tiny_sentences) + "\n")
+    for name in ("vae_standard", "vae_beyond"):
+        run = tmp_path / "runs" / name
+        tiny_model(seed=1).save_pretrained(run / "best")
+        tiny_tokenizer.save_pretrained(run / "best")
+        records = [{"step": 2, "epoch": 0.5, "loss": 9.0, "kl_weight": 0.1}, {"step": 2, "validation_loss": 8.0}]
+        (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    out = tmp_path / "report.json"
+    argv = ["--runs_dir", str(tmp_path / "runs"), "--data_dir", str(data), "--models", "vae_standard", "vae_beyond",
+            "--iw_samples", "2", "--subset_iw_samples", "4", "--subset_size", "3", "--skip_train",
+            "--output", str(out), "--markdown", str(tmp_path / "report.md")]  # fmt: skip
+    assert report.main(argv) == 0
+    rows = json.loads(out.read_text())
+    for row in rows.values():
+        sub = row["test_subset"]
+        assert (
+            sub["num_sentences"] == 3 and sub["iw_samples"] == 4 and row["test"]["num_sentences"] == len(tiny_sentences)
+        )
+        assert sub["nll_iw"] <= sub["nll_bound"] + 1.0  # a 4-sample estimate: at most noise above the bound
+    table = (tmp_path / "report.md").read_text()
+    assert table.count("| paper |") == 1 and "VAE, beyond the paper" in table and "| 3 | 4 |" in table
+    assert (
+        report.main(argv) == 0
+        and json.loads(out.read_text())["vae_standard"]["test_subset"] == rows["vae_standard"]["test_subset"]
+    )
