@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
 
 
@@ -19,3 +21,18 @@ def head_lines(src: Path, dst: Path, n: int) -> str:
     with open(src, encoding="utf-8") as handle:
         dst.write_text("".join(next(handle) for _ in range(n)), encoding="utf-8")
     return str(dst)
+
+
+def load_script(path: Path, module_name: str | None = None, register: bool = False):
+    """Import a command-line script (`train_scripts/*.py`, `benchmarks/*.py`) as a module.
+
+    `module_name` defaults to `<stem>_script`; `register=True` also puts the module in `sys.modules`
+    (dataclasses defined in the script look their module up there). The caller removes it again.
+    """
+    name = module_name or f"{Path(path).stem}_script"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    if register:
+        sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 import torch
+from helpers import load_script
 
 from hf_sentence_vae import analysis
 
@@ -28,10 +28,7 @@ def saved_vae(tmp_path, vae, tiny_tokenizer):
 
 @pytest.fixture(scope="module")
 def generate_script(repo_root):
-    spec = importlib.util.spec_from_file_location("generate_script", repo_root / "train_scripts" / "generate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(repo_root / "train_scripts" / "generate.py")
 
 
 def test_ids_to_texts_keeps_unk(tiny_tokenizer):

@@ -3,11 +3,11 @@ config, in-process. Structure only: every figure present and positive; no timing
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 
 import pytest
+from helpers import load_script
 
 
 @pytest.fixture(scope="module")
@@ -15,11 +15,7 @@ def bench(repo_root):
     folder = str(repo_root / "benchmarks")
     sys.path.insert(0, folder)  # run_benchmarks imports its sibling baseline.py
     try:
-        spec = importlib.util.spec_from_file_location("run_benchmarks", repo_root / "benchmarks" / "run_benchmarks.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["run_benchmarks"] = module  # dataclasses look their module up there
-        spec.loader.exec_module(module)
-        yield module
+        yield load_script(repo_root / "benchmarks" / "run_benchmarks.py", "run_benchmarks", register=True)
     finally:
         sys.path.remove(folder)
         sys.modules.pop("run_benchmarks", None)
@@ -115,10 +111,7 @@ def test_memory_probes_report_peak_rss(bench, tmp_path):
 
 
 def _load_script(repo_root, name: str):
-    spec = importlib.util.spec_from_file_location(name, repo_root / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(repo_root / "benchmarks" / f"{name}.py", name)
 
 
 def test_word_dropout_sweep_report_from_finished_runs(repo_root, tmp_path, monkeypatch):

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
+from helpers import load_script
 
 from hf_sentence_vae.embeddings import (
     MSRPData,
@@ -150,11 +149,7 @@ def test_evaluations_on_real_subsets(tiny_model, tiny_tokenizer, trec_dir, msrp_
 
 @pytest.mark.filterwarnings("ignore:The least populated class")
 def test_sentence_embeddings_script(repo_root, tmp_path, tiny_model, tiny_tokenizer, trec_dir, data_dir):
-    spec = importlib.util.spec_from_file_location(
-        "sentence_embeddings_script", repo_root / "train_scripts" / "sentence_embeddings.py"
-    )
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script(repo_root / "train_scripts" / "sentence_embeddings.py")
     folder = tmp_path / "vae"
     tiny_model(initializer_range=0.5).save_pretrained(folder)
     tiny_tokenizer.save_pretrained(folder)

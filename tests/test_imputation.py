@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import random
@@ -10,6 +9,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from helpers import load_script
 
 from hf_sentence_vae.adversarial import (
     adversarial_error,
@@ -37,10 +37,7 @@ VARIANTS = {
 
 
 def _load_script(repo_root, name):
-    spec = importlib.util.spec_from_file_location(f"{name}_script", repo_root / "train_scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(repo_root / "train_scripts" / f"{name}.py")
 
 
 def _random_unknowns(attention_mask, seed, rate=0.5):

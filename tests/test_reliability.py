@@ -10,7 +10,6 @@ processes (one kill by default, more seeds under `-m slow`).
 from __future__ import annotations
 
 import ast
-import importlib.util
 import json
 import logging
 import math
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import head_lines, reset_accelerate
+from helpers import head_lines, load_script, reset_accelerate
 
 from hf_sentence_vae import training as training_module
 from hf_sentence_vae.checkpointing import (
@@ -144,10 +143,7 @@ def _tiny_flags(data: dict, out: Path, **overrides) -> list[str]:
 
 
 def _load_train_script():
-    spec = importlib.util.spec_from_file_location("train_script_reliability", TRAIN_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(TRAIN_SCRIPT, "train_script_reliability")
 
 
 @pytest.fixture(scope="module")

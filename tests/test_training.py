@@ -7,7 +7,6 @@ well under a minute or two on two shared CPU cores.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import shutil
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import head_lines, reset_accelerate
+from helpers import head_lines, load_script, reset_accelerate
 
 from hf_sentence_vae.annealing import KLSchedule, cyclical_weight, linear_weight, sigmoid_weight
 from hf_sentence_vae.cli import parse_args
@@ -549,10 +548,7 @@ def test_cli_boolean_flags_and_unknown_flags():
 
 # --------------------------------------------------------------------------- run artifacts
 def _load_train_script():
-    spec = importlib.util.spec_from_file_location("train_script", REPO / "train_scripts" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "train_scripts" / "train.py")
 
 
 @pytest.fixture(scope="module")
