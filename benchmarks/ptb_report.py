@@ -36,7 +36,9 @@ TITLES = {
     "vae_standard": "VAE",
     "rnnlm_inputless": "RNNLM, inputless decoder",
     "vae_inputless": "VAE, inputless decoder",
-    "vae_beyond": "VAE, beyond the paper (free bits)",
+    "vae_beyond": "VAE, beyond the paper (free bits), 10 epochs",
+    "vae_beyond_long": "VAE, beyond the paper (free bits), 22 epochs",
+    "vae_beyond_inj": "VAE, beyond the paper, z at every input, dropout 0.3, 22 epochs",
     "vae_r2l": "VAE, right to left (Section 5)",
     "rnnlm_r2l": "RNNLM, right to left (Section 5)",
 }

@@ -19,6 +19,7 @@ from helpers import head_lines, load_script, reset_accelerate
 
 from hf_sentence_vae.annealing import KLSchedule, cyclical_weight, linear_weight, sigmoid_weight
 from hf_sentence_vae.cli import parse_args
+from hf_sentence_vae.configuration_sentence_vae import SentenceVAEConfig
 from hf_sentence_vae.data import load_text_splits
 from hf_sentence_vae.latent import gaussian_kl
 from hf_sentence_vae.training import (
@@ -511,6 +512,29 @@ def test_cli_reads_json_and_flags_override(tmp_path):
     config_file.write_text(json.dumps({"train_file": "a.txt", "seed": 7, "free_bits": 0.25, "disable_tqdm": True}))
     config = parse_args(TrainingConfig, ["--config", str(config_file), "--seed", "9"])
     assert (config.train_file, config.seed, config.free_bits, config.disable_tqdm) == ("a.txt", 9, 0.25, True)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "train_scripts" / "configs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_configs_parse_and_build_valid_models(path):
+    """Every experiment config in train_scripts/configs/ parses (no misspelt key) and gives a valid model config,
+    reads PTB from the shared data folder, and writes into its own run folder."""
+    config = parse_args(TrainingConfig, ["--config", str(path)])
+    model_config = SentenceVAEConfig(vocab_size=10002, **config.model_overrides())
+    assert config.train_file.endswith("ptb.train.txt") and config.output_dir.startswith("runs/")
+    assert (model_config.latent_size == 0) == ("rnnlm" in path.stem)
+    assert (model_config.word_keep_rate == 0.0) == ("inputless" in path.stem)
+
+
+def test_paper_configs_have_table_11_sizes():
+    """The four Table-2 configs carry the paper's tuned sizes and the sigmoid KL schedule for the VAEs."""
+    configs = {
+        stem: parse_args(TrainingConfig, ["--config", str(REPO / "train_scripts" / "configs" / f"ptb_{stem}.yaml")])
+        for stem in ("vae_standard", "rnnlm_standard")
+    }
+    vae, rnnlm = configs["vae_standard"], configs["rnnlm_standard"]
+    assert (vae.embedding_size, vae.decoder_hidden_size, vae.latent_size) == (353, 191, 13)
+    assert (rnnlm.embedding_size, rnnlm.decoder_hidden_size, rnnlm.latent_size) == (464, 337, 0)
+    assert vae.kl_schedule == "sigmoid"
 
 
 def test_cli_unknown_key_in_config_file_is_named(tmp_path):
