@@ -32,8 +32,9 @@ class SentenceVAEConfig(PretrainedConfig):
             or `"initial_state_and_inputs"` (also concatenated to every decoder input).
         variance_parameterization (`str`): `"exp"` (the network predicts log sigma^2) or `"softplus"`
             (sigma^2 = softplus(.)).
-        tie_word_embeddings (`bool`): tie the output projection to the decoder's input embedding
-            (needs `embedding_size == decoder_hidden_size`).
+        tie_word_embeddings (`bool`): tie the output layer's weights to the decoder's input embedding (Press &
+            Wolf, 2017; Inan et al., 2017). When `embedding_size != decoder_hidden_size` the decoder state goes
+            through a learned `decoder_hidden_size -> embedding_size` projection first.
         share_embeddings (`bool`): encoder and decoder read the same embedding matrix.
         word_keep_rate (`float`): the word-dropout keep rate k used at training time; `0.0` is the
             inputless decoder (applied at evaluation too, as in the paper).
@@ -165,13 +166,6 @@ def _validate(config: SentenceVAEConfig) -> None:
         config.vocab_size,
         "must leave room for words besides the 4 specials",
     )
-    if config.tie_word_embeddings:
-        _check(
-            config.embedding_size == config.decoder_hidden_size,
-            "tie_word_embeddings",
-            True,
-            f"needs embedding_size ({config.embedding_size}) == decoder_hidden_size ({config.decoder_hidden_size})",
-        )
     if config.latent_size == 0:
         _check(
             config.latent_injection == "initial_state",

@@ -170,6 +170,15 @@ def _round(value: float) -> float:
     return float(f"{float(value):.{RESULT_DIGITS}g}")
 
 
+def _tying(config: dict) -> str | bool | None:
+    """The model card's tying entry: whether the output layer shares the embedding, and through what."""
+    tied = config.get("tie_word_embeddings")
+    embedding, hidden = config.get("embedding_size"), config.get("decoder_hidden_size")
+    if tied and embedding != hidden:
+        return f"yes, through a learned {hidden} -> {embedding} projection of the decoder state"
+    return tied
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
@@ -542,7 +551,7 @@ def render_model_card(
         ("variance parameterization", config.get("variance_parameterization")) if is_vae else None,
         ("word keep rate (word dropout)", config.get("word_keep_rate")),
         ("dropout", config.get("dropout")),
-        ("tied input/output embeddings", config.get("tie_word_embeddings")),
+        ("tied input/output embeddings", _tying(config)),
         ("encoder shares the decoder's embeddings", config.get("share_embeddings")) if is_vae else None,
         ("right to left", config.get("right_to_left")),
         ("text mode", text_mode),

@@ -251,7 +251,13 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel):
         decoder_in = config.embedding_size + (latent if config.latent_injection == "initial_state_and_inputs" else 0)
         self.decoder = nn.LSTM(decoder_in, config.decoder_hidden_size, batch_first=True)
         self.dropout = nn.Dropout(config.dropout)
-        self.lm_head = nn.Linear(config.decoder_hidden_size, config.vocab_size)
+        output_features = config.decoder_hidden_size
+        if config.tie_word_embeddings and config.embedding_size != config.decoder_hidden_size:
+            # Tying an output layer to an embedding of another width goes through a learned projection
+            # (Press & Wolf, 2017; Inan et al., 2017): logits = E (P h) + b.
+            self.output_projection = nn.Linear(config.decoder_hidden_size, config.embedding_size, bias=False)
+            output_features = config.embedding_size
+        self.lm_head = nn.Linear(output_features, config.vocab_size)
         # <pad> and <bos> are never targets: they get probability zero.
         self.register_buffer("logit_mask", self._never_predicted_mask(config), persistent=False)
         self.post_init()
@@ -376,13 +382,29 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel):
         outputs, _ = _run_lstm(self.decoder, inputs, (h0.unsqueeze(0), c0.unsqueeze(0)))
         return self.dropout(outputs)
 
+    def _output_layer(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(features, weight)` with next-token logits = features @ weight.T + bias, for decoder states `hidden`.
+
+        A tied output layer of another width (`output_projection` P, `(E, H)`) computes E (P h). For many rows it
+        is cheaper to fold P into the weight once, (E P) h, which keeps the `(N, V)` product at the decoder's
+        width (H) instead of the embedding's (E); for a few rows (a decoding step) h is projected instead."""
+        projection = getattr(self, "output_projection", None)
+        if projection is None:
+            return hidden, self.lm_head.weight
+        vocab, width = self.lm_head.weight.shape
+        rows, hidden_size = hidden.numel() // hidden.shape[-1], hidden.shape[-1]
+        if vocab * width * hidden_size + rows * hidden_size * vocab < rows * width * (hidden_size + vocab):
+            return hidden, self.lm_head.weight @ projection.weight
+        return projection(hidden), self.lm_head.weight
+
     def _output_bias(self) -> torch.Tensor:
         """The output bias with the never-predicted mask folded in (`<pad>` and `<bos>` get -inf)."""
         return self.lm_head.bias + self.logit_mask.to(self.lm_head.bias.dtype)
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Next-token logits; `<pad>` and `<bos>` get -inf through the bias (a `(V,)` add, not `(N, V)`)."""
-        return F.linear(hidden, self.lm_head.weight, self._output_bias())
+        features, weight = self._output_layer(hidden)
+        return F.linear(features, weight, self._output_bias())
 
     def word_dropout(
         self,
@@ -521,7 +543,8 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel):
             reconstruction = token_nll.masked_fill(~target_mask, 0.0).sum(-1)
         else:
             rows = target_mask.nonzero(as_tuple=True)
-            token_nll = _OutputLayerNLL.apply(hidden[rows], self.lm_head.weight, self._output_bias(), targets[rows])
+            features, weight = self._output_layer(hidden[rows])
+            token_nll = _OutputLayerNLL.apply(features, weight, self._output_bias(), targets[rows])
             reconstruction = torch.zeros(batch_size, device=hidden.device, dtype=token_nll.dtype)
             reconstruction = reconstruction.index_add(0, rows[0], token_nll)
 

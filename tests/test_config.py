@@ -60,7 +60,6 @@ INVALID = [
     (dict(vocab_size=8, eos_token_id=8), "eos_token_id", "8"),
     (dict(unk_token_id=None), "unk_token_id", "None"),
     (dict(bos_token_id=0), "bos_token_id", "0"),  # collides with pad_token_id
-    (dict(tie_word_embeddings=True, embedding_size=32, decoder_hidden_size=16), "tie_word_embeddings", "True"),
     (
         dict(latent_size=0, latent_injection="initial_state_and_inputs"),
         "latent_injection",
@@ -85,6 +84,7 @@ def test_invalid_values_raise_naming_field_and_value(overrides, field, value):
         dict(word_keep_rate=1),
         dict(dropout=0.5),
         dict(tie_word_embeddings=True, embedding_size=16, decoder_hidden_size=16),
+        dict(tie_word_embeddings=True, embedding_size=32, decoder_hidden_size=16),  # tied through a projection
         dict(latent_injection="initial_state_and_inputs", variance_parameterization="softplus"),
         dict(vocab_size=5),
         dict(pad_token_id=3, unk_token_id=2, bos_token_id=1, eos_token_id=0),

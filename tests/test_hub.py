@@ -236,6 +236,16 @@ def test_card_for_an_rnnlm_without_training_files(tmp_path, tiny_model, tiny_tok
     hub.validate_folder(tmp_path)
 
 
+def test_card_names_a_projected_tied_output_layer(tmp_path, tiny_model, tiny_tokenizer):
+    model = tiny_model(tie_word_embeddings=True, embedding_size=12, decoder_hidden_size=8)
+    model.save_pretrained(tmp_path)
+    tiny_tokenizer.save_pretrained(tmp_path)
+    hub.finalize_model_folder(tmp_path)
+    text = (tmp_path / "README.md").read_text()
+    assert "| tied input/output embeddings | yes, through a learned 8 -> 12 projection of the decoder state |" in text
+    hub.validate_folder(tmp_path)
+
+
 def test_a_card_failure_warns_and_keeps_the_model(data_dir, tmp_path, monkeypatch, caplog):
     def broken(*args, **kwargs):
         raise RuntimeError("template exploded")

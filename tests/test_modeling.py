@@ -214,6 +214,37 @@ def test_embedding_sharing_and_tying(tiny_model):
     assert torch.all(separate.embed_tokens.weight[pad] == 0)
 
 
+def test_tying_across_widths_goes_through_a_projection(tiny_model, random_batch):
+    model = tiny_model(tie_word_embeddings=True, embedding_size=12, decoder_hidden_size=8, initializer_range=INIT)
+    assert model.lm_head.weight is model.embed_tokens.weight
+    assert tuple(model.output_projection.weight.shape) == (12, 8) and model.output_projection.bias is None
+    assert not hasattr(tiny_model(embedding_size=12, decoder_hidden_size=8), "output_projection")
+    assert not hasattr(tiny_model(tie_word_embeddings=True), "output_projection")  # equal widths: no projection
+
+    input_ids, attention_mask = random_batch(model.config, [4, 2, 6])
+    latent = torch.randn(3, model.config.latent_size)
+    out = model(input_ids, attention_mask, latent=latent)
+    # logits = E (P h) + b, where h is the decoder LSTM's output
+    hidden, _ = model.decoder(
+        model._decoder_inputs(input_ids[:, :-1], latent),
+        tuple(s.unsqueeze(0) for s in model._initial_state(latent, 3, latent.device, latent.dtype)),
+    )
+    expected = model.output_projection(hidden) @ model.embed_tokens.weight.T + model._output_bias()
+    torch.testing.assert_close(out.logits, expected)
+    # the fused training path (no logits) gives the same reconstruction
+    fused = model(input_ids, attention_mask, latent=latent, return_logits=False)
+    torch.testing.assert_close(fused.reconstruction_per_sentence, out.reconstruction_per_sentence)
+    # and so does decoding step by step
+    state = model._initial_state(latent, 3, latent.device, latent.dtype)
+    step_log_probs, _ = model._step(input_ids[:, 0], (*state, latent))
+    torch.testing.assert_close(step_log_probs, out.logits[:, 0].log_softmax(-1))
+
+    model.train()
+    model(input_ids, attention_mask, return_logits=False).loss.backward()
+    assert model.output_projection.weight.grad.abs().sum() > 0
+    assert model.embed_tokens.weight.grad.abs().sum() > 0
+
+
 def test_encoder_reads_its_own_embeddings_when_not_shared(tiny_model, random_batch):
     model = tiny_model(share_embeddings=False, initializer_range=INIT)
     input_ids, attention_mask = random_batch(model.config, [4])

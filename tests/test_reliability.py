@@ -340,7 +340,7 @@ def test_tokenizer_that_does_not_match_the_model(train_script, capsys, small_dat
         ({"latent_size": -1}, r"invalid latent_size=-1: must be a non-negative integer"),
         ({"dropout": 1.5}, r"invalid dropout=1.5"),
         ({"word_keep_rate": 2}, r"invalid word_keep_rate=2"),
-        ({"tie_word_embeddings": "true", "embedding_size": 8}, r"tie_word_embeddings.*needs embedding_size"),
+        ({"latent_injection": "inputs"}, r"invalid latent_injection='inputs'"),
         ({"per_device_train_batch_size": 0}, r"per_device_train_batch_size must be >= 1"),
         ({"learning_rate": -1}, r"learning_rate must be > 0"),
         ({"max_length": 2}, r"max_length must be >= 3"),
