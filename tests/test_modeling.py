@@ -239,6 +239,14 @@ def test_tying_across_widths_goes_through_a_projection(tiny_model, random_batch)
     step_log_probs, _ = model._step(input_ids[:, 0], (*state, latent))
     torch.testing.assert_close(step_log_probs, out.logits[:, 0].log_softmax(-1))
 
+    # many rows fold P into the weight (the product stays H wide); a few rows project h instead
+    many, few = torch.randn(1000, 8), torch.randn(1, 8)
+    features, weight = model._output_layer(many)
+    assert features is many and tuple(weight.shape) == (model.config.vocab_size, 8)
+    features, weight = model._output_layer(few)
+    assert tuple(features.shape) == (1, 12) and weight is model.lm_head.weight
+    torch.testing.assert_close(model._logits(many)[:1], model._logits(many[:1]))
+
     model.train()
     model(input_ids, attention_mask, return_logits=False).loss.backward()
     assert model.output_projection.weight.grad.abs().sum() > 0
