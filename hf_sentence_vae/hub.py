@@ -551,6 +551,7 @@ def render_model_card(
         ("variance parameterization", config.get("variance_parameterization")) if is_vae else None,
         ("word keep rate (word dropout)", config.get("word_keep_rate")),
         ("dropout", config.get("dropout")),
+        ("recurrent weight dropout (decoder)", config.get("decoder_weight_drop") or None),  # a row only when used
         ("tied input/output embeddings", _tying(config)),
         ("encoder shares the decoder's embeddings", config.get("share_embeddings")) if is_vae else None,
         ("right to left", config.get("right_to_left")),

@@ -165,15 +165,23 @@ class _OutputLayerNLL(torch.autograd.Function):
         return grad_hidden, grad_weight, grad_bias, None
 
 
-def _run_lstm(lstm: nn.LSTM, inputs, state: tuple[torch.Tensor, torch.Tensor] | None = None):
+def _run_lstm(lstm: nn.LSTM, inputs, state: tuple[torch.Tensor, torch.Tensor] | None = None, weight_drop: float = 0.0):
     """`lstm(inputs, state)`, except under CPU autocast, where the recurrence runs in float32: oneDNN's bf16
     LSTM is 1.2-1.5x slower on CPU than its fp32 one, which made a bf16-autocast training step slower than an
     fp32 one; with fp32 LSTMs and bf16 projections it is ~1.25x faster (BENCHMARKS.md). Elsewhere (fp32, CUDA
-    autocast) this is a plain call."""
+    autocast) this is a plain call. With `weight_drop > 0` the recurrent weights get a fresh DropConnect mask
+    (one per call, shared by every time step) and the fused LSTM op still runs the whole sequence."""
+
+    def call(x, s):
+        if weight_drop == 0.0:
+            return lstm(x, s)
+        dropped = F.dropout(lstm.weight_hh_l0, weight_drop, training=True)
+        return torch.func.functional_call(lstm, {"weight_hh_l0": dropped}, (x, s))
+
     if torch.is_autocast_enabled("cpu") and lstm.weight_hh_l0.device.type == "cpu":
         with torch.autocast("cpu", enabled=False):
-            return lstm(inputs.float(), None if state is None else tuple(s.float() for s in state))
-    return lstm(inputs, state)
+            return call(inputs.float(), None if state is None else tuple(s.float() for s in state))
+    return call(inputs, state)
 
 
 def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -379,7 +387,8 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel):
         """Decoder hidden states `(B, T, H)` after reading `ids` `(B, T)` (whose embeddings may be given)."""
         h0, c0 = self._initial_state(z, ids.shape[0], ids.device, self.embed_tokens.weight.dtype)
         inputs = self._decoder_inputs(ids, z, embedded)
-        outputs, _ = _run_lstm(self.decoder, inputs, (h0.unsqueeze(0), c0.unsqueeze(0)))
+        weight_drop = self.config.decoder_weight_drop if self.training else 0.0
+        outputs, _ = _run_lstm(self.decoder, inputs, (h0.unsqueeze(0), c0.unsqueeze(0)), weight_drop)
         return self.dropout(outputs)
 
     def _output_layer(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

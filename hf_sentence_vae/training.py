@@ -57,6 +57,7 @@ MODEL_FIELDS = (
     "share_embeddings",
     "word_keep_rate",
     "dropout",
+    "decoder_weight_drop",
     "right_to_left",
     "max_sentence_length",
 )
@@ -97,6 +98,7 @@ class TrainingConfig:
     share_embeddings: bool | None = None
     word_keep_rate: float | None = None
     dropout: float | None = None
+    decoder_weight_drop: float | None = None
     right_to_left: bool | None = None
     max_sentence_length: int | None = None
     # optimisation

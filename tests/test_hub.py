@@ -246,6 +246,16 @@ def test_card_names_a_projected_tied_output_layer(tmp_path, tiny_model, tiny_tok
     hub.validate_folder(tmp_path)
 
 
+@pytest.mark.parametrize("weight_drop", [0.0, 0.25])
+def test_card_names_recurrent_weight_dropout_only_when_used(tmp_path, tiny_model, tiny_tokenizer, weight_drop):
+    tiny_model(decoder_weight_drop=weight_drop).save_pretrained(tmp_path)
+    tiny_tokenizer.save_pretrained(tmp_path)
+    hub.finalize_model_folder(tmp_path)
+    text = (tmp_path / "README.md").read_text()
+    assert ("| recurrent weight dropout (decoder) | 0.25 |" in text) == (weight_drop > 0)
+    assert ("recurrent weight dropout" in text) == (weight_drop > 0)
+
+
 def test_a_card_failure_warns_and_keeps_the_model(data_dir, tmp_path, monkeypatch, caplog):
     def broken(*args, **kwargs):
         raise RuntimeError("template exploded")

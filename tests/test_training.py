@@ -514,6 +514,16 @@ def test_cli_reads_json_and_flags_override(tmp_path):
     assert (config.train_file, config.seed, config.free_bits, config.disable_tqdm) == ("a.txt", 9, 0.25, True)
 
 
+def test_every_model_flag_reaches_the_model_config():
+    from hf_sentence_vae.training import MODEL_FIELDS
+
+    defaults = SentenceVAEConfig()
+    assert all(hasattr(defaults, name) for name in MODEL_FIELDS)
+    config = parse_args(TrainingConfig, ["--train_file", "a.txt", "--decoder_weight_drop", "0.3", "--dropout", "0.1"])
+    model_config = SentenceVAEConfig(vocab_size=12, **config.model_overrides())
+    assert (model_config.decoder_weight_drop, model_config.dropout) == (0.3, 0.1)
+
+
 @pytest.mark.parametrize("path", sorted((REPO / "train_scripts" / "configs").glob("*.yaml")), ids=lambda p: p.stem)
 def test_shipped_configs_parse_and_build_valid_models(path):
     """Every experiment config in train_scripts/configs/ parses (no misspelt key) and gives a valid model config,
