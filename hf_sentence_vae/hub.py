@@ -110,6 +110,7 @@ TRAINING_ROWS = (
     ("per_device_train_batch_size", "batch size per device"),
     ("gradient_accumulation_steps", "gradient accumulation steps"),
     ("max_grad_norm", "gradient clipping (norm)"),
+    ("ema_decay", "weight averaging (EMA decay; evaluated and saved weights)"),
     ("num_train_epochs", "epochs (at most)"),
     ("max_train_steps", "steps (at most)"),
     ("early_stopping_patience", "early stopping patience (evaluations)"),

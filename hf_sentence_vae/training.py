@@ -14,6 +14,8 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,7 @@ from .checkpointing import (
     load_training_state,
     remove_dir,
     replace_dir,
+    safe_torch_load,
     save_training_state,
     write_manifest,
 )
@@ -64,11 +67,16 @@ MODEL_FIELDS = (
 OPTIMIZERS = ("adam", "adamw", "sgd")
 CHECKPOINT_PREFIX = "checkpoint-"
 STATE_FILE = "trainer_state.json"
+AVERAGE_FILE = "weight_average.pt"  # in a checkpoint's training_state/ when --ema_decay is set
 
 
 @dataclass
 class TrainingConfig:
-    """Every option of a training run; `train_scripts/train.py` exposes each as a `--flag`."""
+    """Every option of a training run; `train_scripts/train.py` exposes each as a `--flag`.
+
+    `ema_decay` turns on weight averaging (an exponential moving average of the weights, Polyak & Juditsky
+    1992): evaluations, `best/` and the final figures use the averaged weights, the training loss is that of
+    the weights being trained, and checkpoints keep both so that a resumed run continues exactly."""
 
     # data
     train_file: str | None = None
@@ -114,6 +122,7 @@ class TrainingConfig:
     max_train_steps: int | None = None
     gradient_accumulation_steps: int = 1
     max_grad_norm: float | None = 5.0
+    ema_decay: float | None = None
     mixed_precision: str = "no"
     seed: int = 42
     # objective
@@ -161,6 +170,8 @@ class TrainingConfig:
             raise ValueError(f"max_train_steps must be >= 1, got {self.max_train_steps}")
         if self.num_train_epochs < 1:
             raise ValueError(f"num_train_epochs must be >= 1, got {self.num_train_epochs}")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1) (or unset), got {self.ema_decay}")
         if self.free_bits < 0:
             raise ValueError(f"free_bits must be >= 0, got {self.free_bits}")
         if self.push_to_hub and not self.hub_model_id:
@@ -219,6 +230,18 @@ def step_noise(
     latent = torch.randn((batch_size, latent_size), generator=generator) if latent_size else None
     words = torch.rand((batch_size, width), generator=generator)
     return latent, words
+
+
+def update_weight_average(
+    averages: list[torch.Tensor], params: list[torch.Tensor], decay: float, num_updates: int
+) -> None:
+    """In place, an exponential moving average of the weights after `num_updates + 1` optimizer steps:
+    average <- d average + (1 - d) param, with d = min(decay, (1 + n) / (10 + n)) so that the first steps'
+    averages do not keep the initialisation (the warm-up of TensorFlow's ExponentialMovingAverage)."""
+    d = min(decay, (1.0 + num_updates) / (10.0 + num_updates))
+    with torch.no_grad():
+        for average, param in zip(averages, params, strict=True):
+            average.lerp_(param.detach().to(average.dtype), 1.0 - d)
 
 
 def shard(indices: np.ndarray, rank: int, world_size: int) -> slice:
@@ -497,6 +520,7 @@ class Trainer:
         )
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         self.state = TrainerState()
+        self.weight_average = self._initial_weight_average()
         if self.resume_path is not None:
             # Our own state files, read with torch.load(weights_only=True) (not accelerator.load_state, which
             # unpickles registered objects such as the scheduler with weights_only=False).
@@ -510,6 +534,42 @@ class Trainer:
             logger.info(f"resumed from {self.resume_path} at step {self.state.global_step}")
         elif accelerator.is_main_process and self.metrics_path.exists():
             self.metrics_path.unlink()
+
+    def _initial_weight_average(self) -> list[torch.Tensor] | None:
+        """The running weight average (`--ema_decay`): a copy of the weights, or a resumed checkpoint's average."""
+        if self.config.ema_decay is None:
+            return None
+        params = list(self.accelerator.unwrap_model(self.model).parameters())
+        saved = None if self.resume_path is None else self.resume_path / TRAINING_STATE_DIR / AVERAGE_FILE
+        if saved is not None and saved.is_file():
+            averages = safe_torch_load(saved)
+            if len(averages) != len(params) or any(a.shape != p.shape for a, p in zip(averages, params)):
+                raise CheckpointError(f"the weight average in {saved} does not match the model's parameters")
+            return [a.to(p.device, p.dtype) for a, p in zip(averages, params)]
+        if saved is not None:
+            logger.warning(
+                f"--ema_decay is set but {saved.parent} holds no weight average (trained without it): the average "
+                "starts from the resumed weights"
+            )
+        return [p.detach().clone() for p in params]
+
+    @contextmanager
+    def _averaged_weights(self) -> Iterator[None]:
+        """Within the block the model holds the weight average (a no-op without `--ema_decay`)."""
+        if self.weight_average is None:
+            yield
+            return
+        params = list(self.accelerator.unwrap_model(self.model).parameters())
+        trained = [p.detach().clone() for p in params]
+        with torch.no_grad():
+            for param, average in zip(params, self.weight_average):
+                param.copy_(average)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for param, value in zip(params, trained):
+                    param.copy_(value)
 
     def _load_or_build_tokenizer(self, splits):
         from transformers import AutoTokenizer
@@ -567,7 +627,9 @@ class Trainer:
         save_training_state(tmp / TRAINING_STATE_DIR, self.optimizer, self.scheduler, accelerator.scaler, self.rank)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            self._save_model_folder(tmp)
+            if self.weight_average is not None:
+                torch.save([a.cpu() for a in self.weight_average], tmp / TRAINING_STATE_DIR / AVERAGE_FILE)
+            self._save_model_folder(tmp)  # the weights being trained; their average is in training_state/
             self.state.save(tmp / STATE_FILE)
             write_manifest(tmp)
             fsync_tree(tmp)
@@ -589,21 +651,23 @@ class Trainer:
         final, tmp = self.output_dir / "best", self.output_dir / ".tmp-best"
         if tmp.exists():
             shutil.rmtree(tmp)
-        self._save_model_folder(tmp, extra={"step": self.state.global_step, **metrics})
+        with self._averaged_weights():
+            self._save_model_folder(tmp, extra={"step": self.state.global_step, **metrics})
         replace_dir(tmp, final)
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, split: str) -> dict[str, float]:
         accelerator = self.accelerator
-        sums = evaluate_bound(
-            accelerator.unwrap_model(self.model),
-            self.corpora[split],
-            self.config.per_device_eval_batch_size,
-            seed=self.config.seed,
-            rank=self.rank,
-            world_size=self.world,
-            device=accelerator.device,
-        )
+        with self._averaged_weights():
+            sums = evaluate_bound(
+                accelerator.unwrap_model(self.model),
+                self.corpora[split],
+                self.config.per_device_eval_batch_size,
+                seed=self.config.seed,
+                rank=self.rank,
+                world_size=self.world,
+                device=accelerator.device,
+            )
         if self.world > 1:
             sums = accelerator.reduce(sums.to(accelerator.device), reduction="sum").cpu()
         return bound_metrics(sums, split)
@@ -646,6 +710,9 @@ class Trainer:
             self.optimizer.step()
             if accelerator.sync_gradients:
                 self.scheduler.step()
+                if self.weight_average is not None:
+                    params = list(accelerator.unwrap_model(self.model).parameters())
+                    update_weight_average(self.weight_average, params, config.ema_decay, self.state.global_step)
             self.optimizer.zero_grad(set_to_none=True)
         return loss.detach(), out
 
@@ -800,6 +867,7 @@ class Trainer:
             unwrapped = accelerator.unwrap_model(self.model)
             best_model = SentenceVAEModel.from_pretrained(best).to(accelerator.device)
             unwrapped.load_state_dict(best_model.state_dict())
+            self.weight_average = None  # best/ already holds the averaged weights
         for split in ("train", "validation", "test"):
             if split in self.corpora and (split != "train" or self.config.evaluate_train_split):
                 results.update(self.evaluate(split))

@@ -256,6 +256,16 @@ def test_card_names_recurrent_weight_dropout_only_when_used(tmp_path, tiny_model
     assert ("recurrent weight dropout" in text) == (weight_drop > 0)
 
 
+def test_card_names_weight_averaging(tmp_path, tiny_model, tiny_tokenizer):
+    tiny_model().save_pretrained(tmp_path)
+    tiny_tokenizer.save_pretrained(tmp_path)
+    (tmp_path / "training_config.json").write_text(json.dumps({"train_file": "train.txt", "ema_decay": 0.999}))
+    hub.finalize_model_folder(tmp_path)
+    assert (
+        "| weight averaging (EMA decay; evaluated and saved weights) | 0.999 |" in (tmp_path / "README.md").read_text()
+    )
+
+
 def test_a_card_failure_warns_and_keeps_the_model(data_dir, tmp_path, monkeypatch, caplog):
     def broken(*args, **kwargs):
         raise RuntimeError("template exploded")

@@ -32,6 +32,7 @@ from hf_sentence_vae.training import (
     shard,
     step_noise,
     train,
+    update_weight_average,
 )
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -297,11 +298,13 @@ def test_training_on_ptb_reduces_the_bound_and_keeps_kl_alive(ptb_dir, tmp_path)
 
 
 # --------------------------------------------------------------------------- exact resume
-def test_resume_from_latest_checkpoint_matches_an_uninterrupted_run(small_ptb, tmp_path):
+@pytest.mark.parametrize("ema_decay", [None, 0.8], ids=["plain", "weight_average"])
+def test_resume_from_latest_checkpoint_matches_an_uninterrupted_run(small_ptb, tmp_path, ema_decay):
     """12 steps with checkpoints, then `latest` (checkpoint-12, mid-epoch) for 8 more in a copy of the output
     folder == 20 uninterrupted steps (crossing an epoch boundary at 13): same training records, evaluations and
-    final metrics. Dropout is on, so the restored RNG state matters too."""
-    common = dict(checkpointing_steps="4", dropout=0.1, kl_schedule="linear", kl_warmup_steps=16)
+    final metrics. Dropout is on, so the restored RNG state matters too; with weight averaging, so does the
+    average saved in the checkpoint (the evaluations use it)."""
+    common = dict(checkpointing_steps="4", dropout=0.1, kl_schedule="linear", kl_warmup_steps=16, ema_decay=ema_decay)
     full = tiny_run(small_ptb, tmp_path / "full", max_train_steps=20, **common)
     full_results = _train(full)
 
@@ -319,6 +322,52 @@ def test_resume_from_latest_checkpoint_matches_an_uninterrupted_run(small_ptb, t
     assert [p.name for p in list_checkpoints(resumed.output_dir)] == [f"checkpoint-{s}" for s in (4, 8, 12, 16, 20)]
     state = json.loads((Path(resumed.output_dir) / "checkpoint-20" / STATE_FILE).read_text())
     assert state["global_step"] == 20 and state["epoch"] == 1
+
+
+# --------------------------------------------------------------------------- weight averaging
+def test_weight_average_update_follows_its_formula():
+    params = [torch.tensor([1.0, 2.0]), torch.tensor([[3.0]])]
+    averages = [torch.zeros(2), torch.zeros(1, 1)]
+    update_weight_average(averages, params, decay=0.99, num_updates=0)  # warm-up: d = 1/10
+    torch.testing.assert_close(averages, [0.9 * params[0], 0.9 * params[1]])
+    update_weight_average(averages, [torch.zeros(2), torch.zeros(1, 1)], decay=0.5, num_updates=1000)  # d = 0.5
+    torch.testing.assert_close(averages, [0.45 * params[0], 0.45 * params[1]])
+    assert torch.equal(params[0], torch.tensor([1.0, 2.0]))  # the weights themselves are untouched
+
+
+def test_weight_averaging_evaluates_and_saves_the_average(small_ptb, tmp_path):
+    """With --ema_decay the validation records, best/ and the final figures come from the averaged weights, while
+    a checkpoint's model folder keeps the weights being trained and its training_state/ the average."""
+    from transformers import AutoTokenizer
+
+    from hf_sentence_vae import SentenceVAEModel
+    from hf_sentence_vae.data import TokenizedCorpus, tokenize_splits
+    from hf_sentence_vae.training import AVERAGE_FILE, bound_metrics
+
+    config = tiny_run(small_ptb, tmp_path / "run", eval_steps=8, checkpointing_steps="8", ema_decay=0.5)
+    results = _train(config)
+    run = Path(config.output_dir)
+    checkpoint, best = run / "checkpoint-8", run / "best"
+    trained, averaged = SentenceVAEModel.from_pretrained(checkpoint), SentenceVAEModel.from_pretrained(best)
+    saved_average = torch.load(checkpoint / "training_state" / AVERAGE_FILE, weights_only=True)
+    for param, average in zip(averaged.parameters(), saved_average, strict=True):
+        assert torch.equal(param, average)
+    assert any(not torch.equal(a, b) for a, b in zip(trained.parameters(), averaged.parameters()))
+
+    tokenizer = AutoTokenizer.from_pretrained(best)
+    splits = load_text_splits(small_ptb["train_file"], small_ptb["validation_file"], None, None, None, "text", None)
+    corpus = TokenizedCorpus.from_dataset(
+        tokenize_splits(splits, tokenizer, config.max_length)[0]["validation"], tokenizer.pad_token_id
+    )
+
+    def validation_loss(model) -> float:
+        sums = evaluate_bound(model, corpus, config.per_device_eval_batch_size, seed=config.seed)
+        return bound_metrics(sums, "validation")["validation_loss"]
+
+    logged = _eval_records(run)[-1]["validation_loss"]
+    assert results["validation_loss"] == pytest.approx(logged, rel=1e-6)
+    assert validation_loss(averaged) == pytest.approx(logged, rel=1e-6)
+    assert validation_loss(trained) != pytest.approx(logged, rel=1e-4)
 
 
 def test_resume_from_an_incomplete_checkpoint_path_is_refused(small_ptb, tmp_path):
@@ -578,6 +627,9 @@ def test_cli_boolean_flags_and_unknown_flags():
         parse_args(TrainingConfig, [*base, "--no_such_flag", "1"])
     with pytest.raises(ValueError, match="optimizer"):
         parse_args(TrainingConfig, [*base, "--optimizer", "lbfgs"])
+    for bad in ("1.0", "0", "-0.5"):
+        with pytest.raises(ValueError, match=f"ema_decay must be in \\(0, 1\\).*{bad}"):
+            parse_args(TrainingConfig, [*base, "--ema_decay", bad])
 
 
 # --------------------------------------------------------------------------- run artifacts
