@@ -244,6 +244,12 @@ def update_weight_average(
             average.lerp_(param.detach().to(average.dtype), 1.0 - d)
 
 
+def _copy_into(params: list[torch.Tensor], values: list[torch.Tensor]) -> None:
+    with torch.no_grad():
+        for param, value in zip(params, values, strict=True):
+            param.copy_(value)
+
+
 def shard(indices: np.ndarray, rank: int, world_size: int) -> slice:
     """The contiguous slice of a global batch that process `rank` trains on."""
     bounds = np.linspace(0, len(indices), world_size + 1).round().astype(int)
@@ -561,15 +567,11 @@ class Trainer:
             return
         params = list(self.accelerator.unwrap_model(self.model).parameters())
         trained = [p.detach().clone() for p in params]
-        with torch.no_grad():
-            for param, average in zip(params, self.weight_average):
-                param.copy_(average)
+        _copy_into(params, self.weight_average)
         try:
             yield
         finally:
-            with torch.no_grad():
-                for param, value in zip(params, trained):
-                    param.copy_(value)
+            _copy_into(params, trained)
 
     def _load_or_build_tokenizer(self, splits):
         from transformers import AutoTokenizer
