@@ -43,6 +43,8 @@ TITLES = {
     "vae_beyond_d4fb3": "VAE, beyond the paper, z at every input, dropout 0.4, free bits 0.3, 26 epochs",
     "vae_beyond_tied": "VAE, beyond the paper, tied output layer, z at every input, dropout 0.3, 22 epochs",
     "vae_beyond_tied_d4fb3": "VAE, beyond the paper, tied output layer, dropout 0.4, free bits 0.3, 22 epochs",
+    "vae_beyond_tied_k100_d3": "VAE, beyond the paper, tied output layer, no word dropout, dropout 0.3, 22 epochs",
+    "vae_beyond_tied_k100_d4": "VAE, beyond the paper, tied output layer, no word dropout, dropout 0.4, 22 epochs",
     "vae_r2l": "VAE, right to left (Section 5)",
     "rnnlm_r2l": "RNNLM, right to left (Section 5)",
 }
