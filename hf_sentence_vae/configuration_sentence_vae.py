@@ -40,6 +40,13 @@ class SentenceVAEConfig(PretrainedConfig):
             inputless decoder (applied at evaluation too, as in the paper).
         dropout (`float`): standard dropout on decoder input embeddings and LSTM outputs (not in the
             paper; 0 reproduces it).
+        locked_dropout (`bool`): draw the `dropout` masks once per sentence and feature and share them across
+            time steps (variational dropout, Gal & Ghahramani, 2016; Merity et al., 2018's locked dropout)
+            instead of independently per token. Not in the paper; False (the default) is standard dropout.
+        embedding_dropout (`float`): at training time, drop whole word types from the decoder's input embedding
+            (one mask over the vocabulary per batch, every occurrence of a dropped word reads a zero vector,
+            the kept rows are scaled by 1/(1-p); Gal & Ghahramani, 2016). The encoder and a tied output layer
+            are unaffected. Not in the paper; 0 (the default) turns it off.
         decoder_weight_drop (`float`): DropConnect on the decoder LSTM's recurrent (hidden-to-hidden) weights
             at training time, one mask per batch (Wan et al., 2013; Merity et al., 2018's AWD-LSTM). Not in the
             paper; 0 (the default) turns it off.
@@ -76,6 +83,8 @@ class SentenceVAEConfig(PretrainedConfig):
     share_embeddings: bool = True
     word_keep_rate: float = 0.62
     dropout: float = 0.0
+    locked_dropout: bool = False
+    embedding_dropout: float = 0.0
     decoder_weight_drop: float = 0.0
     right_to_left: bool = False
     max_sentence_length: int = 100
@@ -126,7 +135,7 @@ def _validate(config: SentenceVAEConfig) -> None:
     for name in ("latent_size", "num_highway_layers"):
         value = getattr(config, name)
         _check(_is_int(value) and value >= 0, name, value, "must be a non-negative integer")
-    for name in ("bidirectional_encoder", "tie_word_embeddings", "share_embeddings", "right_to_left"):
+    for name in ("bidirectional_encoder", "tie_word_embeddings", "share_embeddings", "locked_dropout", "right_to_left"):
         value = getattr(config, name)
         _check(isinstance(value, bool), name, value, "must be True or False")
     _check(
@@ -147,7 +156,7 @@ def _validate(config: SentenceVAEConfig) -> None:
         config.word_keep_rate,
         "must be a number in [0, 1]",
     )
-    for name in ("dropout", "decoder_weight_drop"):
+    for name in ("dropout", "embedding_dropout", "decoder_weight_drop"):
         value = getattr(config, name)
         _check(_is_number(value) and 0.0 <= value < 1.0, name, value, "must be in [0, 1)")
     _check(

@@ -552,6 +552,8 @@ def render_model_card(
         ("variance parameterization", config.get("variance_parameterization")) if is_vae else None,
         ("word keep rate (word dropout)", config.get("word_keep_rate")),
         ("dropout", config.get("dropout")),
+        ("dropout masks shared across time steps (locked)", config.get("locked_dropout") or None),
+        ("embedding dropout (word types, decoder)", config.get("embedding_dropout") or None),
         ("recurrent weight dropout (decoder)", config.get("decoder_weight_drop") or None),  # a row only when used
         ("tied input/output embeddings", _tying(config)),
         ("encoder shares the decoder's embeddings", config.get("share_embeddings")) if is_vae else None,

@@ -184,6 +184,11 @@ def _run_lstm(lstm: nn.LSTM, inputs, state: tuple[torch.Tensor, torch.Tensor] | 
     return call(inputs, state)
 
 
+def _keep_mask(buffer: torch.Tensor, p: float) -> torch.Tensor:
+    """An inverted-dropout mask the shape of `buffer`: 1/(1-p) with probability 1-p, else 0."""
+    return buffer.bernoulli_(1.0 - p).div_(1.0 - p)
+
+
 def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """`(N,)` negative log-likelihoods of `targets` under `(N, V)` logits (float32 math whatever the dtype)."""
     return _TokenCrossEntropy.apply(logits, targets)
@@ -258,7 +263,6 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel):
             self.latent_to_state = nn.Linear(latent, 2 * config.decoder_hidden_size)
         decoder_in = config.embedding_size + (latent if config.latent_injection == "initial_state_and_inputs" else 0)
         self.decoder = nn.LSTM(decoder_in, config.decoder_hidden_size, batch_first=True)
-        self.dropout = nn.Dropout(config.dropout)
         output_features = config.decoder_hidden_size
         if config.tie_word_embeddings and config.embedding_size != config.decoder_hidden_size:
             # Tying an output layer to an embedding of another width goes through a learned projection
@@ -373,10 +377,30 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel):
         h, c = self.latent_to_state(self.latent_highway(z)).chunk(2, dim=-1)
         return h.contiguous(), c.contiguous()
 
+    def _dropout(self, x: torch.Tensor) -> torch.Tensor:
+        """`config.dropout` on `(B, T, D)` decoder activations in training mode: a fresh mask per element, or
+        with `config.locked_dropout` one `(B, 1, D)` mask shared by every time step."""
+        p = self.config.dropout
+        if not self.training or p == 0.0:
+            return x
+        if not self.config.locked_dropout:
+            return F.dropout(x, p, training=True)
+        return x * _keep_mask(x.new_empty(x.shape[0], 1, x.shape[-1]), p)
+
+    def _embedding_dropout(self, ids: torch.Tensor, embedded: torch.Tensor) -> torch.Tensor:
+        """`config.embedding_dropout` in training mode: zero every occurrence of a random subset of word types
+        (one draw over the vocabulary per call), scaling the kept ones by 1/(1-p)."""
+        p = self.config.embedding_dropout
+        if not self.training or p == 0.0:
+            return embedded
+        keep = _keep_mask(embedded.new_empty(self.config.vocab_size), p)
+        return embedded * keep[ids].unsqueeze(-1)
+
     def _decoder_inputs(
         self, ids: torch.Tensor, z: torch.Tensor | None, embedded: torch.Tensor | None = None
     ) -> torch.Tensor:
-        embedded = self.dropout(self.embed_tokens(ids) if embedded is None else embedded)
+        embedded = self.embed_tokens(ids) if embedded is None else embedded
+        embedded = self._dropout(self._embedding_dropout(ids, embedded))
         if z is not None and self.config.latent_injection == "initial_state_and_inputs":
             embedded = torch.cat([embedded, z.unsqueeze(1).expand(-1, ids.shape[1], -1).to(embedded.dtype)], -1)
         return embedded
@@ -389,7 +413,7 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel):
         inputs = self._decoder_inputs(ids, z, embedded)
         weight_drop = self.config.decoder_weight_drop if self.training else 0.0
         outputs, _ = _run_lstm(self.decoder, inputs, (h0.unsqueeze(0), c0.unsqueeze(0)), weight_drop)
-        return self.dropout(outputs)
+        return self._dropout(outputs)
 
     def _output_layer(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`(features, weight)` with next-token logits = features @ weight.T + bias, for decoder states `hidden`.

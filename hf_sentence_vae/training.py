@@ -60,6 +60,8 @@ MODEL_FIELDS = (
     "share_embeddings",
     "word_keep_rate",
     "dropout",
+    "locked_dropout",
+    "embedding_dropout",
     "decoder_weight_drop",
     "right_to_left",
     "max_sentence_length",
@@ -106,6 +108,8 @@ class TrainingConfig:
     share_embeddings: bool | None = None
     word_keep_rate: float | None = None
     dropout: float | None = None
+    locked_dropout: bool | None = None
+    embedding_dropout: float | None = None
     decoder_weight_drop: float | None = None
     right_to_left: bool | None = None
     max_sentence_length: int | None = None

@@ -246,14 +246,22 @@ def test_card_names_a_projected_tied_output_layer(tmp_path, tiny_model, tiny_tok
     hub.validate_folder(tmp_path)
 
 
-@pytest.mark.parametrize("weight_drop", [0.0, 0.25])
-def test_card_names_recurrent_weight_dropout_only_when_used(tmp_path, tiny_model, tiny_tokenizer, weight_drop):
-    tiny_model(decoder_weight_drop=weight_drop).save_pretrained(tmp_path)
+@pytest.mark.parametrize(
+    "field, value, row",
+    [
+        ("decoder_weight_drop", 0.25, "| recurrent weight dropout (decoder) | 0.25 |"),
+        ("embedding_dropout", 0.1, "| embedding dropout (word types, decoder) | 0.1 |"),
+        ("locked_dropout", True, "| dropout masks shared across time steps (locked) | yes |"),
+    ],
+)
+@pytest.mark.parametrize("used", [False, True])
+def test_card_names_optional_regularizers_only_when_used(tmp_path, tiny_model, tiny_tokenizer, field, value, row, used):
+    tiny_model(**({field: value} if used else {})).save_pretrained(tmp_path)
     tiny_tokenizer.save_pretrained(tmp_path)
     hub.finalize_model_folder(tmp_path)
     text = (tmp_path / "README.md").read_text()
-    assert ("| recurrent weight dropout (decoder) | 0.25 |" in text) == (weight_drop > 0)
-    assert ("recurrent weight dropout" in text) == (weight_drop > 0)
+    assert (row in text) == used
+    assert (row.split(" | ")[0] in text) == used
 
 
 def test_card_names_weight_averaging(tmp_path, tiny_model, tiny_tokenizer):

@@ -361,6 +361,59 @@ def test_decoder_weight_drop_acts_only_in_training(tiny_model, random_batch):
     assert torch.equal(model(input_ids, attention_mask, latent=latent).logits, first)  # seeded: reproducible
 
 
+@pytest.mark.parametrize("locked", [False, True])
+def test_dropout_masks_are_shared_across_time_only_when_locked(tiny_model, locked):
+    model = tiny_model(dropout=0.5, locked_dropout=locked)
+    activations = torch.ones(4, 9, 16)
+    assert torch.equal(model.eval()._dropout(activations), activations)  # evaluation: no dropout
+    torch.manual_seed(0)
+    dropped = model.train()._dropout(activations)
+    assert set(dropped.unique().tolist()) == {0.0, 2.0}  # inverted dropout: kept units scaled by 1/(1-p)
+    constant_over_time = bool((dropped == dropped[:, :1]).all())
+    assert constant_over_time == locked
+    # each sentence gets its own mask
+    assert not torch.equal(dropped[0], dropped[1])
+
+
+def test_embedding_dropout_drops_whole_word_types_in_training_only(tiny_model, random_batch):
+    plain = tiny_model(initializer_range=INIT)
+    model = tiny_model(initializer_range=INIT, embedding_dropout=0.5)
+    ids, _ = random_batch(model.config, [30, 30, 30])
+    embedded = torch.ones(*ids.shape, 3)
+    assert torch.equal(model.eval()._embedding_dropout(ids, embedded), embedded)
+    torch.manual_seed(0)
+    scale = model.train()._embedding_dropout(ids, embedded)[..., 0]
+    assert set(scale.unique().tolist()) == {0.0, 2.0}
+    for token in ids.unique():  # every occurrence of a word type reads the same (dropped or kept) vector
+        assert len(scale[ids == token].unique()) == 1
+    # the whole model: identical to the plain one in evaluation, perturbed (and seedable) in training
+    input_ids, attention_mask = random_batch(model.config, [7, 4, 5])
+    latent = torch.randn(3, 4)
+    evaluation = model.eval()(input_ids, attention_mask, latent=latent).logits
+    assert torch.equal(evaluation, plain.eval()(input_ids, attention_mask, latent=latent).logits)
+    model.train()
+    torch.manual_seed(3)
+    first = model(input_ids, attention_mask, latent=latent).logits
+    assert not torch.allclose(first, evaluation)
+    torch.manual_seed(3)
+    assert torch.equal(model(input_ids, attention_mask, latent=latent).logits, first)
+
+
+def test_embedding_dropout_spares_the_encoder_and_the_tied_output_layer(tiny_model, random_batch):
+    """Dropping a word type zeroes its decoder inputs only: the encoder's view of the sentence (hence q(z|x))
+    and the tied output layer's row for that word are untouched."""
+    model = tiny_model(initializer_range=INIT, embedding_dropout=0.9, tie_word_embeddings=True, train=True)
+    input_ids, attention_mask = random_batch(model.config, [7, 4, 5])
+    table = model.embed_tokens.weight.detach().clone()
+    torch.manual_seed(0)
+    out = model(input_ids, attention_mask, sample_latent=False)
+    mu, logvar = model.eval().encode(input_ids, attention_mask)
+    torch.testing.assert_close(out.mu, mu)
+    torch.testing.assert_close(out.logvar, logvar)
+    assert torch.equal(model.embed_tokens.weight, table)  # the mask is applied to the lookups, not the table
+    assert model.lm_head.weight is model.embed_tokens.weight
+
+
 @pytest.mark.parametrize(
     "special",
     [dict(), dict(pad_token_id=3, unk_token_id=2, bos_token_id=1, eos_token_id=0)],

@@ -35,7 +35,14 @@ VARIANTS = {
         tie_word_embeddings=True, bidirectional_encoder=True, num_highway_layers=1, variance_parameterization="softplus"
     ),
     "separate_embeddings_inputs": dict(share_embeddings=False, latent_injection="initial_state_and_inputs"),
-    "tied_through_projection": dict(tie_word_embeddings=True, embedding_size=12, dropout=0.1, decoder_weight_drop=0.3),
+    "tied_through_projection": dict(
+        tie_word_embeddings=True,
+        embedding_size=12,
+        dropout=0.1,
+        locked_dropout=True,
+        embedding_dropout=0.2,
+        decoder_weight_drop=0.3,
+    ),
     "rnnlm_right_to_left": dict(latent_size=0, right_to_left=True),
     "permuted_special_ids": dict(pad_token_id=3, unk_token_id=2, bos_token_id=1, eos_token_id=0),
 }

@@ -7,6 +7,7 @@ well under a minute or two on two shared CPU cores.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -568,9 +569,12 @@ def test_every_model_flag_reaches_the_model_config():
 
     defaults = SentenceVAEConfig()
     assert all(hasattr(defaults, name) for name in MODEL_FIELDS)
-    config = parse_args(TrainingConfig, ["--train_file", "a.txt", "--decoder_weight_drop", "0.3", "--dropout", "0.1"])
+    flags = ["--decoder_weight_drop", "0.3", "--dropout", "0.1", "--embedding_dropout", "0.2", "--locked_dropout"]
+    config = parse_args(TrainingConfig, ["--train_file", "a.txt", *flags])
     model_config = SentenceVAEConfig(vocab_size=12, **config.model_overrides())
     assert (model_config.decoder_weight_drop, model_config.dropout) == (0.3, 0.1)
+    assert (model_config.embedding_dropout, model_config.locked_dropout) == (0.2, True)
+    assert set(MODEL_FIELDS) <= {f.name for f in dataclasses.fields(TrainingConfig)}
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "train_scripts" / "configs").glob("*.yaml")), ids=lambda p: p.stem)
