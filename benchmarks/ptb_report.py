@@ -45,6 +45,13 @@ TITLES = {
     "vae_beyond_tied_d4fb3": "VAE, beyond the paper, tied output layer, dropout 0.4, free bits 0.3, 22 epochs",
     "vae_beyond_tied_k100_d3": "VAE, beyond the paper, tied output layer, no word dropout, dropout 0.3, 22 epochs",
     "vae_beyond_tied_k100_d4": "VAE, beyond the paper, tied output layer, no word dropout, dropout 0.4, 22 epochs",
+    "vae_beyond_tied_k100_d5": "VAE, beyond the paper, tied output layer, no word dropout, dropout 0.5, 22 epochs",
+    "vae_beyond_tied_k100_ld4_ed1": (
+        "VAE, beyond the paper, tied output layer, no word dropout, locked dropout 0.4, embedding dropout 0.1, "
+        "22 epochs"
+    ),
+    "rnnlm_beyond_tied": "RNNLM control for run 6: tied output layer, word keep rate 0.75, dropout 0.3, 22 epochs",
+    "rnnlm_beyond_tied_k100_d4": "RNNLM control for run 12: tied output layer, no word dropout, dropout 0.4, 22 epochs",
     "vae_r2l": "VAE, right to left (Section 5)",
     "rnnlm_r2l": "RNNLM, right to left (Section 5)",
 }
