@@ -3,7 +3,9 @@
 `train(TrainingConfig(...))` runs the same way under `python`, `accelerate launch` on one or several CPU
 processes (gloo) or GPUs. The randomness of each step (the posterior noise and word dropout) is drawn for
 the whole global batch from a generator seeded by (seed, step) and then split across processes, so a run
-gives the same results whatever the number of processes and whether or not it was resumed.
+gives the same results whether or not it was resumed and, without the decoder's dropout-style regularisers
+(`dropout`, `embedding_dropout`, `decoder_weight_drop`), whatever the number of processes: their masks come
+from each process's own torch generator (saved in checkpoints, so resuming stays exact).
 """
 
 from __future__ import annotations

@@ -303,9 +303,11 @@ def test_training_on_ptb_reduces_the_bound_and_keeps_kl_alive(ptb_dir, tmp_path)
 def test_resume_from_latest_checkpoint_matches_an_uninterrupted_run(small_ptb, tmp_path, ema_decay):
     """12 steps with checkpoints, then `latest` (checkpoint-12, mid-epoch) for 8 more in a copy of the output
     folder == 20 uninterrupted steps (crossing an epoch boundary at 13): same training records, evaluations and
-    final metrics. Dropout is on, so the restored RNG state matters too; with weight averaging, so does the
-    average saved in the checkpoint (the evaluations use it)."""
-    common = dict(checkpointing_steps="4", dropout=0.1, kl_schedule="linear", kl_warmup_steps=16, ema_decay=ema_decay)
+    final metrics. Dropout and embedding dropout are on (locked in the weight-averaging case), so the restored RNG
+    state matters too; with weight averaging, so does the average saved in the checkpoint (the evaluations use
+    it)."""
+    common = dict(checkpointing_steps="4", kl_schedule="linear", kl_warmup_steps=16, ema_decay=ema_decay)
+    common.update(dropout=0.1, embedding_dropout=0.1, locked_dropout=ema_decay is not None)
     full = tiny_run(small_ptb, tmp_path / "full", max_train_steps=20, **common)
     full_results = _train(full)
 
