@@ -5,7 +5,7 @@ processes (gloo) or GPUs. The randomness of each step (the posterior noise and w
 the whole global batch from a generator seeded by (seed, step) and then split across processes, so a run
 gives the same results whether or not it was resumed and, without the decoder's dropout-style regularisers
 (`dropout`, `embedding_dropout`, `decoder_weight_drop`), whatever the number of processes: their masks come
-from each process's own torch generator (saved in checkpoints, so resuming stays exact).
+from each process's own torch generator, seeded per rank (and saved in checkpoints, so resuming stays exact).
 """
 
 from __future__ import annotations
@@ -533,6 +533,11 @@ class Trainer:
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         self.state = TrainerState()
         self.weight_average = self._initial_weight_average()
+        if self.rank > 0:
+            # The decoder's dropout-style masks come from each process's own generator, which `set_seed` started
+            # alike on every rank: give each rank its own stream (rank 0 keeps `seed`'s, so a one-process run is
+            # unchanged), or equal-shaped shards would draw the same masks. A resume restores these states.
+            torch.manual_seed(config.seed + 1_000_003 * self.rank)
         if self.resume_path is not None:
             # Our own state files, read with torch.load(weights_only=True) (not accelerator.load_state, which
             # unpickles registered objects such as the scheduler with weights_only=False).

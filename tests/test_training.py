@@ -392,6 +392,39 @@ def _ddp_worker(config_kwargs: dict) -> None:
     train(TrainingConfig(**config_kwargs))  # the Trainer builds its own Accelerator, as under `accelerate launch`
 
 
+def _rng_worker(config_kwargs: dict) -> None:
+    """Builds the Trainer in each forked process and records the next draws of its torch generator."""
+    from accelerate import PartialState
+
+    from hf_sentence_vae.training import Trainer
+
+    reset_accelerate()
+    torch.set_num_threads(1)
+    trainer = Trainer(TrainingConfig(**config_kwargs))
+    torch.save(torch.rand(16), Path(config_kwargs["output_dir"]) / f"draws_{PartialState().process_index}.pt")
+    assert trainer.rank == PartialState().process_index
+
+
+def test_each_process_draws_its_own_dropout_masks(small_ptb, tmp_path):
+    """Dropout masks come from each process's torch generator: after set-up, rank 0's stream is a one-process
+    run's (so single-process results do not depend on this) and rank 1's is a different one."""
+    from accelerate import debug_launcher
+
+    from hf_sentence_vae.training import Trainer
+
+    single = tiny_run(small_ptb, tmp_path / "single", dropout=0.3)
+    reset_accelerate()
+    Trainer(single)
+    one_process = torch.rand(16)
+    reset_accelerate()
+    double = tiny_run(small_ptb, tmp_path / "double", dropout=0.3)
+    debug_launcher(_rng_worker, args=(dict(vars(double)),), num_processes=2)
+    reset_accelerate()
+    rank0, rank1 = (torch.load(tmp_path / "double" / f"draws_{r}.pt") for r in (0, 1))
+    assert torch.equal(rank0, one_process)
+    assert not torch.equal(rank0, rank1)
+
+
 def test_two_process_cpu_run_matches_one_process_run(small_ptb, tmp_path):
     """2 processes x 4 sentences == 1 process x 8 sentences over a whole epoch of 99 sentences (12 batches of 8
     and one of 3, split 2 + 1): same logged losses and validation metrics; the run logs and saves once."""
