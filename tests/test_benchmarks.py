@@ -4,6 +4,7 @@ config, in-process. Structure only: every figure present and positive; no timing
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 import pytest
@@ -191,3 +192,29 @@ def test_ptb_report_with_a_seeded_iw_subset(repo_root, tiny_model, tiny_tokenize
         report.main(argv) == 0
         and json.loads(out.read_text())["vae_standard"]["test_subset"] == rows["vae_standard"]["test_subset"]
     )
+
+
+def test_merge_eval_shards_weights_by_sentences_and_recounts_perplexity(repo_root, tmp_path, capsys):
+    """Shard reports combine into whole-set figures: per-sentence nats weighted by sentence count, perplexities
+    from the summed nats over summed tokens and words; shards keep their reports; mismatched k is refused."""
+    merge = _load_script(repo_root, "merge_eval_shards")
+    shard = {"iw_samples": 500, "kl": 1.0, "reconstruction": 9.0}
+    a = {**shard, "num_sentences": 2, "num_tokens": 10, "num_words": 8, "nll_iw": 10.0, "nll_bound": 12.0}
+    b = {**shard, "num_sentences": 1, "num_tokens": 5, "num_words": 4, "nll_iw": 40.0, "nll_bound": 42.0,
+         "kl": 4.0}  # fmt: skip
+    paths = [tmp_path / "a.json", tmp_path / "b.json"]
+    for path, report in zip(paths, (a, b)):
+        path.write_text(json.dumps(report))
+    out = tmp_path / "full.json"
+    merge.main([*map(str, paths), "--name", "full", "--output", str(out)])
+    result = json.loads(out.read_text())
+    full = result["full"]
+    assert full["nll_iw"] == pytest.approx(20.0) and full["nll_bound"] == pytest.approx(22.0)
+    assert full["kl"] == pytest.approx(2.0) and full["reconstruction"] == pytest.approx(9.0)
+    assert full["ppl_iw"] == pytest.approx(math.exp(60 / 15)) and full["ppl_iw_words"] == pytest.approx(math.exp(5))
+    assert (full["num_sentences"], full["num_tokens"], full["num_words"], full["iw_samples"]) == (3, 15, 12, 500)
+    assert result["shards"] == {"a": a, "b": b}
+    with pytest.raises(ValueError, match="different iw_samples"):
+        merge.merge([a, {**b, "iw_samples": 50}])
+    with pytest.raises(ValueError, match="'num_words'"):
+        merge.merge([a, {key: value for key, value in b.items() if key != "num_words"}])
