@@ -25,6 +25,21 @@ def _base_type(annotation: Any) -> Any:
     return None
 
 
+def _allows_none(annotation: Any) -> bool:
+    is_union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    return is_union and type(None) in typing.get_args(annotation)
+
+
+def _or_none(kind: type) -> typing.Callable[[str], Any]:
+    """A converter for an optional field: `none` or `null` (any case) unsets it, as a config file's `null` does."""
+
+    def convert(text: str) -> Any:
+        return None if text.lower() in ("none", "null") else kind(text)
+
+    convert.__name__ = kind.__name__  # argparse names the type in its error messages
+    return convert
+
+
 def _parse_bool(text: str) -> bool:
     lowered = text.lower()
     if lowered in ("1", "true", "yes", "y", "on"):
@@ -63,7 +78,8 @@ def build_parser(cls: type, description: str) -> argparse.ArgumentParser:
         if kind is bool:
             parser.add_argument(f"--{f.name}", type=_parse_bool, nargs="?", const=True, default=default, metavar="BOOL")
         else:
-            parser.add_argument(f"--{f.name}", type=kind, default=default)
+            convert = _or_none(kind) if _allows_none(hints[f.name]) else kind
+            parser.add_argument(f"--{f.name}", type=convert, default=default)
     return parser
 
 
