@@ -58,6 +58,7 @@ TITLES = {
         "VAE, beyond the paper, run 16 with weight averaging (EMA decay 0.9995), 45 epochs on two threads"
     ),
     "vae_beyond_ld5_e50_ema9995": "VAE, beyond the paper, run 18 with locked dropout 0.5, 50 epochs on two threads",
+    "vae_beyond_wd2_e45": "VAE, beyond the paper, run 16 with recurrent-weight dropout 0.2 (decoder), 45 epochs",
     "rnnlm_beyond_tied": "RNNLM control for run 6: tied output layer, word keep rate 0.75, dropout 0.3, 22 epochs",
     "rnnlm_beyond_tied_k100_d4": "RNNLM control for run 12: tied output layer, no word dropout, dropout 0.4, 22 epochs",
     "vae_r2l": "VAE, right to left (Section 5)",
