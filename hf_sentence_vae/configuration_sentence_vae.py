@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig
 
-LATENT_INJECTIONS = ("initial_state", "initial_state_and_inputs")
+LATENT_INJECTIONS = ("initial_state", "initial_state_and_inputs", "initial_state_inputs_and_outputs")
 VARIANCE_PARAMETERIZATIONS = ("exp", "softplus")
 
 
@@ -29,7 +29,9 @@ class SentenceVAEConfig(PretrainedConfig):
         num_highway_layers (`int`): highway layers (Srivastava et al., 2015) between the encoder state and
             the posterior parameters, and between z and the decoder's initial state.
         latent_injection (`str`): `"initial_state"` (z sets the decoder's initial state, the paper's model)
-            or `"initial_state_and_inputs"` (also concatenated to every decoder input).
+            or `"initial_state_and_inputs"` (also concatenated to every decoder input), or
+            `"initial_state_inputs_and_outputs"` (also concatenated to every decoder output, before the output
+            layer: a skip connection from z to the word distribution, Dieng et al., 2019).
         variance_parameterization (`str`): `"exp"` (the network predicts log sigma^2) or `"softplus"`
             (sigma^2 = softplus(.)).
         tie_word_embeddings (`bool`): tie the output layer's weights to the decoder's input embedding (Press &

@@ -59,6 +59,11 @@ CARD_SEED = 0
 CARD_NUM_SAMPLES = 5
 CARD_HOMOTOPY_STEPS = 5
 CARD_MAX_NEW_TOKENS = 30
+INJECTION_WORDS = {  # config.latent_injection, as the model card's architecture sentence says it
+    "initial_state": "initial state",
+    "initial_state_and_inputs": "initial state and every input",
+    "initial_state_inputs_and_outputs": "initial state, every input and every output",
+}
 DEFAULT_TIMEOUT = 10.0
 
 CITATION = """@inproceedings{bowman-etal-2016-generating,
@@ -175,8 +180,12 @@ def _tying(config: dict) -> str | bool | None:
     """The model card's tying entry: whether the output layer shares the embedding, and through what."""
     tied = config.get("tie_word_embeddings")
     embedding, hidden = config.get("embedding_size"), config.get("decoder_hidden_size")
-    if tied and embedding != hidden:
-        return f"yes, through a learned {hidden} -> {embedding} projection of the decoder state"
+    if config.get("latent_injection") == "initial_state_inputs_and_outputs":
+        width, what = hidden + config.get("latent_size", 0), "the decoder state and z"
+    else:
+        width, what = hidden, "the decoder state"
+    if tied and embedding != width:
+        return f"yes, through a learned {width} -> {embedding} projection of {what}"
     return tied
 
 
@@ -524,7 +533,7 @@ def render_model_card(
             f"{'a bidirectional' if config.get('bidirectional_encoder') else 'an'} LSTM encoder "
             f"({config.get('encoder_hidden_size')} units) gives a diagonal Gaussian q(z|x) over a {latent_size}-dimensional "
             f"latent code, and an LSTM decoder ({config.get('decoder_hidden_size')} units) generates the sentence from z "
-            f"({'initial state' if injection == 'initial_state' else 'initial state and every input'})"
+            f"({INJECTION_WORDS.get(injection, injection)})"
         )
         summary = (
             f"A variational autoencoder for sentences with a {latent_size}-dimensional latent space, trained on "

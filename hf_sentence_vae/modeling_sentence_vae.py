@@ -2,7 +2,8 @@
 
 Encoder: a single-layer (optionally bidirectional) LSTM whose final state gives the mean and
 log-variance of a diagonal Gaussian q(z|x). Decoder: a single-layer LSTM language model whose initial
-state is a linear map of z (optionally z is also concatenated to every input). `latent_size=0` is the
+state is a linear map of z (optionally z is also concatenated to every input, or to every input and
+every output). `latent_size=0` is the
 RNNLM baseline. Inputs are `<bos> w_1 ... w_n <eos>` as produced by `SentenceVAETokenizerFast`; the
 decoder reads `<bos> w_1 ... w_n` and predicts `w_1 ... w_n <eos>`.
 """
@@ -184,6 +185,13 @@ def _run_lstm(lstm: nn.LSTM, inputs, state: tuple[torch.Tensor, torch.Tensor] | 
     return call(inputs, state)
 
 
+def _append_latent(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """`x` `(B, D)` or `(B, T, D)` with z `(B, Z)` appended to its last axis (at every time step)."""
+    if x.dim() == 3:
+        z = z.unsqueeze(1).expand(-1, x.shape[1], -1)
+    return torch.cat([x, z.to(x.dtype)], -1)
+
+
 def _keep_mask(buffer: torch.Tensor, p: float) -> torch.Tensor:
     """An inverted-dropout mask the shape of `buffer`: 1/(1-p) with probability 1-p, else 0."""
     return buffer.bernoulli_(1.0 - p).div_(1.0 - p)
@@ -261,18 +269,25 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel):
             self.posterior = nn.Linear(encoder_out, 2 * latent)
             self.latent_highway = Highway(latent, config.num_highway_layers)
             self.latent_to_state = nn.Linear(latent, 2 * config.decoder_hidden_size)
-        decoder_in = config.embedding_size + (latent if config.latent_injection == "initial_state_and_inputs" else 0)
+        decoder_in = config.embedding_size + (latent if self._latent_in("inputs") else 0)
         self.decoder = nn.LSTM(decoder_in, config.decoder_hidden_size, batch_first=True)
-        output_features = config.decoder_hidden_size
-        if config.tie_word_embeddings and config.embedding_size != config.decoder_hidden_size:
+        output_features = config.decoder_hidden_size + (latent if self._latent_in("outputs") else 0)
+        if config.tie_word_embeddings and config.embedding_size != output_features:
             # Tying an output layer to an embedding of another width goes through a learned projection
             # (Press & Wolf, 2017; Inan et al., 2017): logits = E (P h) + b.
-            self.output_projection = nn.Linear(config.decoder_hidden_size, config.embedding_size, bias=False)
+            self.output_projection = nn.Linear(output_features, config.embedding_size, bias=False)
             output_features = config.embedding_size
         self.lm_head = nn.Linear(output_features, config.vocab_size)
         # <pad> and <bos> are never targets: they get probability zero.
         self.register_buffer("logit_mask", self._never_predicted_mask(config), persistent=False)
         self.post_init()
+
+    def _latent_in(self, where: str) -> bool:
+        """Whether z is concatenated to every decoder `"inputs"` or `"outputs"` (besides setting its initial state)."""
+        injection = self.config.latent_injection
+        if where == "outputs":
+            return injection == "initial_state_inputs_and_outputs"
+        return injection in ("initial_state_and_inputs", "initial_state_inputs_and_outputs")
 
     @staticmethod
     def _never_predicted_mask(config: SentenceVAEConfig) -> torch.Tensor:
@@ -401,19 +416,24 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel):
     ) -> torch.Tensor:
         embedded = self.embed_tokens(ids) if embedded is None else embedded
         embedded = self._dropout(self._embedding_dropout(ids, embedded))
-        if z is not None and self.config.latent_injection == "initial_state_and_inputs":
-            embedded = torch.cat([embedded, z.unsqueeze(1).expand(-1, ids.shape[1], -1).to(embedded.dtype)], -1)
+        if z is not None and self._latent_in("inputs"):
+            embedded = _append_latent(embedded, z)
         return embedded
 
     def _run_decoder(
         self, ids: torch.Tensor, z: torch.Tensor | None, embedded: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Decoder hidden states `(B, T, H)` after reading `ids` `(B, T)` (whose embeddings may be given)."""
+        """The output layer's input features `(B, T, F)` after reading `ids` `(B, T)` (whose embeddings may be
+        given): the decoder's hidden states, with z appended to each when it is injected at the outputs."""
         h0, c0 = self._initial_state(z, ids.shape[0], ids.device, self.embed_tokens.weight.dtype)
         inputs = self._decoder_inputs(ids, z, embedded)
         weight_drop = self.config.decoder_weight_drop if self.training else 0.0
         outputs, _ = _run_lstm(self.decoder, inputs, (h0.unsqueeze(0), c0.unsqueeze(0)), weight_drop)
-        return self._dropout(outputs)
+        return self._output_features(self._dropout(outputs), z)
+
+    def _output_features(self, hidden: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
+        """Decoder states `(B, [T,] H)`, with z `(B, Z)` appended to each when it is injected at the outputs."""
+        return _append_latent(hidden, z) if z is not None and self._latent_in("outputs") else hidden
 
     def _output_layer(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`(features, weight)` with next-token logits = features @ weight.T + bias, for decoder states `hidden`.
@@ -637,7 +657,7 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel):
                 h, c = (torch.cat([s, s.new_zeros(pad, s.shape[1])]) for s in (h, c))
             _, (h, c) = _run_lstm(decoder, inputs, (h.unsqueeze(0), c.unsqueeze(0)))
             h, c = h[0, :rows], c[0, :rows]
-        log_probs = torch.log_softmax(self._logits(h).float(), dim=-1)
+        log_probs = torch.log_softmax(self._logits(self._output_features(h, z)).float(), dim=-1)
         return log_probs, (h, c) + (() if z is None else (z,))
 
     def sample_prior(self, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:

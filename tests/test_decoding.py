@@ -17,6 +17,7 @@ VARIANTS = {
     "default": dict(),
     "inputless": dict(word_keep_rate=0.0),
     "latent_in_inputs": dict(latent_injection="initial_state_and_inputs", num_highway_layers=1),
+    "latent_in_outputs": dict(latent_injection="initial_state_inputs_and_outputs"),
     "right_to_left": dict(right_to_left=True),
     "rnnlm": dict(latent_size=0),
 }

@@ -246,6 +246,19 @@ def test_card_names_a_projected_tied_output_layer(tmp_path, tiny_model, tiny_tok
     hub.validate_folder(tmp_path)
 
 
+def test_card_names_z_at_the_outputs(tmp_path, tiny_model, tiny_tokenizer):
+    model = tiny_model(latent_injection="initial_state_inputs_and_outputs", tie_word_embeddings=True)
+    model.save_pretrained(tmp_path)
+    tiny_tokenizer.save_pretrained(tmp_path)
+    hub.finalize_model_folder(tmp_path)
+    text = (tmp_path / "README.md").read_text()
+    width, latent = model.config.decoder_hidden_size, model.config.latent_size
+    row = f"yes, through a learned {width + latent} -> {model.config.embedding_size} projection of the decoder state and z"
+    assert row in text
+    assert "initial state, every input and every output" in text
+    hub.validate_folder(tmp_path)
+
+
 @pytest.mark.parametrize(
     "field, value, row",
     [

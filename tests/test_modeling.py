@@ -18,6 +18,7 @@ VARIANTS = {
         num_highway_layers=2, variance_parameterization="softplus", latent_injection="initial_state_and_inputs"
     ),
     "separate_embeddings_tied_head": dict(share_embeddings=False, tie_word_embeddings=True),
+    "latent_at_outputs_tied": dict(latent_injection="initial_state_inputs_and_outputs", tie_word_embeddings=True),
     "right_to_left": dict(right_to_left=True, bidirectional_encoder=True),
     "rnnlm": dict(latent_size=0),
     "permuted_special_ids": dict(pad_token_id=3, unk_token_id=2, bos_token_id=1, eos_token_id=0),
@@ -253,6 +254,39 @@ def test_tying_across_widths_goes_through_a_projection(tiny_model, random_batch)
     assert model.embed_tokens.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("tied", [False, True])
+def test_latent_at_the_outputs_is_appended_to_every_decoder_state(tiny_model, random_batch, tied):
+    model = tiny_model(
+        latent_injection="initial_state_inputs_and_outputs", tie_word_embeddings=tied, initializer_range=INIT
+    )
+    hidden_size, latent_size = model.config.decoder_hidden_size, model.config.latent_size
+    if tied:  # the state and z together are wider than the embedding: the projection takes both
+        assert tuple(model.output_projection.weight.shape) == (model.config.embedding_size, hidden_size + latent_size)
+    else:
+        assert model.lm_head.in_features == hidden_size + latent_size and not hasattr(model, "output_projection")
+    assert model.decoder.input_size == model.config.embedding_size + latent_size  # z still at every input
+
+    input_ids, attention_mask = random_batch(model.config, [4, 2, 6])
+    latent = torch.randn(3, latent_size)
+    out = model(input_ids, attention_mask, latent=latent)
+    initial = tuple(s.unsqueeze(0) for s in model._initial_state(latent, 3, latent.device, latent.dtype))
+    hidden, _ = model.decoder(model._decoder_inputs(input_ids[:, :-1], latent), initial)
+    features = torch.cat([hidden, latent.unsqueeze(1).expand(-1, hidden.shape[1], -1)], -1)
+    head = model.output_projection(features) if tied else features
+    torch.testing.assert_close(out.logits, head @ model.lm_head.weight.T + model._output_bias())
+    fused = model(input_ids, attention_mask, latent=latent, return_logits=False)
+    torch.testing.assert_close(fused.reconstruction_per_sentence, out.reconstruction_per_sentence)
+    state = model._initial_state(latent, 3, latent.device, latent.dtype)
+    step_log_probs, _ = model._step(input_ids[:, 0], (*state, latent))
+    torch.testing.assert_close(step_log_probs, out.logits[:, 0].log_softmax(-1))
+
+    # the skip path carries gradient to z's weights in the output layer
+    model.train()
+    model(input_ids, attention_mask, return_logits=False).loss.backward()
+    head_weight = (model.output_projection if tied else model.lm_head).weight
+    assert head_weight.grad[:, hidden_size:].abs().sum() > 0
+
+
 def test_encoder_reads_its_own_embeddings_when_not_shared(tiny_model, random_batch):
     model = tiny_model(share_embeddings=False, initializer_range=INIT)
     input_ids, attention_mask = random_batch(model.config, [4])
@@ -269,7 +303,13 @@ def test_encoder_reads_its_own_embeddings_when_not_shared(tiny_model, random_bat
 
 
 @pytest.mark.parametrize(
-    ("latent_size", "latent_injection"), [(4, "initial_state"), (4, "initial_state_and_inputs"), (0, "initial_state")]
+    ("latent_size", "latent_injection"),
+    [
+        (4, "initial_state"),
+        (4, "initial_state_and_inputs"),
+        (4, "initial_state_inputs_and_outputs"),
+        (0, "initial_state"),
+    ],
 )
 @pytest.mark.parametrize("train", [False, True])
 def test_keep_rate_zero_makes_logits_independent_of_input_words(

@@ -35,6 +35,7 @@ VARIANTS = {
         tie_word_embeddings=True, bidirectional_encoder=True, num_highway_layers=1, variance_parameterization="softplus"
     ),
     "separate_embeddings_inputs": dict(share_embeddings=False, latent_injection="initial_state_and_inputs"),
+    "latent_at_outputs_tied": dict(latent_injection="initial_state_inputs_and_outputs", tie_word_embeddings=True),
     "tied_through_projection": dict(
         tie_word_embeddings=True,
         embedding_size=12,
