@@ -62,6 +62,7 @@ TITLES = {
     "rnnlm_beyond_tied": "RNNLM control for run 6: tied output layer, word keep rate 0.75, dropout 0.3, 22 epochs",
     "rnnlm_beyond_tied_k100_d4": "RNNLM control for run 12: tied output layer, no word dropout, dropout 0.4, 22 epochs",
     "rnnlm_beyond_ld4_ed1_e45": "RNNLM control for run 16: its recipe (locked and embedding dropout, 45 epochs), no z",
+    "vae_beyond_zout_e45": "VAE, beyond the paper, run 16 with z also at every decoder output (skip to the output layer)",
     "vae_r2l": "VAE, right to left (Section 5)",
     "rnnlm_r2l": "RNNLM, right to left (Section 5)",
 }
