@@ -3,9 +3,8 @@
 Encoder: a single-layer (optionally bidirectional) LSTM whose final state gives the mean and
 log-variance of a diagonal Gaussian q(z|x). Decoder: a single-layer LSTM language model whose initial
 state is a linear map of z (optionally z is also concatenated to every input, or to every input and
-every output). `latent_size=0` is the
-RNNLM baseline. Inputs are `<bos> w_1 ... w_n <eos>` as produced by `SentenceVAETokenizerFast`; the
-decoder reads `<bos> w_1 ... w_n` and predicts `w_1 ... w_n <eos>`.
+every output). `latent_size=0` is the RNNLM baseline. Inputs are `<bos> w_1 ... w_n <eos>` as produced
+by `SentenceVAETokenizerFast`; the decoder reads `<bos> w_1 ... w_n` and predicts `w_1 ... w_n <eos>`.
 """
 
 from __future__ import annotations
