@@ -78,3 +78,50 @@ def cyclical_weight(step: int, total_steps: int, cycles: int, ratio: float) -> f
     period = total_steps / cycles
     position = (step % period) / period
     return min(1.0, position / ratio)
+
+
+@dataclass
+class KLTargetController:
+    """A PI controller of the KL weight that holds the KL at `target` nats per sentence (ControlVAE, Shao et al.
+    2020): with the error e = target - KL of the last batch,
+
+        weight = min_weight + kp / (1 + exp(e)) + I,    I <- I - ki * e,
+
+    clipped to [min_weight, max_weight], with the integral I kept within the range it can act on (no wind-up).
+    A KL above the target raises the weight, one below lowers it, down to `min_weight` (0 by default: no penalty
+    while the code carries less than the target). `update` takes each optimizer step's batch KL and returns the
+    weight for the next step; `state_dict`/`load_state_dict` let a resumed run continue exactly."""
+
+    target: float
+    kp: float = 0.01
+    ki: float = 1e-4
+    min_weight: float = 0.0
+    max_weight: float = 1.0
+    integral: float = 0.0
+    weight: float = 0.0
+
+    def __post_init__(self):
+        for name in ("target", "kp", "ki", "min_weight", "max_weight"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"KLTargetController: {name} must be a finite number >= 0, got {value!r}")
+        if self.max_weight < self.min_weight:
+            raise ValueError(f"the KL weight range is empty: [{self.min_weight}, {self.max_weight}]")
+        self.weight = min(max(self.weight, self.min_weight), self.max_weight)
+
+    def update(self, kl: float) -> float:
+        """Feed the KL (nats per sentence) measured at the current weight; returns the next weight."""
+        if not math.isfinite(kl):
+            return self.weight
+        error = self.target - kl
+        proportional = self.kp * sigmoid_weight(-error, 1.0, 0.0)  # kp / (1 + exp(error))
+        span = self.max_weight - self.min_weight
+        self.integral = min(max(self.integral - self.ki * error, -self.kp), span)
+        self.weight = min(max(self.min_weight + proportional + self.integral, self.min_weight), self.max_weight)
+        return self.weight
+
+    def state_dict(self) -> dict[str, float]:
+        return {"integral": self.integral, "weight": self.weight}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.integral, self.weight = float(state["integral"]), float(state["weight"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from transformers import PretrainedConfig
 
 LATENT_INJECTIONS = ("initial_state", "initial_state_and_inputs", "initial_state_inputs_and_outputs")
@@ -34,6 +36,9 @@ class SentenceVAEConfig(PretrainedConfig):
             layer: a skip connection from z to the word distribution, Dieng et al., 2019).
         variance_parameterization (`str`): `"exp"` (the network predicts log sigma^2) or `"softplus"`
             (sigma^2 = softplus(.)).
+        posterior_mean_bn_scale (`float`): batch-normalise the posterior means and scale them by this fixed gamma,
+            with a learned shift (BN-VAE, Zhu et al., 2020). Over a batch, each dimension's KL is then at least
+            gamma^2 / 2 on average, so no dimension can collapse. Not in the paper; 0 (the default) turns it off.
         tie_word_embeddings (`bool`): tie the output layer's weights to the decoder's input embedding (Press &
             Wolf, 2017; Inan et al., 2017). When `embedding_size != decoder_hidden_size` the decoder state goes
             through a learned `decoder_hidden_size -> embedding_size` projection first.
@@ -81,6 +86,7 @@ class SentenceVAEConfig(PretrainedConfig):
     num_highway_layers: int = 0
     latent_injection: str = "initial_state"
     variance_parameterization: str = "exp"
+    posterior_mean_bn_scale: float = 0.0
     tie_word_embeddings: bool = False
     share_embeddings: bool = True
     word_keep_rate: float = 0.62
@@ -162,6 +168,12 @@ def _validate(config: SentenceVAEConfig) -> None:
         value = getattr(config, name)
         _check(_is_number(value) and 0.0 <= value < 1.0, name, value, "must be in [0, 1)")
     _check(
+        _is_number(config.posterior_mean_bn_scale) and 0.0 <= config.posterior_mean_bn_scale < math.inf,
+        "posterior_mean_bn_scale",
+        config.posterior_mean_bn_scale,
+        "must be a finite number >= 0 (0 turns the batch normalisation off)",
+    )
+    _check(
         _is_number(config.initializer_range) and config.initializer_range > 0,
         "initializer_range",
         config.initializer_range,
@@ -184,6 +196,12 @@ def _validate(config: SentenceVAEConfig) -> None:
         "must leave room for words besides the 4 specials",
     )
     if config.latent_size == 0:
+        _check(
+            config.posterior_mean_bn_scale == 0.0,
+            "posterior_mean_bn_scale",
+            config.posterior_mean_bn_scale,
+            "has no effect without a latent variable (latent_size=0); leave it at 0",
+        )
         _check(
             config.latent_injection == "initial_state",
             "latent_injection",

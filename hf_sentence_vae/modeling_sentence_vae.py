@@ -266,6 +266,10 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel):
             encoder_out = config.encoder_hidden_size * (2 if config.bidirectional_encoder else 1)
             self.encoder_highway = Highway(encoder_out, config.num_highway_layers)
             self.posterior = nn.Linear(encoder_out, 2 * latent)
+            if config.posterior_mean_bn_scale > 0:
+                # BN-VAE (Zhu et al., 2020): batch-normalised means with a fixed scale and a learned shift.
+                self.posterior_mean_norm = nn.BatchNorm1d(latent, affine=False)
+                self.posterior_mean_shift = nn.Parameter(torch.zeros(latent))
             self.latent_highway = Highway(latent, config.num_highway_layers)
             self.latent_to_state = nn.Linear(latent, 2 * config.decoder_hidden_size)
         decoder_in = config.embedding_size + (latent if self._latent_in("inputs") else 0)
@@ -298,6 +302,34 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel):
         super()._init_weights(module)
         if module is self:  # non-persistent buffers are not loaded from checkpoints: rebuild them
             init.copy_(self.logit_mask, self._never_predicted_mask(self.config))
+            if hasattr(self, "posterior_mean_shift"):
+                init.zeros_(self.posterior_mean_shift)
+
+    def decoder_modules(self) -> list[nn.Module]:
+        """The modules that make up p(x | z) and nothing of q(z | x): the decoder LSTM, the map from z to its initial
+        state, the output layer and its projection. The word embedding is left out when the encoder reads it too
+        (`share_embeddings`) or the output layer is tied to it."""
+        names = ["decoder", "latent_highway", "latent_to_state", "output_projection"]
+        if not self.config.tie_word_embeddings:
+            names.append("lm_head")
+        if hasattr(self, "encoder_embed_tokens"):
+            names.append("embed_tokens")
+        return [getattr(self, name) for name in names if hasattr(self, name)]
+
+    @torch.no_grad()
+    def reinitialize_decoder(self, seed: int) -> None:
+        """Draw the decoder's weights afresh (as at construction, from a generator seeded with `seed`), keeping the
+        encoder: the second phase of an encoder warm start (Li et al., 2019). With a tied output layer its bias is
+        reset and its weight, the shared embedding, kept."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            modules = self.decoder_modules()
+            for module in modules:
+                for param in module.parameters():
+                    param._is_hf_initialized = False
+                module.apply(self._init_weights)
+            if self.config.tie_word_embeddings:
+                self.lm_head.bias.zero_()
 
     # ----------------------------------------------------------------- embeddings (transformers API)
     def get_input_embeddings(self) -> nn.Embedding:
@@ -375,6 +407,8 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel):
             index = (lengths - 1).view(-1, 1, 1).expand(-1, 1, outputs.shape[-1])
             final = outputs.gather(1, index).squeeze(1)
         mu, raw = self.posterior(self.encoder_highway(final)).chunk(2, dim=-1)
+        if self.config.posterior_mean_bn_scale > 0:
+            mu = self.posterior_mean_norm(mu) * self.config.posterior_mean_bn_scale + self.posterior_mean_shift
         if self.config.variance_parameterization == "softplus":
             logvar = torch.log(F.softplus(raw) + 1e-6)
         else:

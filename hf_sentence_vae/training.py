@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from transformers.utils import logging
 
-from .annealing import SCHEDULES, KLSchedule
+from .annealing import SCHEDULES, KLSchedule, KLTargetController
 from .checkpointing import (
     TRAINING_STATE_DIR,
     CheckpointError,
@@ -58,6 +58,7 @@ MODEL_FIELDS = (
     "num_highway_layers",
     "latent_injection",
     "variance_parameterization",
+    "posterior_mean_bn_scale",
     "tie_word_embeddings",
     "share_embeddings",
     "word_keep_rate",
@@ -106,6 +107,7 @@ class TrainingConfig:
     num_highway_layers: int | None = None
     latent_injection: str | None = None
     variance_parameterization: str | None = None
+    posterior_mean_bn_scale: float | None = None
     tie_word_embeddings: bool | None = None
     share_embeddings: bool | None = None
     word_keep_rate: float | None = None
@@ -141,6 +143,10 @@ class TrainingConfig:
     kl_cycle_ratio: float = 0.5
     kl_constant: float = 1.0
     free_bits: float = 0.0
+    kl_target: float | None = None
+    kl_target_kp: float = 0.01
+    kl_target_ki: float = 1e-4
+    encoder_warmup_steps: int = 0
     # loop
     logging_steps: int = 50
     eval_steps: int | None = None
@@ -178,8 +184,14 @@ class TrainingConfig:
             raise ValueError(f"num_train_epochs must be >= 1, got {self.num_train_epochs}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in (0, 1) (or unset), got {self.ema_decay}")
-        if self.free_bits < 0:
-            raise ValueError(f"free_bits must be >= 0, got {self.free_bits}")
+        if not (math.isfinite(self.free_bits) and self.free_bits >= 0):
+            raise ValueError(f"free_bits must be a finite number >= 0, got {self.free_bits}")
+        for name in ("kl_target", "kl_target_kp", "kl_target_ki"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        if self.encoder_warmup_steps < 0:
+            raise ValueError(f"encoder_warmup_steps must be >= 0, got {self.encoder_warmup_steps}")
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("--push_to_hub needs --hub_model_id")
         if self.checkpointing_steps is not None:
@@ -217,6 +229,8 @@ class TrainerState:
     skipped_steps: int = 0
     tokens_seen: int = 0
     window: dict[str, float] = field(default_factory=dict)  # sums since the last log record
+    kl_controller: dict[str, float] = field(default_factory=dict)  # KLTargetController.state_dict()
+    decoder_reinitialized: bool = False  # the encoder warm start's second phase has begun
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(dataclasses.asdict(self), indent=2))
@@ -521,6 +535,16 @@ class Trainer:
             total_steps=self.max_train_steps,
             value=config.kl_constant,
         )
+        self.kl_controller = (
+            None
+            if config.kl_target is None
+            else KLTargetController(config.kl_target, kp=config.kl_target_kp, ki=config.kl_target_ki)
+        )
+        if model.config.is_rnnlm:
+            for name in ("kl_target", "encoder_warmup_steps"):
+                if getattr(config, name):
+                    raise ValueError(f"{name} needs a latent variable, but this model is an RNNLM (latent_size=0)")
+        self.current_kl_weight = 0.0
         from transformers import get_scheduler
 
         optimizer = build_optimizer(model, config)
@@ -545,6 +569,8 @@ class Trainer:
                 self.resume_path / TRAINING_STATE_DIR, self.optimizer, self.scheduler, accelerator.scaler, self.rank
             )
             self.state = TrainerState.load(self.resume_path / STATE_FILE)
+            if self.kl_controller is not None and self.state.kl_controller:
+                self.kl_controller.load_state_dict(self.state.kl_controller)
             accelerator.step = 0  # checkpoints are written on optimizer-step boundaries
             if accelerator.is_main_process:
                 _truncate_metrics(self.metrics_path, self.state.global_step)
@@ -639,6 +665,8 @@ class Trainer:
         accelerator.wait_for_everyone()
         save_training_state(tmp / TRAINING_STATE_DIR, self.optimizer, self.scheduler, accelerator.scaler, self.rank)
         accelerator.wait_for_everyone()
+        if self.kl_controller is not None:
+            self.state.kl_controller = self.kl_controller.state_dict()
         if accelerator.is_main_process:
             if self.weight_average is not None:
                 torch.save([a.cpu() for a in self.weight_average], tmp / TRAINING_STATE_DIR / AVERAGE_FILE)
@@ -700,7 +728,7 @@ class Trainer:
         batch = {k: v.to(accelerator.device) for k, v in self.train_corpus.batch(indices[part], pad_to=width).items()}
         if latent_noise is not None:
             latent_noise = latent_noise[part].to(accelerator.device)
-        kl_weight = self.kl_schedule(self.state.global_step)
+        kl_weight = self.current_kl_weight = self.kl_weight(self.state.global_step)
         with accelerator.accumulate(self.model):
             out = self.model(
                 **batch,
@@ -728,6 +756,39 @@ class Trainer:
                     update_weight_average(self.weight_average, params, config.ema_decay, self.state.global_step)
             self.optimizer.zero_grad(set_to_none=True)
         return loss.detach(), out
+
+    def kl_weight(self, step: int) -> float:
+        """The KL weight of optimizer step `step`: 0 during the encoder warm start, then the target-rate
+        controller's weight (`kl_target`) or the schedule, counted from the end of the warm start."""
+        warmup = self.config.encoder_warmup_steps
+        if step < warmup:
+            return 0.0
+        if self.kl_controller is not None:
+            return self.kl_controller.weight
+        return self.kl_schedule(step - warmup)
+
+    def _reinitialize_decoder(self) -> None:
+        """The encoder warm start's second phase (Li et al., 2019): fresh decoder weights, their optimizer moments
+        (and weight averages) dropped, the encoder kept."""
+        model = self.accelerator.unwrap_model(self.model)
+        model.reinitialize_decoder(seed=self.config.seed + 1)
+        reset = {id(p) for module in model.decoder_modules() for p in module.parameters()}
+        if model.config.tie_word_embeddings:
+            reset.add(id(model.lm_head.bias))
+        optimizer = getattr(self.optimizer, "optimizer", self.optimizer)
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                if id(param) in reset:
+                    optimizer.state.pop(param, None)
+        if self.weight_average is not None:
+            for i, param in enumerate(model.parameters()):
+                if id(param) in reset:
+                    self.weight_average[i] = param.detach().clone().to(self.weight_average[i].dtype)
+        self.state.decoder_reinitialized = True
+        logger.info(
+            f"encoder warm start: decoder re-initialised after {self.state.global_step} autoencoder steps; "
+            "the KL term is on from here"
+        )
 
     def _global_means(self, out, global_size: int) -> tuple[float, float, float]:
         """Loss, reconstruction and KL averaged over the whole global batch: each process holds the means over
@@ -789,12 +850,15 @@ class Trainer:
         window_start = time.perf_counter()
         stop = state.global_step >= self.max_train_steps
         ga = config.gradient_accumulation_steps
+        step_kl = []  # the global-batch KL of each micro-step of the current optimizer step
         while not stop and state.epoch < self.num_epochs:
             epoch_batches = self._epoch_batches(state.epoch)
             usable = (len(epoch_batches) // ga) * ga
             while state.batch_in_epoch < usable:
                 index = state.batch_in_epoch
                 micro_step = state.epoch * usable + index
+                if 0 < config.encoder_warmup_steps <= state.global_step and not state.decoder_reinitialized:
+                    self._reinitialize_decoder()
                 loss, out = self._train_step(epoch_batches[index], micro_step)
                 state.batch_in_epoch += 1
                 if loss is None:
@@ -806,8 +870,12 @@ class Trainer:
                 window["kl"] += kl_value
                 window["tokens"] += int(train_lengths[epoch_batches[index]].sum()) - len(epoch_batches[index])
                 window["n"] += 1
+                step_kl.append(kl_value)
                 if not accelerator.sync_gradients:
                     continue
+                if self.kl_controller is not None and state.global_step >= config.encoder_warmup_steps:
+                    self.kl_controller.update(sum(step_kl) / len(step_kl))
+                step_kl = []
                 state.global_step += 1
                 state.tokens_seen = state.tokens_seen + window["tokens"]
                 progress.update(1)
@@ -820,7 +888,7 @@ class Trainer:
                         "loss": window["loss"] / window["n"],
                         "reconstruction": window["reconstruction"] / window["n"],
                         "kl": window["kl"] / window["n"],
-                        "kl_weight": self.kl_schedule(step - 1),
+                        "kl_weight": self.current_kl_weight,
                         "learning_rate": self.scheduler.get_last_lr()[0],
                         "tokens_per_second": window["tokens"] / max(elapsed, 1e-9),  # global-batch tokens
                     }

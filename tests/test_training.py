@@ -299,15 +299,26 @@ def test_training_on_ptb_reduces_the_bound_and_keeps_kl_alive(ptb_dir, tmp_path)
 
 
 # --------------------------------------------------------------------------- exact resume
-@pytest.mark.parametrize("ema_decay", [None, 0.8], ids=["plain", "weight_average"])
-def test_resume_from_latest_checkpoint_matches_an_uninterrupted_run(small_ptb, tmp_path, ema_decay):
+RESUME_CASES = {
+    "plain": {},
+    "weight_average": dict(ema_decay=0.8, locked_dropout=True),
+    # The decoder is re-initialised at step 6, between two checkpoints; the controller's state is in checkpoint-12.
+    "kl_target_after_warm_start": dict(kl_target=2.0, kl_target_ki=0.05, encoder_warmup_steps=6, ema_decay=0.8),
+    # The warm start ends exactly at the resumed checkpoint: the resumed run must re-initialise the decoder.
+    "warm_start_ends_at_the_checkpoint": dict(encoder_warmup_steps=12, posterior_mean_bn_scale=0.5),
+}
+
+
+@pytest.mark.parametrize("case", list(RESUME_CASES))
+def test_resume_from_latest_checkpoint_matches_an_uninterrupted_run(small_ptb, tmp_path, case):
     """12 steps with checkpoints, then `latest` (checkpoint-12, mid-epoch) for 8 more in a copy of the output
     folder == 20 uninterrupted steps (crossing an epoch boundary at 13): same training records, evaluations and
     final metrics. Dropout and embedding dropout are on (locked in the weight-averaging case), so the restored RNG
     state matters too; with weight averaging, so does the average saved in the checkpoint (the evaluations use
-    it)."""
-    common = dict(checkpointing_steps="4", kl_schedule="linear", kl_warmup_steps=16, ema_decay=ema_decay)
-    common.update(dropout=0.1, embedding_dropout=0.1, locked_dropout=ema_decay is not None)
+    it); with rate control, so do the controller's state and the step at which the warm start re-initialises the
+    decoder."""
+    common = dict(checkpointing_steps="4", kl_schedule="linear", kl_warmup_steps=16, dropout=0.1, embedding_dropout=0.1)
+    common.update(RESUME_CASES[case])
     full = tiny_run(small_ptb, tmp_path / "full", max_train_steps=20, **common)
     full_results = _train(full)
 
@@ -325,6 +336,78 @@ def test_resume_from_latest_checkpoint_matches_an_uninterrupted_run(small_ptb, t
     assert [p.name for p in list_checkpoints(resumed.output_dir)] == [f"checkpoint-{s}" for s in (4, 8, 12, 16, 20)]
     state = json.loads((Path(resumed.output_dir) / "checkpoint-20" / STATE_FILE).read_text())
     assert state["global_step"] == 20 and state["epoch"] == 1
+
+
+# --------------------------------------------------------------------------- rate control
+def test_encoder_warm_start_trains_an_autoencoder_then_reinitialises_the_decoder(small_ptb, tmp_path):
+    """KL weight 0 for the warm-up steps, the schedule counted from their end afterwards; at the switch the decoder
+    (and only the decoder) is drawn afresh, and the run's log says so."""
+    config = tiny_run(
+        small_ptb,
+        tmp_path / "run",
+        max_train_steps=10,
+        encoder_warmup_steps=6,
+        kl_schedule="linear",
+        kl_warmup_steps=4,
+        kl_start=0.5,
+        checkpointing_steps="6",
+        logging_steps=1,
+        eval_steps=100,
+    )
+    _train(config)
+    records = {r["step"]: r for r in _train_records(config.output_dir)}
+    assert [records[s]["kl_weight"] for s in range(1, 7)] == [0.0] * 6
+    assert [records[s]["kl_weight"] for s in range(7, 11)] == pytest.approx([0.5, 0.625, 0.75, 0.875])
+    from hf_sentence_vae import SentenceVAEModel
+
+    at_switch = SentenceVAEModel.from_pretrained(Path(config.output_dir) / "checkpoint-6")
+    fresh = SentenceVAEModel(at_switch.config)
+    fresh.load_state_dict(at_switch.state_dict())
+    fresh.reinitialize_decoder(seed=config.seed + 1)
+    final = SentenceVAEModel.from_pretrained(Path(config.output_dir) / "best")
+
+    # The decoder LSTM after the switch started from the fresh draw: 4 small Adam steps move it far less than the
+    # distance between the warmed-up and the fresh weights.
+    def distance(a, b) -> float:
+        return float((a.decoder.weight_hh_l0 - b.decoder.weight_hh_l0).detach().norm())
+
+    assert distance(final, fresh) < 0.5 * distance(at_switch, fresh)
+
+
+def test_kl_target_drives_the_kl_weight(small_ptb, tmp_path):
+    """Each step's KL weight is the controller's answer to the KL of the steps before (replayed here from the log,
+    one record per step); a target far above the KL keeps the weight at 0, one at 0 makes it rise."""
+    from hf_sentence_vae.annealing import KLTargetController
+
+    for target, name in ((0.0, "low"), (1e4, "high")):
+        config = tiny_run(
+            small_ptb, tmp_path / name, max_train_steps=10, kl_target=target, kl_target_ki=0.05, logging_steps=1
+        )
+        _train(config)
+        records = _train_records(config.output_dir)
+        replay = KLTargetController(target, kp=config.kl_target_kp, ki=config.kl_target_ki)
+        expected = [0.0] + [replay.update(r["kl"]) for r in records[:-1]]
+        assert [r["kl_weight"] for r in records] == pytest.approx(expected, rel=1e-4, abs=1e-9)
+        if target == 0.0:
+            assert records[-1]["kl_weight"] > 0.0
+        else:
+            assert {r["kl_weight"] for r in records} == {0.0}
+
+
+@pytest.mark.parametrize("flag", ["kl_target", "encoder_warmup_steps"])
+def test_rate_control_needs_a_latent_variable(small_ptb, tmp_path, flag):
+    config = tiny_run(small_ptb, tmp_path / "run", latent_size=0, word_keep_rate=1.0, **{flag: 3})
+    with pytest.raises(ValueError, match=f"{flag} needs a latent variable"):
+        _train(config)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(kl_target=-1.0), dict(kl_target=float("nan")), dict(kl_target_ki=-0.1), dict(encoder_warmup_steps=-1)],
+)
+def test_rate_control_settings_are_checked(small_ptb, tmp_path, kwargs):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        tiny_run(small_ptb, tmp_path / "run", **kwargs)
 
 
 # --------------------------------------------------------------------------- weight averaging

@@ -1,0 +1,152 @@
+"""Rate control: the target-rate controller of the KL weight, batch-normalised posterior means (BN-VAE) and the
+decoder re-initialisation of the encoder warm start. The trainer's use of them is tested in test_training.py."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from hf_sentence_vae.annealing import KLTargetController
+from hf_sentence_vae.configuration_sentence_vae import SentenceVAEConfig
+from hf_sentence_vae.latent import gaussian_kl
+
+
+# --------------------------------------------------------------------------- the KL-target controller
+def test_controller_raises_the_weight_above_the_target_and_lowers_it_below():
+    controller = KLTargetController(target=10.0, kp=0.01, ki=1e-3)
+    weights = [controller.update(30.0) for _ in range(50)]
+    assert all(b > a for a, b in zip(weights, weights[1:]))  # KL above target: the weight keeps rising
+    high = weights[-1]
+    lowered = [controller.update(2.0) for _ in range(50)]
+    assert all(b < a for a, b in zip(lowered, lowered[1:])) and lowered[-1] < high
+    for _ in range(10_000):
+        controller.update(0.0)
+    assert controller.weight == 0.0  # held at min_weight, no penalty while the code carries too little
+    assert controller.integral == pytest.approx(-controller.kp)  # no wind-up below the range it acts on
+
+
+def test_controller_formula_one_step():
+    controller = KLTargetController(target=5.0, kp=0.2, ki=0.01, integral=0.1)
+    weight = controller.update(8.0)
+    error = 5.0 - 8.0
+    expected = 0.2 / (1.0 + math.exp(error)) + (0.1 - 0.01 * error)
+    assert weight == pytest.approx(expected)
+    assert controller.integral == pytest.approx(0.1 - 0.01 * error)
+
+
+def test_controller_weight_stays_in_range_and_ignores_non_finite_kl():
+    controller = KLTargetController(target=1.0, kp=0.5, ki=0.5, max_weight=1.0)
+    for _ in range(100):
+        assert 0.0 <= controller.update(1e6) <= 1.0
+    assert controller.weight == 1.0 and controller.integral == 1.0  # integral capped at the range
+    before = controller.state_dict()
+    controller.update(float("nan"))
+    assert controller.state_dict() == before
+
+
+def test_controller_holds_the_target_on_a_toy_system():
+    """KL(w) = 40 exp(-4 w): the closed loop settles where KL(w) = target."""
+    controller = KLTargetController(target=10.0, kp=0.01, ki=2e-3)
+    kl = 40.0
+    for _ in range(5000):
+        kl = 40.0 * math.exp(-4.0 * controller.update(kl))
+    assert kl == pytest.approx(10.0, rel=0.02)
+
+
+def test_controller_state_dict_round_trip_continues_identically():
+    a = KLTargetController(target=3.0, kp=0.05, ki=1e-2)
+    for kl in (10.0, 8.0, 4.0):
+        a.update(kl)
+    b = KLTargetController(target=3.0, kp=0.05, ki=1e-2)
+    b.load_state_dict(a.state_dict())
+    assert [a.update(x) for x in (2.0, 5.0, 1.0)] == [b.update(x) for x in (2.0, 5.0, 1.0)]
+
+
+@pytest.mark.parametrize("name", ["target", "kp", "ki"])
+@pytest.mark.parametrize("value", [-1.0, float("nan"), float("inf")])
+def test_controller_rejects_bad_settings(name, value):
+    kwargs = dict(target=1.0)
+    kwargs[name] = value
+    with pytest.raises(ValueError, match=name):
+        KLTargetController(**kwargs)
+
+
+# --------------------------------------------------------------------------- BN-VAE
+@pytest.mark.parametrize("value", [-0.5, float("nan"), float("inf"), "1"])
+def test_bn_scale_must_be_a_finite_non_negative_number(value):
+    with pytest.raises(ValueError, match="posterior_mean_bn_scale"):
+        SentenceVAEConfig(vocab_size=20, posterior_mean_bn_scale=value)
+
+
+def test_bn_scale_is_refused_for_the_rnnlm():
+    with pytest.raises(ValueError, match="posterior_mean_bn_scale"):
+        SentenceVAEConfig(vocab_size=20, latent_size=0, posterior_mean_bn_scale=0.5)
+
+
+def test_batch_normalised_means_have_the_fixed_scale_and_a_kl_floor(tiny_model, random_batch):
+    """In training mode each dimension's means over the batch have mean = the learned shift and (biased) standard
+    deviation = gamma, so the batch-mean KL of every dimension is at least gamma^2 / 2."""
+    gamma = 0.6
+    model = tiny_model(seed=0, train=True, latent_size=5, posterior_mean_bn_scale=gamma)
+    with torch.no_grad():
+        model.posterior_mean_shift.copy_(torch.tensor([0.0, 0.5, -1.0, 0.2, 0.0]))
+        # Means that differ across sentences by much more than BatchNorm's eps (at initialisation they differ by ~1e-4).
+        model.posterior.weight.mul_(300.0)
+    input_ids, attention_mask = random_batch(model.config, [3, 5, 7, 4, 6, 2, 8, 5], seed=1)
+    mu, logvar = model.encode(input_ids, attention_mask)
+    torch.testing.assert_close(mu.mean(0), model.posterior_mean_shift.detach(), atol=1e-5, rtol=0)
+    # BatchNorm's eps (1e-5 next to variances of ~1e-3 here) keeps the scale a little under gamma.
+    torch.testing.assert_close(mu.std(0, unbiased=False), torch.full((5,), gamma), atol=0, rtol=0.03)
+    per_dim = gaussian_kl(mu, logvar).mean(0)
+    assert bool((per_dim >= 0.97 * gamma**2 / 2).all()), per_dim
+
+
+def test_batch_normalised_means_use_running_statistics_in_eval_mode_and_survive_save_load(
+    tiny_model, random_batch, tmp_path
+):
+    from hf_sentence_vae import SentenceVAEModel
+
+    model = tiny_model(seed=0, train=True, posterior_mean_bn_scale=0.5)
+    input_ids, attention_mask = random_batch(model.config, [3, 5, 7, 4], seed=2)
+    for _ in range(3):
+        model(input_ids, attention_mask)  # updates the running statistics
+    model.eval()
+    assert int(model.posterior_mean_norm.num_batches_tracked) == 3
+    one, _ = model.encode(input_ids[:1], attention_mask[:1])
+    four, _ = model.encode(input_ids, attention_mask)
+    torch.testing.assert_close(one[0], four[0])  # eval: a sentence's mean does not depend on its batch
+    model.save_pretrained(tmp_path)
+    reloaded = SentenceVAEModel.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(reloaded.encode(input_ids, attention_mask)[0], four, atol=1e-5, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- decoder re-initialisation
+@pytest.mark.parametrize("tied", [False, True])
+def test_reinitialize_decoder_redraws_the_decoder_and_keeps_the_encoder(tiny_model, tied):
+    model = tiny_model(seed=0, tie_word_embeddings=tied)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5)  # "trained" weights, away from any initialisation
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    model.reinitialize_decoder(seed=7)
+    decoder = {
+        f"{name}.{p_name}"
+        for name in ("decoder", "latent_to_state")
+        for p_name, _ in getattr(model, name).named_parameters()
+    }
+    decoder.add("lm_head.bias")
+    if not tied:
+        decoder.add("lm_head.weight")
+    for name, p in model.named_parameters():
+        changed = not torch.equal(p, before[name])  # exact: copies of the same tensors, no arithmetic in between
+        assert changed == (name in decoder), name
+    assert float(model.lm_head.bias.abs().max()) == 0.0
+    again = tiny_model(seed=0, tie_word_embeddings=tied)
+    with torch.no_grad():
+        for p in again.parameters():
+            p.add_(0.5)
+    again.reinitialize_decoder(seed=7)
+    for (name, a), (_, b) in zip(model.named_parameters(), again.named_parameters()):
+        assert torch.equal(a, b), name  # the same seed draws the same weights (same process, same ops)
