@@ -70,6 +70,9 @@ MODEL_FIELDS = (
     "max_sentence_length",
 )
 OPTIMIZERS = ("adam", "adamw", "sgd")
+# Validation figures the best model can be selected on (lower is better): the bound, or its reconstruction term
+# (for runs whose KL is held at a target, where the bound also measures the target).
+BEST_MODEL_METRICS = ("loss", "reconstruction")
 CHECKPOINT_PREFIX = "checkpoint-"
 STATE_FILE = "trainer_state.json"
 AVERAGE_FILE = "weight_average.pt"  # in a checkpoint's training_state/ when --ema_decay is set
@@ -151,6 +154,7 @@ class TrainingConfig:
     logging_steps: int = 50
     eval_steps: int | None = None
     early_stopping_patience: int | None = None
+    metric_for_best_model: str = "loss"
     checkpointing_steps: str | None = None
     save_total_limit: int | None = None
     resume_from_checkpoint: str | None = None
@@ -198,6 +202,10 @@ class TrainingConfig:
             value = str(self.checkpointing_steps)
             if value != "epoch" and not (value.isdigit() and int(value) > 0):
                 raise ValueError(f"checkpointing_steps must be a positive integer or 'epoch', got {value!r}")
+        if self.metric_for_best_model not in BEST_MODEL_METRICS:
+            raise ValueError(
+                f"metric_for_best_model must be one of {BEST_MODEL_METRICS}, got {self.metric_for_best_model!r}"
+            )
         if self.kl_schedule not in SCHEDULES:
             raise ValueError(f"kl_schedule must be one of {SCHEDULES}, got {self.kl_schedule!r}")
         if self.max_length < 3:
@@ -911,17 +919,19 @@ class Trainer:
         return self._finish(has_validation)
 
     def _evaluate_and_select(self, step: int) -> bool:
-        """Evaluate on validation, keep the best folder, and tell whether early stopping triggers."""
+        """Evaluate on validation, keep the best folder, and tell whether early stopping triggers. Evaluations during
+        the encoder warm start (an autoencoder whose decoder is then drawn afresh) are logged but not selectable."""
         state = self.state
         metrics = self.evaluate("validation")
-        improved = metrics["validation_loss"] < state.best_metric
-        if improved:
-            state.best_metric, state.best_step = metrics["validation_loss"], step
-            state.evals_without_improvement = 0
-            self._save_best(metrics)
-        else:
-            state.evals_without_improvement += 1
-        self._log({"step": step, **metrics, "best_validation_loss": state.best_metric})
+        key = f"validation_{self.config.metric_for_best_model}"
+        if step > self.config.encoder_warmup_steps:
+            if metrics[key] < state.best_metric:
+                state.best_metric, state.best_step = metrics[key], step
+                state.evals_without_improvement = 0
+                self._save_best(metrics)
+            else:
+                state.evals_without_improvement += 1
+        self._log({"step": step, **metrics, f"best_{key}": state.best_metric})
         patience = self.config.early_stopping_patience
         if patience is not None and state.evals_without_improvement >= patience:
             logger.info(f"early stopping at step {step}: no improvement in {patience} evaluations")
@@ -938,7 +948,10 @@ class Trainer:
         results: dict[str, Any] = {
             "global_step": state.global_step,
             "best_step": state.best_step,
-            "best_validation_loss": None if math.isinf(state.best_metric) else state.best_metric,
+            "metric_for_best_model": self.config.metric_for_best_model,
+            f"best_validation_{self.config.metric_for_best_model}": (
+                None if math.isinf(state.best_metric) else state.best_metric
+            ),
             "skipped_steps": state.skipped_steps,
             "world_size": self.world,
             "truncated_lines": self.truncated,

@@ -394,6 +394,34 @@ def test_kl_target_drives_the_kl_weight(small_ptb, tmp_path):
             assert {r["kl_weight"] for r in records} == {0.0}
 
 
+@pytest.mark.parametrize("metric", ["loss", "reconstruction"])
+def test_best_model_is_selected_on_the_chosen_metric_after_the_warm_start(small_ptb, tmp_path, metric):
+    """The best step minimises validation_<metric> among the evaluations after the encoder warm start; evaluations
+    during it are logged but never selected."""
+    config = tiny_run(
+        small_ptb,
+        tmp_path / metric,
+        max_train_steps=12,
+        eval_steps=2,
+        encoder_warmup_steps=4,
+        kl_target=5.0,
+        metric_for_best_model=metric,
+    )
+    results = _train(config)
+    evals = _eval_records(config.output_dir)
+    assert [r["step"] for r in evals] == [2, 4, 6, 8, 10, 12]
+    eligible = [r for r in evals if r["step"] > 4]
+    best = min(eligible, key=lambda r: r[f"validation_{metric}"])
+    assert results["best_step"] == best["step"]
+    assert results[f"best_validation_{metric}"] == pytest.approx(best[f"validation_{metric}"])
+    assert results["validation_loss"] == pytest.approx(best["validation_loss"], rel=1e-5)  # final figures: best/
+
+
+def test_metric_for_best_model_is_checked(small_ptb, tmp_path):
+    with pytest.raises(ValueError, match="metric_for_best_model"):
+        tiny_run(small_ptb, tmp_path / "run", metric_for_best_model="kl")
+
+
 @pytest.mark.parametrize("flag", ["kl_target", "encoder_warmup_steps"])
 def test_rate_control_needs_a_latent_variable(small_ptb, tmp_path, flag):
     config = tiny_run(small_ptb, tmp_path / "run", latent_size=0, word_keep_rate=1.0, **{flag: 3})
