@@ -342,7 +342,7 @@ def test_tokenizer_that_does_not_match_the_model(train_script, capsys, small_dat
         ({"word_keep_rate": 2}, r"invalid word_keep_rate=2"),
         ({"latent_injection": "inputs"}, r"invalid latent_injection='inputs'"),
         ({"per_device_train_batch_size": 0}, r"per_device_train_batch_size must be >= 1"),
-        ({"learning_rate": -1}, r"learning_rate must be > 0"),
+        ({"learning_rate": -1}, r"learning_rate must be a finite number > 0"),
         ({"max_length": 2}, r"max_length must be >= 3"),
         ({"checkpointing_steps": "often"}, r"checkpointing_steps must be a positive integer or 'epoch'"),
         ({"kl_schedule": "cosine"}, r"kl_schedule must be one of"),
