@@ -201,7 +201,11 @@ def _pooled_batches(tokenizer, iterator, batch_size, pool_batches, max_length, s
             return
         if any(not isinstance(text, str) for text in pool):
             raise ValueError("stream_batches expects an iterable of str sentences")
-        encoded = tokenizer(pool, add_special_tokens=True)["input_ids"]
+        # Tokenized a batch at a time: the tokenizer's per-token bookkeeping (offsets, token strings) would take
+        # kilobytes per sentence for a whole pool; only the ids are kept.
+        encoded = []
+        for start in range(0, len(pool), batch_size):
+            encoded.extend(tokenizer(pool[start : start + batch_size], add_special_tokens=True)["input_ids"])
         del pool
         if max_length is not None:
             stats["truncated_lines"] += sum(len(ids) > max_length for ids in encoded)

@@ -43,19 +43,29 @@ class SentenceVAETokenizerFast(PreTrainedTokenizerFast):
         """`"raw"` when the tokenizer lower-cases and splits punctuation, else `"pretokenized"`."""
         return "raw" if self.backend_tokenizer.normalizer is not None else "pretokenized"
 
+    def _text_special_ids(self) -> tuple[frozenset[int], int | None]:
+        """The ids that text must not produce (`<pad>`, `<bos>`, `<eos>`) and the `<unk>` id, memoised per set of
+        special tokens (reading `*_token_id` costs microseconds, and this runs once per encoded sentence)."""
+        names = ("pad_token", "bos_token", "eos_token", "unk_token")
+        key = tuple(str(self._special_tokens_map.get(name)) for name in names)
+        memo = self.__dict__.get("_text_special_memo")
+        if memo is None or memo[0] != key:
+            unk = self.unk_token_id
+            inner = frozenset({self.pad_token_id, self.bos_token_id, self.eos_token_id} - {None, unk})
+            memo = self.__dict__["_text_special_memo"] = (key, inner, unk)
+        return memo[1], memo[2]
+
     def _convert_encoding(self, encoding, *args, **kwargs):
         encoding_dict, encodings = super()._convert_encoding(encoding, *args, **kwargs)
-        inner = {self.pad_token_id, self.bos_token_id, self.eos_token_id} - {None, self.unk_token_id}
+        inner, unk = self._text_special_ids()
         # The post-processor's own <bos>/<eos> are flagged in the special-tokens mask; those matched in the text are not.
-        encoding_dict["input_ids"] = [
-            _unk_text_specials(e.ids, e.special_tokens_mask, inner, self.unk_token_id) for e in encodings
-        ]
+        encoding_dict["input_ids"] = [_unk_text_specials(e.ids, e.special_tokens_mask, inner, unk) for e in encodings]
         return encoding_dict, encodings
 
 
-def _unk_text_specials(ids: list[int], added: list[int], inner: set[int], unk: int) -> list[int]:
+def _unk_text_specials(ids: list[int], added: list[int], inner: frozenset[int], unk: int | None) -> list[int]:
     """`ids` with every id of `inner` that the text produced (not added by the post-processor) replaced by `unk`."""
-    if inner.isdisjoint(ids):
+    if unk is None or inner.isdisjoint(ids):
         return ids
     return [unk if i in inner and not flag else i for i, flag in zip(ids, added)]
 

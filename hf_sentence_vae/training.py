@@ -1076,10 +1076,12 @@ class Trainer:
         skipped = f"{state.skipped_steps} batch(es) with a non-finite loss were skipped"
         if state.global_step == 0:
             return f"the run trained nothing: no optimizer step was taken ({skipped}); lower the learning rate"
-        if has_validation and state.best_step is None and state.evals_without_improvement > 0:
+        if has_validation and state.best_step is None:
+            count = state.evals_without_improvement
+            detail = f"all {count} evaluation(s) gave NaN or inf" if count else "no evaluation was reached"
             return (
-                f"every validation loss was non-finite (NaN or inf) over {state.evals_without_improvement} "
-                f"evaluation(s), so no best model was kept ({skipped}); {where}; lower the learning rate"
+                f"no finite validation loss was reached ({detail}), so no best model was kept ({skipped}); {where}; "
+                "lower the learning rate"
             )
         params = self.accelerator.unwrap_model(self.model).parameters()
         if not all(bool(torch.isfinite(p).all()) for p in params):

@@ -227,7 +227,7 @@ def test_remote_code_loads_without_the_package(tmp_path, tiny_model, tiny_tokeni
         "vae": dict(bidirectional_encoder=True, num_highway_layers=1),
         "rnnlm_right_to_left": dict(latent_size=0, right_to_left=True),
     }
-    texts = tiny_sentences[:3] + ["the zebra sat ."]
+    texts = tiny_sentences[:3] + ["the zebra sat .", "the <pad> cat <eos> sat ."]  # special-token strings: <unk>
     spec = {"folders": {}, "latents": {}, "num_codes": 4, "texts": texts}
     models = {}
     for name, overrides in variants.items():
@@ -283,6 +283,7 @@ def test_remote_code_loads_without_the_package(tmp_path, tiny_model, tiny_tokeni
         assert child["beam"] == beam.sequences.tolist()
         batch = tiny_tokenizer(texts, padding=True, return_tensors="pt")
         assert child["input_ids"] == batch["input_ids"].tolist()
+        assert child["input_ids"][-1][:8] == tiny_tokenizer("the <unk> cat <unk> sat .")["input_ids"]
         with torch.no_grad():
             logits = model(**batch, sample_latent=False).logits
         torch.testing.assert_close(torch.tensor(child["logits"]), logits, rtol=0, atol=1e-6)
