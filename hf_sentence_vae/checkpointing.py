@@ -158,10 +158,10 @@ def removed_on_failure(folder: str | os.PathLike) -> Iterator[None]:
         except OSError:
             free = None
         shutil.rmtree(folder, ignore_errors=True)
-        if isinstance(err, OSError) and err.errno in DISK_ERRNOS:
-            raise
+        if isinstance(err, OSError) and err.errno in DISK_ERRNOS:  # name the folder, not a file copied into it
+            raise OSError(err.errno, os.strerror(err.errno), str(folder)) from err
         if free is not None and free < _LOW_DISK_BYTES:
-            raise OSError(errno.ENOSPC, f"No space left on device ({free:,} bytes free)", str(folder)) from err
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder)) from err
         raise
 
 

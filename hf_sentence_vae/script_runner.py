@@ -90,7 +90,8 @@ def run_script(
         if os.environ.get(TRACEBACK_ENV):
             raise
         if disk_error(err):
-            where = f" while writing {err.filename}" if getattr(err, "filename", None) else ""
+            target = getattr(err, "filename2", None) or getattr(err, "filename", None)  # a copy's destination
+            where = f" while writing {target}" if target else ""
             print(f"error: {os.strerror(err.errno)}{where}; free some space{hint}", file=sys.stderr)
             return EXIT_USAGE
         if not isinstance(err, user_errors()):

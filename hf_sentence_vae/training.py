@@ -92,6 +92,8 @@ ARCHITECTURE_FIELDS = (
 OPERATIONAL_FIELDS = (
     "output_dir",
     "resume_from_checkpoint",
+    "checkpointing_steps",
+    "save_total_limit",
     "disable_tqdm",
     "num_threads",
     "preprocessing_num_workers",
@@ -709,8 +711,7 @@ class Trainer:
             changes.update(setting_changes(saved, self.config.to_dict()))
         if changes:
             logger.warning(
-                f"resuming from {self.resume_path} with settings that differ from its run: {describe_changes(changes)}; "
-                "the run will not match an uninterrupted one"
+                f"resuming from {self.resume_path} with settings that differ from its run: {describe_changes(changes)}"
             )
 
     def _initial_weight_average(self) -> list[torch.Tensor] | None:

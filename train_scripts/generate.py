@@ -356,7 +356,6 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     model, tokenizer = analysis.load_pretrained(args.model_name_or_path, args.tokenizer_name_or_path, args.device)
     if model.config.latent_size == 0:
         raise ValueError("this model is an RNNLM (latent_size=0): it has no latent space to explore")
