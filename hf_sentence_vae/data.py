@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from transformers.utils import logging
 
-from .tokenization_sentence_vae_fast import count_special_token_strings
+from .tokenization_sentence_vae_fast import special_token_string_counts
 
 logger = logging.get_logger(__name__)
 
@@ -170,7 +170,7 @@ def tokenize_splits(splits, tokenizer, max_length: int, num_proc: int | None = N
 
     def encode(batch):
         ids = tokenizer(batch["text"], add_special_tokens=True)["input_ids"]
-        specials = [count_special_token_strings([text], tokenizer) for text in batch["text"]]
+        specials = special_token_string_counts(batch["text"], tokenizer)
         truncated = [len(x) > max_length for x in ids]
         ids = [x[: max_length - 1] + [eos] if cut else x for x, cut in zip(ids, truncated)]
         return {"input_ids": ids, "length": [len(x) for x in ids], "truncated": truncated, "specials": specials}

@@ -30,7 +30,7 @@ class SentenceVAETokenizerFast(PreTrainedTokenizerFast):
 
     It defines no `__init__` of its own, so `from_pretrained` restores it from `tokenizer.json` unchanged.
     Special-token strings found in the text (``<pad>``, ``<bos>``, ``<eos>``) encode to ``<unk>``, whatever the
-    entry point (`__call__`, `encode`, batches, pairs); count them in texts with [`count_special_token_strings`].
+    entry point (`__call__`, `encode`, batches, pairs); count them in texts with [`special_token_string_counts`].
     """
 
     vocab_files_names = {"tokenizer_file": "tokenizer.json"}
@@ -70,11 +70,11 @@ def _unk_text_specials(ids: list[int], added: list[int], inner: frozenset[int], 
     return [unk if i in inner and not flag else i for i, flag in zip(ids, added)]
 
 
-def count_special_token_strings(texts: Iterable[str], tokenizer: PreTrainedTokenizerFast) -> int:
-    """How many of the tokenizer's ``<pad>``, ``<bos>`` and ``<eos>`` strings the texts hold (matched anywhere in the
-    raw text, as ``dog<bos>ran``): [`SentenceVAETokenizerFast`] encodes each of them to `<unk>`."""
+def special_token_string_counts(texts: Iterable[str], tokenizer: PreTrainedTokenizerFast) -> list[int]:
+    """For each text, how many of the tokenizer's ``<pad>``, ``<bos>`` and ``<eos>`` strings it holds (matched
+    anywhere in the raw text, as in ``dog<bos>ran``): [`SentenceVAETokenizerFast`] encodes each of them to `<unk>`."""
     strings = [t for t in (tokenizer.pad_token, tokenizer.bos_token, tokenizer.eos_token) if t]
-    return sum(text.count(s) for text in texts for s in strings)
+    return [sum(text.count(s) for s in strings) for text in texts]
 
 
 def _backend(mode: str) -> Tokenizer:
@@ -175,6 +175,6 @@ __all__ = [
     "SentenceVAETokenizerFast",
     "build_tokenizer",
     "check_tokenizer_matches_model",
-    "count_special_token_strings",
+    "special_token_string_counts",
     "SPECIAL_TOKENS",
 ]
