@@ -352,9 +352,12 @@ def load_training_state(folder: str | os.PathLike, optimizer, scheduler, scaler=
             scaler.load_state_dict(safe_torch_load(folder / "scaler.pt"))
         rng_state = safe_torch_load(rng_file) if rng_file.is_file() else None
     except pickle.UnpicklingError as err:  # weights_only refused something that is not a tensor or plain data
+        # Not torch's message: it suggests weights_only=False, the one thing never to do with such a file.
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        what = f" (it refers to {found.group(1)})" if found else ""
         raise CheckpointError(
             f"cannot restore the training state from {folder}: a file holds objects other than tensors and plain "
-            f"data, which are never unpickled (tampered?): {_one_line(err)[:300]}"
+            f"data{what}, which are never unpickled; the checkpoint was tampered with or is not one of ours"
         ) from err
     except (OSError, RuntimeError, ValueError, KeyError, TypeError, EOFError) as err:
         raise CheckpointError(f"cannot restore the training state from {folder}: {_one_line(err)[:300]}") from err
