@@ -70,11 +70,6 @@ def safe_torch_load(path: str | os.PathLike) -> Any:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    """The SHA-256 of a file's bytes (hex), read in 1 MiB blocks."""
-    return _sha256(Path(path))
-
-
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

@@ -515,7 +515,7 @@ def test_a_tampered_pickle_is_refused_and_never_run(scripts, capsys, checkpointe
         def __reduce__(self):
             return (os.system, (f"touch {marker}",))
 
-    (newest / TRAINING_STATE_DIR / "optimizer.pt").write_bytes(pickle.dumps(Payload()))
+    (newest / TRAINING_STATE_DIR / "optimizer.pt").write_bytes(pickle.dumps(Payload(), protocol=2))
     state = json.loads((newest / STATE_FILE).read_text())
     state["checksums"] = checkpointing_module.record_checksums(newest)
     (newest / STATE_FILE).write_text(json.dumps(state))
