@@ -19,16 +19,12 @@ from .latent import gaussian_log_density, interpolate, reparameterize, volume_pr
 
 def load_pretrained(model_name_or_path, tokenizer_name_or_path=None, device: str | torch.device | None = None):
     """Load a `save_pretrained` folder (model + tokenizer) for analysis: `(model, tokenizer)`, the model in
-    eval mode on `device` (default: CUDA when available), its tokenizer checked against its config."""
-    from transformers import AutoModel, AutoTokenizer
+    eval mode on `device` (default: CUDA when available), its tokenizer checked against its config. A folder whose
+    weights do not match its config, or a path that does not exist, raises one clear error
+    (`checkpointing.load_model_and_tokenizer`)."""
+    from .checkpointing import load_model_and_tokenizer
 
-    from . import check_tokenizer_matches_model
-
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_name_or_path or model_name_or_path)
-    model = AutoModel.from_pretrained(model_name_or_path).to(device).eval()
-    check_tokenizer_matches_model(tokenizer, model.config)
-    return model, tokenizer
+    return load_model_and_tokenizer(model_name_or_path, tokenizer_name_or_path, device)
 
 
 def ids_to_texts(tokenizer, sequences: torch.Tensor | Sequence[Sequence[int]]) -> list[str]:

@@ -58,9 +58,18 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if path.suffix in (".yaml", ".yml"):
         import yaml
 
-        data = yaml.safe_load(text) or {}
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as err:
+            where = getattr(err, "problem_mark", None)
+            at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+            problem = getattr(err, "problem", None) or type(err).__name__
+            raise ValueError(f"--config {str(path)!r} is not valid YAML{at}: {problem}") from None
     else:
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--config {str(path)!r} is not valid JSON: {err}") from None
     if not isinstance(data, dict):
         raise ValueError(f"--config {str(path)!r} must hold a mapping of flag names to values")
     return data

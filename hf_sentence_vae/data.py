@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from transformers.utils import logging
 
+from .tokenization_sentence_vae_fast import special_token_string_counts
+
 logger = logging.get_logger(__name__)
 
 DEFAULT_WORDNET_DIR = "/usr/share/wordnet"
@@ -139,7 +141,8 @@ def load_text_splits(
     if files:
         for split, path in files.items():
             _check_text_file(path, split)
-        local = datasets.load_dataset("text", data_files=files, cache_dir=cache_dir)
+        # utf-8-sig: a byte-order mark at the start of a file (Windows editors write one) is not part of the first word.
+        local = datasets.load_dataset("text", data_files=files, cache_dir=cache_dir, encoding="utf-8-sig")
         splits.update(local)
     if "train" not in splits:
         raise ValueError(f"no training split: got splits {sorted(splits)}")
@@ -159,27 +162,18 @@ def tokenize_splits(splits, tokenizer, max_length: int, num_proc: int | None = N
     """Tokenize every split with `Dataset.map(batched=True)` into ``input_ids`` (``<bos> ... <eos>``, at most
     `max_length` ids: longer sentences keep their first words and their ``<eos>``) and ``length``. The count
     of truncated lines is logged per split, and so is the count of special-token strings (``<pad>``, ``<bos>``,
-    ``<eos>``) found inside sentences and replaced by ``<unk>``. Returns (`DatasetDict`, {split: truncated count})."""
+    ``<eos>``) found inside sentences, which the tokenizer encodes as ``<unk>``. Returns (`DatasetDict`,
+    {split: truncated count})."""
     if max_length < 3:
         raise ValueError(f"max_length must be >= 3 (<bos>, a word, <eos>), got {max_length}")
-    eos, unk = tokenizer.eos_token_id, tokenizer.unk_token_id
-    # A literal "<pad>", "<bos>" or "<eos>" in the text encodes to that special id inside the sentence: <pad> and
-    # <bos> are never predicted (an infinite loss), an inner <eos> teaches ending mid-sentence. They become <unk>.
-    inner_specials = {i for i in (tokenizer.pad_token_id, tokenizer.bos_token_id, eos) if i is not None and i != unk}
+    eos = tokenizer.eos_token_id
 
     def encode(batch):
         ids = tokenizer(batch["text"], add_special_tokens=True)["input_ids"]
-        replaced = []
-        for x in ids:
-            count = 0
-            if inner_specials.intersection(x[1:-1]):
-                for i in range(1, len(x) - 1):
-                    if x[i] in inner_specials:
-                        x[i], count = unk, count + 1
-            replaced.append(count)
+        specials = special_token_string_counts(batch["text"], tokenizer)
         truncated = [len(x) > max_length for x in ids]
         ids = [x[: max_length - 1] + [eos] if cut else x for x, cut in zip(ids, truncated)]
-        return {"input_ids": ids, "length": [len(x) for x in ids], "truncated": truncated, "specials": replaced}
+        return {"input_ids": ids, "length": [len(x) for x in ids], "truncated": truncated, "specials": specials}
 
     tokenized = splits.map(encode, batched=True, remove_columns=["text"], num_proc=num_proc, desc="Tokenizing")
     counts = {}

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -340,21 +340,37 @@ def load_sentences(
     tokenizer=None,
     max_sentences: int | None = None,
     min_words: int = 1,
+    label: str = "input file",
 ) -> list[str]:
     """The stripped non-blank lines of one or more text files (one sentence a line), keeping sentences of at
-    least `min_words` words (as `tokenizer` splits them, else on whitespace), the first `max_sentences`."""
+    least `min_words` words (as `tokenizer` splits them, else on whitespace), the first `max_sentences`.
+
+    Reading is lazy and stops at the `max_sentences`-th kept sentence, so the first sentences of a large file cost
+    what they hold. Each file is checked first (missing, a directory, empty or not UTF-8: one clear error naming
+    it as `label`); see [`iter_kept_sentences`]."""
+    from itertools import islice
+
+    return list(islice(iter_kept_sentences(paths, tokenizer, min_words, label), max_sentences or None))
+
+
+def iter_kept_sentences(
+    paths: str | os.PathLike | Sequence[str | os.PathLike],
+    tokenizer=None,
+    min_words: int = 1,
+    label: str = "input file",
+) -> Iterator[str]:
+    """Lazily, the stripped non-blank lines of the files with at least `min_words` words (as `tokenizer` splits
+    them, else on whitespace), in order; files are read in bounded memory (`streaming.iter_sentences`)."""
+    from .streaming import iter_sentences, sentences_with_min_words
+
     if isinstance(paths, str | os.PathLike):
         paths = [paths]
-    sentences: list[str] = []
-    for path in paths:
-        with open(path, encoding="utf-8") as handle:
-            sentences.extend(line.strip() for line in handle if line.strip())
-    if tokenizer is not None and sentences:
-        lengths = [len(ids) - 2 for ids in tokenizer(sentences)["input_ids"]]
-    else:
-        lengths = [len(s.split()) for s in sentences]
-    kept = [s for s, n in zip(sentences, lengths) if n >= max(min_words, 1)]
-    return kept[:max_sentences] if max_sentences else kept
+    readers = [iter_sentences(path, label=label) for path in paths]  # every file is checked before any is read
+    for sentences in readers:
+        if tokenizer is not None:
+            yield from sentences_with_min_words(sentences, tokenizer, min_words)
+        else:
+            yield from (s for s in sentences if len(s.split()) >= max(min_words, 1))
 
 
 def missing_count(num_words: int, fraction: float = 0.2, min_missing: int = 1) -> int:
@@ -368,6 +384,7 @@ __all__ = [
     "icm_score",
     "impute",
     "impute_texts",
+    "iter_kept_sentences",
     "load_sentences",
     "missing_count",
     "suffix_unknown_mask",

@@ -559,7 +559,7 @@ def read_sentences(path: str | os.PathLike, max_sentences: int | None = None) ->
         raise ValueError(f"max_sentences must be >= 1, got {max_sentences}")
     sentences: list[str] = []
     blank = 0
-    with open(path, encoding="utf-8") as handle:
+    with open(path, encoding="utf-8-sig") as handle:  # a byte-order mark is not part of the first sentence
         for line in handle:
             text = line.strip()
             if not text:

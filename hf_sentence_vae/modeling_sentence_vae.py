@@ -25,7 +25,7 @@ from transformers.generation import (
 )
 from transformers.utils import ModelOutput, logging
 
-from .configuration_sentence_vae import SentenceVAEConfig
+from .configuration_sentence_vae import MAX_SENTENCE_LENGTH_LIMIT, SentenceVAEConfig
 from .decoding import SearchResult, beam_search, reverse_tokens, sample_search
 from .latent import gaussian_kl, interpolate, reparameterize, sample_standard_normal
 
@@ -753,12 +753,15 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel):
             raise ValueError("do_sample=True with num_beams > 1 is not supported: choose sampling or beam search")
         if not do_sample and num_beams == 1 and num_return_sequences > 1:
             raise ValueError("greedy decoding returns one sequence per code; use num_beams >= num_return_sequences")
-        if temperature <= 0:
+        if not temperature > 0:  # also NaN
             raise ValueError(f"temperature must be > 0, got {temperature}")
+        if top_p is not None and not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
         max_new_tokens = cfg.max_sentence_length if max_new_tokens is None else max_new_tokens
-        if max_new_tokens < 1 or min_new_tokens < 0 or min_new_tokens > max_new_tokens:
+        limit = MAX_SENTENCE_LENGTH_LIMIT
+        if not 1 <= max_new_tokens <= limit or min_new_tokens < 0 or min_new_tokens > max_new_tokens:
             raise ValueError(
-                f"need 1 <= max_new_tokens and 0 <= min_new_tokens <= max_new_tokens, got "
+                f"need 1 <= max_new_tokens <= {limit} and 0 <= min_new_tokens <= max_new_tokens, got "
                 f"max_new_tokens={max_new_tokens}, min_new_tokens={min_new_tokens}"
             )
         if latent is None:
@@ -771,6 +774,8 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel):
                 raise ValueError("latent was given but this model is an RNNLM (latent_size=0)")
             if latent.dim() != 2 or latent.shape[1] != cfg.latent_size:
                 raise ValueError(f"latent must have shape (B, {cfg.latent_size}), got {tuple(latent.shape)}")
+            if not bool(torch.isfinite(latent).all()):
+                raise ValueError("latent holds NaN or infinite values")
             latent = latent.to(device=self.device, dtype=self.dtype)
             batch_size = latent.shape[0]
         if forced_tokens is not None and forced_tokens.shape[0] != batch_size:

@@ -7,7 +7,10 @@ Two text modes, both stored in `tokenizer.json` so that a saved tokenizer behave
 - ``"raw"``: lower-case (NFKC-normalised), split on whitespace and split punctuation off, so
   ``"Hello, world!"`` becomes ``hello , world !``.
 
-Every encoded sentence is ``<bos> w_1 ... w_n <eos>``; ids 0-3 are ``<pad> <unk> <bos> <eos>``.
+Every encoded sentence is ``<bos> w_1 ... w_n <eos>``; ids 0-3 are ``<pad> <unk> <bos> <eos>``. The strings
+``<pad>``, ``<bos>`` and ``<eos>`` inside the text encode to ``<unk>``: only the tokenizer's own ``<bos>``/``<eos>``
+around a sentence carry those ids (a ``<pad>`` or ``<bos>`` target would have probability zero, an inner ``<eos>``
+would end the sentence early). PTB's literal ``<unk>`` stays ``<unk>``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ class SentenceVAETokenizerFast(PreTrainedTokenizerFast):
     """A `PreTrainedTokenizerFast` over a word-level `tokenizers` model (build one with [`build_tokenizer`]).
 
     It defines no `__init__` of its own, so `from_pretrained` restores it from `tokenizer.json` unchanged.
+    Special-token strings found in the text (``<pad>``, ``<bos>``, ``<eos>``) encode to ``<unk>``, whatever the
+    entry point (`__call__`, `encode`, batches, pairs); count them in texts with [`special_token_string_counts`].
     """
 
     vocab_files_names = {"tokenizer_file": "tokenizer.json"}
@@ -37,6 +42,39 @@ class SentenceVAETokenizerFast(PreTrainedTokenizerFast):
     def text_mode(self) -> str:
         """`"raw"` when the tokenizer lower-cases and splits punctuation, else `"pretokenized"`."""
         return "raw" if self.backend_tokenizer.normalizer is not None else "pretokenized"
+
+    def _text_special_ids(self) -> tuple[frozenset[int], int | None]:
+        """The ids that text must not produce (`<pad>`, `<bos>`, `<eos>`) and the `<unk>` id, memoised per set of
+        special tokens (reading `*_token_id` costs microseconds, and this runs once per encoded sentence)."""
+        names = ("pad_token", "bos_token", "eos_token", "unk_token")
+        key = tuple(str(self._special_tokens_map.get(name)) for name in names)
+        memo = self.__dict__.get("_text_special_memo")
+        if memo is None or memo[0] != key:
+            unk = self.unk_token_id
+            inner = frozenset({self.pad_token_id, self.bos_token_id, self.eos_token_id} - {None, unk})
+            memo = self.__dict__["_text_special_memo"] = (key, inner, unk)
+        return memo[1], memo[2]
+
+    def _convert_encoding(self, encoding, *args, **kwargs):
+        encoding_dict, encodings = super()._convert_encoding(encoding, *args, **kwargs)
+        inner, unk = self._text_special_ids()
+        # The post-processor's own <bos>/<eos> are flagged in the special-tokens mask; those matched in the text are not.
+        encoding_dict["input_ids"] = [_unk_text_specials(e.ids, e.special_tokens_mask, inner, unk) for e in encodings]
+        return encoding_dict, encodings
+
+
+def _unk_text_specials(ids: list[int], added: list[int], inner: frozenset[int], unk: int | None) -> list[int]:
+    """`ids` with every id of `inner` that the text produced (not added by the post-processor) replaced by `unk`."""
+    if unk is None or inner.isdisjoint(ids):
+        return ids
+    return [unk if i in inner and not flag else i for i, flag in zip(ids, added)]
+
+
+def special_token_string_counts(texts: Iterable[str], tokenizer: PreTrainedTokenizerFast) -> list[int]:
+    """For each text, how many of the tokenizer's ``<pad>``, ``<bos>`` and ``<eos>`` strings it holds (matched
+    anywhere in the raw text, as in ``dog<bos>ran``): [`SentenceVAETokenizerFast`] encodes each of them to `<unk>`."""
+    strings = [t for t in (tokenizer.pad_token, tokenizer.bos_token, tokenizer.eos_token) if t]
+    return [sum(text.count(s) for s in strings) for text in texts]
 
 
 def _backend(mode: str) -> Tokenizer:
@@ -133,4 +171,10 @@ def check_tokenizer_matches_model(tokenizer: PreTrainedTokenizerFast, config) ->
             )
 
 
-__all__ = ["SentenceVAETokenizerFast", "build_tokenizer", "check_tokenizer_matches_model", "SPECIAL_TOKENS"]
+__all__ = [
+    "SentenceVAETokenizerFast",
+    "build_tokenizer",
+    "check_tokenizer_matches_model",
+    "special_token_string_counts",
+    "SPECIAL_TOKENS",
+]

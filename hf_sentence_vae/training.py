@@ -30,13 +30,17 @@ from .annealing import SCHEDULES, KLSchedule, KLTargetController
 from .checkpointing import (
     TRAINING_STATE_DIR,
     CheckpointError,
+    OutputDirLock,
     check_pretrained_folder,
     checkpoint_problem,
     fsync_tree,
+    load_model_config,
     load_pretrained_model,
     load_tokenizer,
     load_training_state,
+    record_checksums,
     remove_dir,
+    removed_on_failure,
     replace_dir,
     safe_torch_load,
     save_training_state,
@@ -68,6 +72,39 @@ MODEL_FIELDS = (
     "decoder_weight_drop",
     "right_to_left",
     "max_sentence_length",
+)
+# Model fields that fix the weights' shapes or meaning: a pretrained model or a checkpoint cannot change them.
+ARCHITECTURE_FIELDS = (
+    "embedding_size",
+    "encoder_hidden_size",
+    "decoder_hidden_size",
+    "latent_size",
+    "bidirectional_encoder",
+    "num_highway_layers",
+    "latent_injection",
+    "variance_parameterization",
+    "posterior_mean_bn_scale",
+    "tie_word_embeddings",
+    "share_embeddings",
+    "right_to_left",
+)
+# Options that change neither the model nor the optimisation: a resumed run may differ in them without a warning.
+OPERATIONAL_FIELDS = (
+    "output_dir",
+    "resume_from_checkpoint",
+    "checkpointing_steps",
+    "save_total_limit",
+    "disable_tqdm",
+    "num_threads",
+    "preprocessing_num_workers",
+    "cache_dir",
+    "with_tracking",
+    "report_to",
+    "push_to_hub",
+    "hub_model_id",
+    "hub_private",
+    "hub_token",
+    "extra",
 )
 OPTIMIZERS = ("adam", "adamw", "sgd")
 # Validation figures the best model can be selected on (lower is better): the bound, or its reconstruction term
@@ -180,8 +217,23 @@ class TrainingConfig:
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(f"learning_rate must be a finite number > 0, got {self.learning_rate}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
+        if self.max_grad_norm is not None and not (self.max_grad_norm >= 0):  # also NaN
+            raise ValueError(
+                f"max_grad_norm must be >= 0 (0 or none: no clipping), got {self.max_grad_norm}; a negative norm "
+                "would turn every step into gradient ascent"
+            )
+        for name in ("logging_steps", "eval_steps", "early_stopping_patience", "num_threads"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 (or unset), got {value}")
+        for name in ("num_warmup_steps", "save_total_limit"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
         if self.max_train_steps is not None and self.max_train_steps < 1:
             raise ValueError(f"max_train_steps must be >= 1, got {self.max_train_steps}")
         if self.num_train_epochs < 1:
@@ -239,6 +291,7 @@ class TrainerState:
     window: dict[str, float] = field(default_factory=dict)  # sums since the last log record
     kl_controller: dict[str, float] = field(default_factory=dict)  # KLTargetController.state_dict()
     decoder_reinitialized: bool = False  # the encoder warm start's second phase has begun
+    checksums: dict[str, str] = field(default_factory=dict)  # SHA-256 of the checkpoint's weights and state files
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(dataclasses.asdict(self), indent=2))
@@ -317,6 +370,31 @@ def resolve_checkpoint(value: str, output_dir: str) -> Path | None:
         hint = f"; other checkpoints there: {', '.join(others)}" if others else ""
         raise CheckpointError(f"--resume_from_checkpoint {value!r} is corrupt: {problem}{hint}")
     return path
+
+
+def model_field_changes(overrides: dict[str, Any], model_config) -> dict[str, tuple[Any, Any]]:
+    """The model options among `overrides` whose values differ from `model_config`'s: name -> (old, new)."""
+    return {
+        name: (getattr(model_config, name, None), value)
+        for name, value in overrides.items()
+        if getattr(model_config, name, None) != value
+    }
+
+
+def setting_changes(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The training options (model and operational options aside) that differ between a checkpoint's
+    `training_config.json` and the current run: name -> (old, new)."""
+    skip = set(MODEL_FIELDS) | set(OPERATIONAL_FIELDS)
+    return {
+        name: (saved.get(name), value)
+        for name, value in current.items()
+        if name not in skip and name in saved and saved[name] != value
+    }
+
+
+def describe_changes(changes: dict[str, tuple[Any, Any]]) -> str:
+    """`--name (old -> new)`, comma-separated."""
+    return ", ".join(f"--{name} ({old!r} -> {new!r})" for name, (old, new) in changes.items())
 
 
 def _empty_window() -> dict[str, float]:
@@ -462,26 +540,40 @@ class Trainer:
             f"world size {accelerator.num_processes} ({accelerator.distributed_type}), device {accelerator.device}"
         )
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
-        if accelerator.is_main_process:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-        accelerator.wait_for_everyone()
-        self.metrics_path = self.output_dir / "metrics.jsonl"
-        self.resume_path = (
-            resolve_checkpoint(config.resume_from_checkpoint, config.output_dir)
-            if config.resume_from_checkpoint
-            else None
-        )
-        if config.resume_from_checkpoint == "latest" and self.resume_path is None:
-            logger.warning(f"no intact checkpoint in {self.output_dir}: starting from scratch")
-        self._prepare_data_and_model()
+        # One run per output folder: a second one would mix its records and checkpoints into this one's.
+        self._lock = OutputDirLock(self.output_dir) if accelerator.is_main_process else None
+        if self._lock is not None:
+            self._lock.acquire()
+        try:
+            accelerator.wait_for_everyone()
+            self.metrics_path = self.output_dir / "metrics.jsonl"
+            self.resume_path = (
+                resolve_checkpoint(config.resume_from_checkpoint, config.output_dir)
+                if config.resume_from_checkpoint
+                else None
+            )
+            if config.resume_from_checkpoint == "latest" and self.resume_path is None:
+                logger.warning(f"no intact checkpoint in {self.output_dir}: starting from scratch")
+            self._prepare_data_and_model()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the output folder's lock (`train` does this when the run ends, however it ends)."""
+        if self._lock is not None:
+            self._lock.release()
 
     # ------------------------------------------------------------------ setup
     def _prepare_data_and_model(self) -> None:
         config, accelerator = self.config, self.accelerator
         if self.resume_path is None and not config.model_name_or_path:
             SentenceVAEConfig(vocab_size=8, **config.model_overrides())  # impossible settings fail before the data
-        if config.model_name_or_path and self.resume_path is None:
-            check_pretrained_folder(config.model_name_or_path)  # so do missing or truncated weights
+        source, flag = self._model_source()
+        if source is not None:
+            folder = check_pretrained_folder(source, flag)  # so do missing or truncated weights
+            if folder is not None:  # and architecture flags that the weights cannot follow
+                self._model_overrides(load_model_config(SentenceVAEModel, folder, flag))
         splits = load_text_splits(
             config.train_file,
             config.validation_file,
@@ -500,13 +592,14 @@ class Trainer:
         self.corpora = {split: TokenizedCorpus.from_dataset(ds, pad) for split, ds in tokenized.items()}
         self.train_corpus = self.corpora["train"]
 
-        if self.resume_path is not None:
-            model = load_pretrained_model(SentenceVAEModel, self.resume_path, "--resume_from_checkpoint")
-        elif config.model_name_or_path:
-            model = load_pretrained_model(SentenceVAEModel, config.model_name_or_path)
-            for name, value in config.model_overrides().items():
+        if source is not None:
+            model = load_pretrained_model(SentenceVAEModel, source, flag)
+            changes = self._model_overrides(model.config)
+            for name, (_, value) in changes.items():
                 setattr(model.config, name, value)  # e.g. a different word keep rate for fine-tuning
             _validate(model.config)
+            if self.resume_path is not None:
+                self._warn_about_changed_settings(changes)
         else:
             model_config = SentenceVAEConfig(
                 vocab_size=len(self.tokenizer),
@@ -529,6 +622,12 @@ class Trainer:
 
         self.global_batch = config.per_device_train_batch_size * self.world
         self.batches_per_epoch = len(self._epoch_batches(0))
+        if self.batches_per_epoch < config.gradient_accumulation_steps:
+            raise ValueError(
+                f"gradient_accumulation_steps={config.gradient_accumulation_steps} is more than the "
+                f"{self.batches_per_epoch} batch(es) of an epoch ({len(self.train_corpus)} training sentences, global "
+                f"batch {self.global_batch}): no optimizer step could be taken; lower it or the batch size"
+            )
         self.steps_per_epoch = max(1, self.batches_per_epoch // config.gradient_accumulation_steps)
         self.max_train_steps = config.max_train_steps or config.num_train_epochs * self.steps_per_epoch
         self.num_epochs = math.ceil(self.max_train_steps / self.steps_per_epoch)
@@ -585,6 +684,43 @@ class Trainer:
             logger.info(f"resumed from {self.resume_path} at step {self.state.global_step}")
         elif accelerator.is_main_process and self.metrics_path.exists():
             self.metrics_path.unlink()
+
+    def _model_source(self) -> tuple[str | Path | None, str]:
+        """Where the model's weights come from (a checkpoint, a pretrained model, or nowhere) and the flag naming it."""
+        if self.resume_path is not None:
+            return self.resume_path, "--resume_from_checkpoint"
+        if self.config.model_name_or_path:
+            return self.config.model_name_or_path, "--model_name_or_path"
+        return None, ""
+
+    def _model_overrides(self, model_config) -> dict[str, tuple[Any, Any]]:
+        """The model flags that differ from the loaded model's config (name -> (old, new)); a `ValueError` naming
+        each architecture flag among them: the weights fix the architecture."""
+        changes = model_field_changes(self.config.model_overrides(), model_config)
+        architecture = {name: change for name, change in changes.items() if name in ARCHITECTURE_FIELDS}
+        if architecture:
+            source, flag = self._model_source()
+            raise ValueError(
+                f"{flag} {str(source)!r} fixes the architecture, which these flags would change: "
+                f"{describe_changes(architecture)}; drop them"
+                + ("" if self.resume_path is not None else ", or train from scratch without --model_name_or_path")
+            )
+        return changes
+
+    def _warn_about_changed_settings(self, model_changes: dict[str, tuple[Any, Any]]) -> None:
+        """On resume: one warning naming every setting that differs from the checkpoint's run."""
+        saved_file = self.resume_path / "training_config.json"
+        changes = dict(model_changes)
+        if saved_file.is_file():
+            try:
+                saved = json.loads(saved_file.read_text(encoding="utf-8"))
+            except ValueError:
+                saved = {}
+            changes.update(setting_changes(saved, self.config.to_dict()))
+        if changes:
+            logger.warning(
+                f"resuming from {self.resume_path} with settings that differ from its run: {describe_changes(changes)}"
+            )
 
     def _initial_weight_average(self) -> list[torch.Tensor] | None:
         """The running weight average (`--ema_decay`): a copy of the weights, or a resumed checkpoint's average."""
@@ -671,17 +807,21 @@ class Trainer:
                 shutil.rmtree(stale, ignore_errors=True)  # left by an interrupted run
             (tmp / TRAINING_STATE_DIR).mkdir(parents=True)
         accelerator.wait_for_everyone()
-        save_training_state(tmp / TRAINING_STATE_DIR, self.optimizer, self.scheduler, accelerator.scaler, self.rank)
+        with removed_on_failure(tmp):
+            save_training_state(tmp / TRAINING_STATE_DIR, self.optimizer, self.scheduler, accelerator.scaler, self.rank)
         accelerator.wait_for_everyone()
         if self.kl_controller is not None:
             self.state.kl_controller = self.kl_controller.state_dict()
         if accelerator.is_main_process:
-            if self.weight_average is not None:
-                torch.save([a.cpu() for a in self.weight_average], tmp / TRAINING_STATE_DIR / AVERAGE_FILE)
-            self._save_model_folder(tmp)  # the weights being trained; their average is in training_state/
-            self.state.save(tmp / STATE_FILE)
-            write_manifest(tmp)
-            fsync_tree(tmp)
+            with removed_on_failure(tmp):
+                if self.weight_average is not None:
+                    torch.save([a.cpu() for a in self.weight_average], tmp / TRAINING_STATE_DIR / AVERAGE_FILE)
+                self._save_model_folder(tmp)  # the weights being trained; their average is in training_state/
+                # Checked on their own when the manifest is missing (see checkpointing.checkpoint_problem).
+                self.state.checksums = record_checksums(tmp)
+                self.state.save(tmp / STATE_FILE)
+                write_manifest(tmp)
+                fsync_tree(tmp)
             replace_dir(tmp, final)
             self._prune_checkpoints()
         accelerator.wait_for_everyone()
@@ -700,7 +840,7 @@ class Trainer:
         final, tmp = self.output_dir / "best", self.output_dir / ".tmp-best"
         if tmp.exists():
             shutil.rmtree(tmp)
-        with self._averaged_weights():
+        with self._averaged_weights(), removed_on_failure(tmp):
             self._save_model_folder(tmp, extra={"step": self.state.global_step, **metrics})
         replace_dir(tmp, final)
 
@@ -938,9 +1078,33 @@ class Trainer:
             return True
         return False
 
+    def _training_failure(self, has_validation: bool) -> str | None:
+        """Why the run produced no usable model (no optimizer step taken, every validation loss non-finite, or
+        non-finite weights), or None."""
+        state = self.state
+        last = list_checkpoints(self.output_dir)
+        where = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was written"
+        skipped = f"{state.skipped_steps} batch(es) with a non-finite loss were skipped"
+        if state.global_step == 0:
+            return f"the run trained nothing: no optimizer step was taken ({skipped}); lower the learning rate"
+        if has_validation and state.best_step is None:
+            count = state.evals_without_improvement
+            detail = f"all {count} evaluation(s) gave NaN or inf" if count else "no evaluation was reached"
+            return (
+                f"no finite validation loss was reached ({detail}), so no best model was kept ({skipped}); {where}; "
+                "lower the learning rate"
+            )
+        params = self.accelerator.unwrap_model(self.model).parameters()
+        if not all(bool(torch.isfinite(p).all()) for p in params):
+            return f"the trained weights are not finite (NaN or inf) ({skipped}); {where}; lower the learning rate"
+        return None
+
     def _finish(self, has_validation: bool) -> dict[str, Any]:
         accelerator, state = self.accelerator, self.state
         accelerator.wait_for_everyone()
+        failure = self._training_failure(has_validation)
+        if failure is not None:
+            raise FloatingPointError(failure)
         best = self.output_dir / "best"
         if not has_validation:
             self._save_best({})
@@ -996,5 +1160,10 @@ class Trainer:
 
 
 def train(config: TrainingConfig, accelerator=None) -> dict[str, Any]:
-    """Train a sentence VAE (or RNNLM) as configured; returns the final metrics (also in `results.json`)."""
-    return Trainer(config, accelerator).run()
+    """Train a sentence VAE (or RNNLM) as configured; returns the final metrics (also in `results.json`). The output
+    folder is locked for the run (`checkpointing.OutputDirLock`): a second run on it fails at once."""
+    trainer = Trainer(config, accelerator)
+    try:
+        return trainer.run()
+    finally:
+        trainer.close()

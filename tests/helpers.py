@@ -36,3 +36,36 @@ def load_script(path: Path, module_name: str | None = None, register: bool = Fal
         sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+# --------------------------------------------------------------------------- tiny runs and one-line CLI errors
+SIZES = dict(embedding_size=16, encoder_hidden_size=16, decoder_hidden_size=16, latent_size=4)
+WORDS = "the cat sat on mat dog ran to park a saw was green red and happy .".split()
+
+
+def synthetic_lines(n: int, seed: int = 0, low: int = 3, high: int = 12) -> list[str]:
+    """`n` sentences of `low` to `high` words drawn from `WORDS` (reproducible)."""
+    import random
+
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(low, high))) for _ in range(n)]
+
+
+def flags(settings: dict) -> list[str]:
+    """`{"a": 1}` -> `["--a", "1"]`."""
+    argv = []
+    for key, value in settings.items():
+        argv += [f"--{key}", str(value)]
+    return argv
+
+
+def assert_one_error_line(status: int, err: str, pattern: str) -> str:
+    """Exit status 2, no traceback and exactly one `error: ...` line on stderr, matching `pattern`; returns it."""
+    import re
+
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert status == 2, err[-3000:]
+    assert len(errors) == 1, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    assert re.search(pattern, errors[0]), errors[0]
+    return errors[0]

@@ -157,5 +157,5 @@ def test_generate_rejects_an_rnnlm(generate_script, tmp_path, tiny_model, tiny_t
     folder = tmp_path / "rnnlm"
     tiny_model(latent_size=0).save_pretrained(folder)
     tiny_tokenizer.save_pretrained(folder)
-    with pytest.raises(SystemExit, match="RNNLM"):
+    with pytest.raises(ValueError, match="RNNLM"):
         generate_script.main(["prior", "--model_name_or_path", str(folder), "--device", "cpu"])

@@ -25,7 +25,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import head_lines, load_script, reset_accelerate
+from helpers import (
+    SIZES,
+    WORDS,
+    assert_one_error_line,
+    flags,
+    head_lines,
+    load_script,
+    reset_accelerate,
+    synthetic_lines,
+)
 
 from hf_sentence_vae import training as training_module
 from hf_sentence_vae.checkpointing import (
@@ -44,7 +53,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "hf_sentence_vae"
 TRAIN_SCRIPT = REPO / "train_scripts" / "train.py"
-SIZES = dict(embedding_size=16, encoder_hidden_size=16, decoder_hidden_size=16, latent_size=4)
 TIMING_FIELDS = {"tokens_per_second"}
 # The run every resume is compared with: 200 PTB sentences in batches of 8 (25 batches an epoch, so 40 steps cross
 # an epoch boundary), checkpoints every 4 steps, evaluation every 10, dropout on (the restored RNG state matters).
@@ -65,7 +73,6 @@ RUN = dict(
     seed=11,
     disable_tqdm=True,
 )
-WORDS = "the cat sat on mat dog ran to park a saw was green red and happy .".split()
 
 
 # --------------------------------------------------------------------------- helpers and fixtures
@@ -95,11 +102,6 @@ def _assert_same_run(output_dir, results: dict, reference_dir, reference: dict, 
             assert a[key] == pytest.approx(b[key], rel=rel, abs=1e-7), f"step {a['step']} {key}"
 
 
-def _synthetic_lines(n: int, seed: int = 0, low: int = 3, high: int = 12) -> list[str]:
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(low, high))) for _ in range(n)]
-
-
 @pytest.fixture(scope="module")
 def ptb_run_data(ptb_dir: Path, tmp_path_factory) -> dict[str, str]:
     folder = tmp_path_factory.mktemp("ptb_reliability")
@@ -124,22 +126,15 @@ def small_data(tmp_path_factory) -> dict[str, str]:
     """A synthetic corpus (no PTB needed) for the bad-input tests."""
     folder = tmp_path_factory.mktemp("synthetic")
     for split, n, seed in (("train", 64, 0), ("validation", 16, 1)):
-        (folder / f"{split}.txt").write_text("\n".join(_synthetic_lines(n, seed)) + "\n", encoding="utf-8")
+        (folder / f"{split}.txt").write_text("\n".join(synthetic_lines(n, seed)) + "\n", encoding="utf-8")
     return {"train_file": str(folder / "train.txt"), "validation_file": str(folder / "validation.txt")}
-
-
-def _flags(settings: dict) -> list[str]:
-    argv = []
-    for key, value in settings.items():
-        argv += [f"--{key}", str(value)]
-    return argv
 
 
 def _tiny_flags(data: dict, out: Path, **overrides) -> list[str]:
     settings = dict(**data, output_dir=str(out), **SIZES, max_length=30, per_device_train_batch_size=8)
     settings.update(max_train_steps=2, disable_tqdm="true")
     settings.update(overrides)
-    return _flags(settings)
+    return flags(settings)
 
 
 def _load_train_script():
@@ -153,18 +148,10 @@ def train_script():
 
 def _cli_error(train_script, capsys, argv: list[str], pattern: str) -> str:
     """Run the CLI's `main` in this process: exit status 2 and exactly one `error: ...` line matching `pattern`."""
-    import re
-
     reset_accelerate()
     capsys.readouterr()
     status = train_script.main(argv)
-    err = capsys.readouterr().err
-    errors = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert status == 2, err
-    assert len(errors) == 1, err
-    assert "Traceback" not in err
-    assert re.search(pattern, errors[0]), errors[0]
-    return errors[0]
+    return assert_one_error_line(status, capsys.readouterr().err, pattern)
 
 
 def _no_training_happened(out: Path) -> None:
@@ -225,7 +212,7 @@ def test_blank_only_data_file(train_script, capsys, small_data, tmp_path):
 
 
 def test_blank_lines_are_skipped_and_counted(small_data, tmp_path, caplog):
-    lines = _synthetic_lines(40)
+    lines = synthetic_lines(40)
     text = "\n\n".join(lines[:10]) + "\n   \n\t\n" + "\n".join(lines[10:]) + "\n"  # 9 + 2 blank lines
     (tmp_path / "train.txt").write_text(text, encoding="utf-8")
     config = TrainingConfig(
@@ -240,7 +227,7 @@ def test_blank_lines_are_skipped_and_counted(small_data, tmp_path, caplog):
 
 def test_non_utf8_bytes_beyond_the_first_mebibyte(train_script, capsys, small_data, tmp_path):
     """The whole file is checked, not a sample: a latin-1 byte after 1.6 MB is reported with its line."""
-    good = ("\n".join(_synthetic_lines(200)) + "\n").encode("utf-8")
+    good = ("\n".join(synthetic_lines(200)) + "\n").encode("utf-8")
     repeats = (1_600_000 // len(good)) + 1
     bad = good * repeats + "the caf\u00e9 was open .\n".encode("latin-1") + good
     (tmp_path / "late.txt").write_bytes(bad)
@@ -265,7 +252,7 @@ def test_non_utf8_file_through_a_real_process(small_data, tmp_path):
 
 
 def test_over_long_lines_are_truncated_and_counted(small_data, tmp_path, caplog):
-    lines = _synthetic_lines(30)
+    lines = synthetic_lines(30)
     lines[3] = " ".join(WORDS[i % len(WORDS)] for i in range(20_000))  # one enormous line
     lines[7] = " ".join(["cat"] * 40)
     (tmp_path / "train.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -283,7 +270,7 @@ def test_over_long_lines_are_truncated_and_counted(small_data, tmp_path, caplog)
 
 def test_special_token_strings_in_the_text_become_unk(small_data, tmp_path, caplog):
     """A literal `<pad>` or `<bos>` in a sentence would be an unpredictable target (an infinite loss)."""
-    lines = _synthetic_lines(30)
+    lines = synthetic_lines(30)
     lines[0] = "the <pad> cat sat ."
     lines[1] = "a dog<bos>ran <eos> home ."
     (tmp_path / "train.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -305,7 +292,7 @@ def test_special_token_strings_in_the_text_become_unk(small_data, tmp_path, capl
 def test_text_column_that_does_not_exist(train_script, capsys, tmp_path):
     folder = tmp_path / "csv_dataset"
     folder.mkdir()
-    rows = ["sentence,label"] + [f"{line},{i % 2}" for i, line in enumerate(_synthetic_lines(12))]
+    rows = ["sentence,label"] + [f"{line},{i % 2}" for i, line in enumerate(synthetic_lines(12))]
     (folder / "data.csv").write_text("\n".join(rows) + "\n")
     argv = _tiny_flags({}, tmp_path / "run", dataset_name=str(folder), text_column="text")
     _cli_error(train_script, capsys, argv, r"--text_column 'text' is not a column .*sentence")
@@ -342,7 +329,7 @@ def test_tokenizer_that_does_not_match_the_model(train_script, capsys, small_dat
         ({"word_keep_rate": 2}, r"invalid word_keep_rate=2"),
         ({"latent_injection": "inputs"}, r"invalid latent_injection='inputs'"),
         ({"per_device_train_batch_size": 0}, r"per_device_train_batch_size must be >= 1"),
-        ({"learning_rate": -1}, r"learning_rate must be > 0"),
+        ({"learning_rate": -1}, r"learning_rate must be a finite number > 0"),
         ({"max_length": 2}, r"max_length must be >= 3"),
         ({"checkpointing_steps": "often"}, r"checkpointing_steps must be a positive integer or 'epoch'"),
         ({"kl_schedule": "cosine"}, r"kl_schedule must be one of"),
@@ -460,7 +447,7 @@ def test_sigkill_at_a_random_moment_then_resume_matches_the_uninterrupted_run(re
     if len(kills) == 2 and kills[1] - kills[0] < 4:
         kills[1] = kills[0] + 4
     out = tmp_path / "run"
-    base = _flags(dict(**ptb_run_data, output_dir=str(out), **RUN))
+    base = flags(dict(**ptb_run_data, output_dir=str(out), **RUN))
     log = tmp_path / "train.log"
     for number, step in enumerate(kills):
         argv = base + (["--resume_from_checkpoint", "latest"] if number else [])
@@ -647,7 +634,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(
     assert "skipping corrupt checkpoint" in caplog.text and "checkpoint-40" in caplog.text
     with pytest.raises(CheckpointError, match=pattern):
         resolve_checkpoint(str(newest), str(out))
-    argv = _flags(dict(**ptb_run_data, output_dir=str(tmp_path / "other"), **RUN)) + [
+    argv = flags(dict(**ptb_run_data, output_dir=str(tmp_path / "other"), **RUN)) + [
         "--resume_from_checkpoint",
         str(newest),
     ]
@@ -947,7 +934,7 @@ def test_evaluate_file_streams_and_matches_the_in_memory_evaluation(stream_model
     from hf_sentence_vae.streaming import evaluate_file
 
     model, tokenizer = stream_model
-    lines = _synthetic_lines(300, seed=5)
+    lines = synthetic_lines(300, seed=5)
     (tmp_path / "eval.txt").write_text("\n".join(lines[:100]) + "\n\n  \n" + "\n".join(lines[100:]) + "\n")
     streamed = evaluate_file(
         model, tokenizer, tmp_path / "eval.txt", batch_size=32, pool_batches=100, iw_samples=3,
@@ -975,7 +962,7 @@ def test_evaluate_file_memory_does_not_grow_with_the_file(stream_model, tmp_path
 
     model, tokenizer = stream_model
     path = tmp_path / "large.txt"
-    path.write_text("\n".join(_synthetic_lines(10_000, seed=3, high=25)) + "\n", encoding="utf-8")
+    path.write_text("\n".join(synthetic_lines(10_000, seed=3, high=25)) + "\n", encoding="utf-8")
     results = {}
 
     def run(n):

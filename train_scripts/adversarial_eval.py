@@ -31,6 +31,7 @@ import torch
 from hf_sentence_vae.adversarial import adversarial_evaluation, sentence_nll
 from hf_sentence_vae.analysis import load_pretrained
 from hf_sentence_vae.imputation import impute_texts, load_sentences
+from hf_sentence_vae.script_runner import run_script
 
 logger = logging.getLogger("adversarial_eval")
 
@@ -227,4 +228,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run_script(main))

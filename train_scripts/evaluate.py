@@ -6,6 +6,12 @@
 The file holds one sentence a line (blank lines are skipped and counted). Sentences are batched by length.
 Every field of `hf_sentence_vae.metrics.RESULT_FIELDS` is printed to stdout as one JSON object; the logic
 lives in `hf_sentence_vae.metrics.evaluate_model`.
+
+The file is read in bounded memory, a pool of `--pool_sentences` sentences at a time (a file up to that size is
+batched exactly as `metrics.length_sorted_batches` would); sentences longer than `--max_length` ids (default: the
+model's `max_sentence_length` + 1, with `<bos>`) keep their first words and `<eos>`, and are counted.
+Bad input (a missing, empty or non-UTF-8 file, a model folder that does not exist or does not match its config, an
+impossible value) ends with one line `error: ...` on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -22,18 +28,14 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     sys.path.pop(0)
 
 import torch  # noqa: E402
-from transformers import AutoModel, AutoTokenizer  # noqa: E402
 
-import hf_sentence_vae  # noqa: E402, F401  (registers the model and tokenizer with the Auto classes)
-from hf_sentence_vae import check_tokenizer_matches_model  # noqa: E402
-from hf_sentence_vae.metrics import (  # noqa: E402
-    DEFAULT_IW_SAMPLES,
-    evaluate_model,
-    length_sorted_batches,
-    read_sentences,
-)
+from hf_sentence_vae.analysis import load_pretrained  # noqa: E402
+from hf_sentence_vae.metrics import DEFAULT_IW_SAMPLES  # noqa: E402
+from hf_sentence_vae.script_runner import run_script  # noqa: E402
+from hf_sentence_vae.streaming import DEFAULT_MAX_LINE_CHARS, evaluate_file  # noqa: E402
 
 logger = logging.getLogger("evaluate")
+POOL_SENTENCES = 8192
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,43 +46,50 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--iw_samples", type=int, default=DEFAULT_IW_SAMPLES, help="importance samples (0: none)")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--max_sentences", type=int, default=None, help="evaluate the first N sentences only")
+    parser.add_argument("--max_length", type=int, default=None, help="longest encoding in ids (default: the model's)")
+    parser.add_argument("--pool_sentences", type=int, default=POOL_SENTENCES, help="sentences sorted by length at once")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max_tokens_per_chunk", type=int, default=8192, help="IW decoder chunk size in tokens")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--output_file", default=None, help="also write the JSON here")
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
-    for name in ("iw_samples", "batch_size", "max_sentences", "max_tokens_per_chunk"):
+    minimums = {"iw_samples": 0, "batch_size": 1, "max_sentences": 1, "max_tokens_per_chunk": 1, "pool_sentences": 1}
+    for name, minimum in {**minimums, "max_length": 3}.items():
         value = getattr(args, name)
-        minimum = 0 if name == "iw_samples" else 1
         if value is not None and value < minimum:
-            parser.error(f"--{name} must be >= {minimum}, got {value}")
+            raise ValueError(f"--{name} must be >= {minimum}, got {value}")
     return args
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_name_or_path or args.model_name_or_path)
-    model = AutoModel.from_pretrained(args.model_name_or_path).to(device)
-    check_tokenizer_matches_model(tokenizer, model.config)
-
-    sentences, blank = read_sentences(args.test_file, max_sentences=args.max_sentences)
-    logger.info("%s: %d sentences, %d blank lines skipped", args.test_file, len(sentences), blank)
-    if not sentences:
-        raise SystemExit(f"error: {args.test_file} holds no non-blank lines")
-    batches = length_sorted_batches(tokenizer, sentences, args.batch_size)
-    generator = torch.Generator(device=device).manual_seed(args.seed)
-    results = evaluate_model(
+    model, tokenizer = load_pretrained(args.model_name_or_path, args.tokenizer_name_or_path, args.device)
+    max_length = args.max_length or model.config.max_sentence_length + 1
+    generator = torch.Generator(device=model.device).manual_seed(args.seed)
+    results = evaluate_file(
         model,
-        batches,
+        tokenizer,
+        args.test_file,
+        batch_size=args.batch_size,
+        max_sentences=args.max_sentences,
+        pool_batches=max(1, args.pool_sentences // args.batch_size),
+        max_length=max_length,
+        label="--test_file",
         iw_samples=args.iw_samples,
         generator=generator,
         progress=not args.no_progress,
         max_tokens_per_chunk=args.max_tokens_per_chunk,
     )
-    results.update(blank_lines_skipped=blank, seed=args.seed, test_file=str(args.test_file))
+    blank = results.pop("blank_lines")
+    logger.info("%s: %d sentences, %d blank lines skipped", args.test_file, results["num_sentences"], blank)
+    for key, what in (
+        ("truncated_lines", f"longer than {max_length} ids"),
+        ("cut_lines", f"of over {DEFAULT_MAX_LINE_CHARS:,} characters"),
+    ):
+        if results[key]:
+            logger.warning("%s: %d sentence(s) %s were cut", args.test_file, results[key], what)
+    results.update(blank_lines_skipped=blank, max_length=max_length, seed=args.seed, test_file=str(args.test_file))
     text = json.dumps(results, indent=2)
     print(text)
     if args.output_file:
@@ -91,4 +100,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run_script(main))

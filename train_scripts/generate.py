@@ -13,6 +13,12 @@ means projected to 2-D by PCA, coloured by sentence length.
 
 Every subcommand prints JSON (and writes it to --output_file when given). Decoding is greedy unless
 --num_beams > 1. The paper's models were trained on the Books Corpus; ours on the Penn Treebank.
+
+Input files are read lazily: `posterior --input_file` reads only its first --max_sentences sentences, and `report`
+reads --texts_file once, keeping the --pca_sentences first sentences and a seeded uniform sample (reservoir
+sampling) for the tables, so memory does not grow with the file. Bad input (a missing, empty or non-UTF-8 file, a
+model folder that does not exist or does not match its config, an impossible value) ends with one line
+`error: ...` on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -20,14 +26,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import random
 import sys
+from itertools import islice
 from pathlib import Path
 
 import torch
 
 from hf_sentence_vae import analysis
-from hf_sentence_vae.imputation import load_sentences
+from hf_sentence_vae.configuration_sentence_vae import MAX_SENTENCE_LENGTH_LIMIT
+from hf_sentence_vae.imputation import iter_kept_sentences, load_sentences
+from hf_sentence_vae.script_runner import run_script
 
 logger = logging.getLogger("generate")
 
@@ -93,7 +103,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("homotopy needs --start and --end, or --random")
     if args.command == "posterior" and not (args.texts or args.input_file):
         parser.error("posterior needs --texts or --input_file")
+    _check_values(args)
     return args
+
+
+# Smallest allowed value of each count (flags a subcommand lacks are skipped).
+_MINIMUMS = {
+    "num_samples": 1,
+    "num_beams": 1,
+    "max_sentences": 1,
+    "num_paths": 1,
+    "steps": 2,
+    "num_posterior": 1,
+    "posterior_samples": 0,
+    "num_homotopies": 0,
+    "min_words": 1,
+    "pca_sentences": 2,
+    "batch_size": 1,
+}
+
+
+def _check_values(args: argparse.Namespace) -> None:
+    """A `ValueError` naming the first impossible value."""
+    minimums = dict(_MINIMUMS, num_samples=0 if args.command == "posterior" else 1)
+    for name, minimum in minimums.items():
+        value = getattr(args, name, None)
+        if value is not None and value < minimum:
+            raise ValueError(f"--{name} must be >= {minimum}, got {value}")
+    if args.max_new_tokens is not None and not 1 <= args.max_new_tokens <= MAX_SENTENCE_LENGTH_LIMIT:
+        raise ValueError(f"--max_new_tokens must be in [1, {MAX_SENTENCE_LENGTH_LIMIT:,}], got {args.max_new_tokens}")
+    c = getattr(args, "c", None)
+    if c is not None and not (math.isfinite(c) and c >= 0):
+        raise ValueError(f"--c must be a finite number >= 0, got {c}")
+    if getattr(args, "max_words", None) is not None and args.max_words < args.min_words:
+        raise ValueError(f"--max_words ({args.max_words}) must be >= --min_words ({args.min_words})")
 
 
 def _generate_kwargs(args: argparse.Namespace, tokenizer) -> dict:
@@ -135,7 +178,7 @@ def run_stretched(model, tokenizer, args, generator) -> dict:
 def run_posterior(model, tokenizer, args, generator) -> dict:
     texts = list(args.texts or [])
     if args.input_file:
-        texts += load_sentences(args.input_file, tokenizer, args.max_sentences)
+        texts += load_sentences(args.input_file, tokenizer, args.max_sentences, label="--input_file")
     rows = analysis.posterior_decodes(
         model, tokenizer, texts, num_samples=args.num_samples, generator=generator, **_generate_kwargs(args, tokenizer)
     )
@@ -157,15 +200,12 @@ def run_homotopy(model, tokenizer, args, generator) -> dict:
 
 def run_report(model, tokenizer, args, generator) -> dict:
     kwargs = _generate_kwargs(args, tokenizer)
+    wanted = args.num_posterior + 2 * args.num_homotopies
+    pca_texts, picked, count = _read_texts_file(args, tokenizer, wanted)
+    if count < 2:
+        raise ValueError(f"--texts_file {str(args.texts_file)!r} needs at least 2 sentences, found {count}")
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    sentences = load_sentences(args.texts_file, tokenizer)
-    if len(sentences) < 2:
-        raise SystemExit(f"error: {args.texts_file} needs at least 2 sentences")
-    rng = random.Random(args.seed)
-    lengths = [len(ids) - 2 for ids in tokenizer(sentences)["input_ids"]]
-    pool = [s for s, n in zip(sentences, lengths) if args.min_words <= n <= args.max_words] or sentences
-    picked = rng.sample(pool, min(len(pool), args.num_posterior + 2 * args.num_homotopies))
     posterior_texts = picked[: args.num_posterior]
     pair_texts = picked[args.num_posterior :]
     pairs = [(pair_texts[2 * i], pair_texts[2 * i + 1]) for i in range(len(pair_texts) // 2)]
@@ -179,8 +219,7 @@ def run_report(model, tokenizer, args, generator) -> dict:
     sentence_paths = [analysis.homotopy(model, tokenizer, a, b, steps=args.steps, **kwargs) for a, b in pairs]
     random_paths = analysis.random_homotopies(model, tokenizer, args.num_homotopies, args.steps, generator, **kwargs)
 
-    pca_texts = sentences[: args.pca_sentences]
-    pca_lengths = lengths[: args.pca_sentences]
+    pca_lengths = [len(ids) - 2 for ids in tokenizer(pca_texts)["input_ids"]]
     means, _ = analysis.posterior_means(model, tokenizer, pca_texts, batch_size=args.batch_size)
     png = analysis.plot_latent_pca(means, pca_lengths, out / "latent_pca.png")
     _, ratio = analysis.pca_2d(means)
@@ -217,6 +256,40 @@ def run_report(model, tokenizer, args, generator) -> dict:
     (out / "report.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     results["report"] = str(out / "report.md")
     return results
+
+
+def _read_texts_file(args: argparse.Namespace, tokenizer, wanted: int) -> tuple[list[str], list[str], int]:
+    """One lazy pass over --texts_file: its first --pca_sentences sentences, `wanted` sentences drawn uniformly
+    (reservoir sampling, seeded with --seed) among those of --min_words to --max_words words (among all sentences
+    if none is in that range), and the number of sentences."""
+    rng = random.Random(args.seed)
+    first: list[str] = []
+    in_range: list[str] = []
+    any_length: list[str] = []
+    seen = {"in_range": 0, "any": 0}
+    count = 0
+    sentences = iter_kept_sentences(args.texts_file, label="--texts_file")
+    while chunk := list(islice(sentences, 1024)):
+        lengths = [len(ids) - 2 for ids in tokenizer(chunk)["input_ids"]]
+        for text, n in zip(chunk, lengths):
+            count += 1
+            if len(first) < args.pca_sentences:
+                first.append(text)
+            _reservoir(any_length, text, wanted, seen, "any", rng)
+            if args.min_words <= n <= args.max_words:
+                _reservoir(in_range, text, wanted, seen, "in_range", rng)
+    return first, in_range or any_length, count
+
+
+def _reservoir(sample: list[str], item: str, size: int, seen: dict[str, int], key: str, rng: random.Random) -> None:
+    """Algorithm R: after n items, `sample` holds min(n, size) of them, each equally likely."""
+    seen[key] += 1
+    if len(sample) < size:
+        sample.append(item)
+        return
+    slot = rng.randrange(seen[key])
+    if slot < size:
+        sample[slot] = item
 
 
 def report_markdown(results: dict, args: argparse.Namespace) -> str:
@@ -283,10 +356,9 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     model, tokenizer = analysis.load_pretrained(args.model_name_or_path, args.tokenizer_name_or_path, args.device)
     if model.config.latent_size == 0:
-        raise SystemExit("error: this model is an RNNLM (latent_size=0): it has no latent space to explore")
+        raise ValueError("this model is an RNNLM (latent_size=0): it has no latent space to explore")
     generator = torch.Generator(device=model.device).manual_seed(args.seed)
     with torch.no_grad():
         results = COMMANDS[args.command](model, tokenizer, args, generator)
@@ -299,4 +371,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run_script(main))

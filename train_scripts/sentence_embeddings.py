@@ -32,6 +32,7 @@ from hf_sentence_vae.embeddings import (
     read_msrp,
     read_trec,
 )
+from hf_sentence_vae.script_runner import run_script
 
 logger = logging.getLogger("sentence_embeddings")
 
@@ -105,4 +106,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run_script(main))

@@ -14,53 +14,23 @@ the model, missing or corrupt weights or checkpoints) and a non-finite loss end 
 """
 
 import logging
-import os
 import sys
 
 from hf_sentence_vae.cli import parse_args
+from hf_sentence_vae.script_runner import run_script
 from hf_sentence_vae.training import TrainingConfig, train
 
-EXIT_USAGE = 2  # bad input or settings (as argparse), or a numerical fault
-EXIT_INTERRUPTED = 130
 
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that describe a problem with the input or the run, not a bug: reported in one line."""
-    errors = [ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, FloatingPointError]
-    try:
-        from hf_sentence_vae.hub import HubPushError
-
-        errors.append(HubPushError)
-    except ImportError:  # the Hub extras are optional
-        pass
-    return tuple(errors)
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
-
-
-def main(argv=None) -> int:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_warning()
-    hf_logging.disable_default_handler()
-    hf_logging.enable_propagation()
-    hf_logging.disable_progress_bar()
-    try:
-        config = parse_args(TrainingConfig, argv, description=__doc__)
-        results = train(config)
-    except KeyboardInterrupt:
-        print("error: interrupted; continue with --resume_from_checkpoint latest", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except _user_errors() as err:
-        if os.environ.get("SENTENCE_VAE_TRACEBACK"):
-            raise
-        print(f"error: {_one_line(err)}", file=sys.stderr)
-        return EXIT_USAGE
+def _train(argv: list[str]) -> dict:
+    config = parse_args(TrainingConfig, argv, description=__doc__)
+    results = train(config)
     logging.getLogger("train").info("final metrics: %s", results)
-    return 0
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Train as the flags say; returns the process's exit status (see `hf_sentence_vae.script_runner`)."""
+    return run_script(_train, argv, resume_hint="continue with --resume_from_checkpoint latest")
 
 
 if __name__ == "__main__":
