@@ -1,4 +1,4 @@
-"""Where batched greedy decoding spends its time (issue #4): `torch.profiler` over one `generate` call from
+"""Where batched greedy decoding spends its time: `torch.profiler` over one `generate` call from
 prior samples, plus a per-row-step roofline from the model's FLOPs and the measured fp32 matmul rate.
 
     python benchmarks/profile_decoding.py --model runs/ptb/vae_standard/best --batch_size 512

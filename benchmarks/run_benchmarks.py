@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Speed benchmarks for hf_sentence_vae (issue #4): training throughput against the machine's matmul rate and a
+"""Speed benchmarks for hf_sentence_vae: training throughput against the machine's matmul rate and a
 straightforward baseline, bf16's effect on the loss, decoding throughput and memory.
 
     python benchmarks/run_benchmarks.py --data_dir ../shared/data --output BENCHMARKS.json   # full run (`make bench`)

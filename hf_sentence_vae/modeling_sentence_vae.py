@@ -380,9 +380,9 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
 
     @staticmethod
     def _never_predicted_mask(config: SentenceVAEConfig, vocab_size: int | None = None) -> torch.Tensor:
-        """`(V,)` bool: True for the ids the model never predicts (`<pad>`, `<bos>`)."""
-        mask = torch.zeros(config.vocab_size if vocab_size is None else vocab_size, dtype=torch.bool)
-        mask[[config.pad_token_id, config.bos_token_id]] = True
+        """`(V,)`: -inf for the ids the model never predicts (`<pad>`, `<bos>`), 0 elsewhere."""
+        mask = torch.zeros(config.vocab_size if vocab_size is None else vocab_size)
+        mask[[config.pad_token_id, config.bos_token_id]] = float("-inf")
         return mask
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -594,7 +594,10 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
 
     def _output_bias(self, fill: float = float("-inf")) -> torch.Tensor:
         """The output bias with `fill` at the never-predicted ids (`<pad>`, `<bos>`)."""
-        return self.lm_head.bias.masked_fill(self.logit_mask, fill)
+        bias = self.lm_head.bias
+        if fill == float("-inf"):
+            return bias + self.logit_mask.to(bias.dtype)
+        return bias.masked_fill(self.logit_mask.isinf(), fill)
 
     def _logits(self, hidden: torch.Tensor, finite: bool = False) -> torch.Tensor:
         """Next-token logits; `<pad>` and `<bos>` get -inf through the bias (a `(V,)` op, not `(N, V)`), or with

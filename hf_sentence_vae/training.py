@@ -488,7 +488,7 @@ def evaluate_bound(
     for index in range(rank, len(batches), world_size):
         batch = {k: v.to(device) for k, v in corpus.batch(batches[index]).items()}
         generator = torch.Generator(device=device).manual_seed(seed + index)
-        out = model(**batch, return_logits=False, generator=generator)
+        out = model(**batch, return_logits=False, generator=generator, sample_latent=True, return_dict=True)
         sums += torch.tensor(
             [
                 float(out.reconstruction_per_sentence.sum()),
@@ -870,6 +870,7 @@ class Trainer:
                 return_logits=False,
                 latent_noise=latent_noise,
                 word_dropout_noise=word_noise[part].to(accelerator.device),
+                return_dict=True,
             )
             # Each process averages over its share; rescale so DDP's mean of gradients is the global mean.
             loss = out.loss * (len(batch["input_ids"]) * self.world / len(indices))

@@ -110,12 +110,26 @@ def test_generate_posterior_and_homotopy(generate_script, saved_vae, tmp_path, t
         "--end",
         tiny_sentences[1],
         "--steps",
-        "5",
-        "--keep_repeats",
+        "7",
     )
-    assert len(between["paths"]) == 1 and len(between["paths"][0]) == 5
+    # every point of the path is shown, repeats included (the issue: --steps 7 printed 2 lines)
+    assert len(between["paths"]) == 1 and len(between["paths"][0]) == 7
+    collapsed = _run(
+        generate_script,
+        "homotopy",
+        saved_vae,
+        tmp_path,
+        "--start",
+        tiny_sentences[0],
+        "--end",
+        tiny_sentences[1],
+        "--steps",
+        "7",
+        "--collapse_repeats",
+    )
+    assert collapsed["paths"] == [analysis.collapse_repeats(between["paths"][0])]
     random_paths = _run(generate_script, "homotopy", saved_vae, tmp_path, "--random", "--num_paths", "2")
-    assert len(random_paths["paths"]) == 2
+    assert len(random_paths["paths"]) == 2 and all(len(p) == 7 for p in random_paths["paths"])
     with pytest.raises(SystemExit):
         generate_script.main(["homotopy", "--model_name_or_path", str(saved_vae)])
 
