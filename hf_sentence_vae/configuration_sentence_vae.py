@@ -10,8 +10,6 @@ LATENT_INJECTIONS = ("initial_state", "initial_state_and_inputs", "initial_state
 VARIANCE_PARAMETERIZATIONS = ("exp", "softplus")
 # A Hub-ready folder's config.json declares the bundled `pipelines.py` under this key (see `hub.add_pipeline`).
 CUSTOM_PIPELINES_KEY = "custom_pipelines"
-# True in the installed package, False in a copy loaded as remote code (`transformers_modules....`).
-_INSTALLED = __name__.split(".")[0] == "hf_sentence_vae"
 
 
 class SentenceVAEConfig(PretrainedConfig):
@@ -109,12 +107,6 @@ class SentenceVAEConfig(PretrainedConfig):
     def __post_init__(self, **kwargs):
         _validate(self)
         super().__post_init__(**kwargs)
-        if _INSTALLED:
-            # The installed package registers the "sentence-vae" pipeline itself. A folder's `custom_pipelines` entry
-            # (there for loaders without the package) would make `pipeline("sentence-vae", model=folder)` demand
-            # `trust_remote_code`: the installed class drops it. A remote-code copy keeps it for `pipeline(...,
-            # trust_remote_code=True)`.
-            self.__dict__.pop(CUSTOM_PIPELINES_KEY, None)
 
     def _remove_keys_not_serialized(self, d: dict) -> None:
         """`custom_pipelines` is never saved with the config: it names a `pipelines.py` that `save_pretrained` does

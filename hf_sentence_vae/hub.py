@@ -51,7 +51,12 @@ TEMPLATE_PATH = (
     else Path(__file__).resolve().parent.parent / "model_cards" / TEMPLATE_NAME
 )
 PIPELINE_FILE = "pipelines.py"
-PIPELINE_TASK = "sentence-vae"
+PIPELINE_TASK = "sentence-vae"  # the task this package registers with transformers' pipeline registry
+# The task name under which a Hub-ready folder declares its bundled pipelines.py (`custom_pipelines`): a name of its
+# own, so that where this package is installed `pipeline("sentence-vae", model=folder)` uses the registered class
+# without asking for trust_remote_code, while `pipeline(model=folder, trust_remote_code=True)` (the task inferred
+# from the folder) runs the folder's copy, with or without the package.
+REMOTE_PIPELINE_TASK = "sentence-vae-remote-code"
 PIPELINE_CLASS = "SentenceVAEPipeline"
 PTB_DATASET_ID = "ptb-text-only/ptb_text_only"
 PATH_PLACEHOLDER = "path/to/this/model"
@@ -325,8 +330,9 @@ def training_command(train_config: dict[str, Any], world_size: int = 1) -> str:
 
 # --------------------------------------------------------------------------- pipeline as remote code
 def add_pipeline(folder: str | os.PathLike) -> Path:
-    """Copy `pipelines.py` into `folder` and record it in `config.json` under `custom_pipelines`, so that
-    `transformers.pipeline(model=folder, trust_remote_code=True)` builds the `sentence-vae` pipeline."""
+    """Copy `pipelines.py` into `folder` and record it in `config.json` under `custom_pipelines` (task
+    `REMOTE_PIPELINE_TASK`), so that `transformers.pipeline(model=folder, trust_remote_code=True)` builds the
+    `sentence-vae` pipeline without this package."""
     folder = Path(folder)
     source = Path(__file__).with_name(PIPELINE_FILE)
     shutil.copyfile(source, folder / PIPELINE_FILE)
@@ -335,7 +341,11 @@ def add_pipeline(folder: str | os.PathLike) -> Path:
     if not config:
         raise HubPushError(f"{config_path} is missing or empty: save the model first")
     config["custom_pipelines"] = {
-        PIPELINE_TASK: {"impl": f"{Path(PIPELINE_FILE).stem}.{PIPELINE_CLASS}", "pt": ["AutoModel"], "type": "text"}
+        REMOTE_PIPELINE_TASK: {
+            "impl": f"{Path(PIPELINE_FILE).stem}.{PIPELINE_CLASS}",
+            "pt": ["AutoModel"],
+            "type": "text",
+        }
     }
     _write_json(config_path, config)
     return folder / PIPELINE_FILE
@@ -652,7 +662,7 @@ def render_model_card(
         if key == "kl_schedule":
             params = ", ".join(f"{p}={train_config[p]}" for p in KL_SCHEDULE_FIELDS.get(value, ()) if p in train_config)
             value = f"{value} ({params})" if params else value
-        training_rows.append((label, _fmt(value)))
+        training_rows.append((label, _fmt(_portable(key, value))))
     world_size = int(results.get("world_size") or 1)
     if results.get("global_step") is not None:
         training_rows.append(("optimizer steps taken", _fmt(results["global_step"])))

@@ -868,7 +868,8 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         in `latent=`), integer `latent`, `num_samples` that differs from the batch, `input_ids` for an RNNLM.
 
         Decoding follows `transformers`: settings come from `generation_config` (default `model.generation_config`,
-        read from `generation_config.json`), overridden by keyword arguments of the same names. Supported:
+        read from `generation_config.json`), overridden by keyword arguments of the same names (asking for
+        `do_sample=True` replaces a default beam width, asking for `num_beams > 1` a default of sampling). Supported:
         `num_beams` (1 = greedy; beam search, `length_penalty`, `num_return_sequences`), `do_sample` with
         `temperature`, `top_k`, `top_p`, `min_p`, `typical_p`; `max_new_tokens` (or `max_length`: the sequences hold
         no prompt, so both count generated tokens, `<eos>` included; default `config.max_sentence_length`),
@@ -964,7 +965,10 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
             )
         model_default = getattr(self, "generation_config", None) or GenerationConfig()
         settings = copy.deepcopy(generation_config if generation_config is not None else model_default)
+        # What the caller chose (rather than the model's defaults).
+        explicit = set(kwargs)
         if generation_config is not None:
+            explicit |= {key for key, value in vars(generation_config).items() if value is not None}
             for key, value in model_default.to_dict().items():
                 if key in vars(settings) and getattr(settings, key) is None:
                     setattr(settings, key, value)
@@ -1009,6 +1013,12 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
 
         settings.num_beams = pick(settings.num_beams, default=1)
         settings.do_sample = bool(pick(settings.do_sample, default=False))
+        # Sampling and beam search exclude each other: one the caller asks for replaces the other from the defaults
+        # (a trained VAE's 5 beams, an RNNLM's sampling).
+        if settings.do_sample and "do_sample" in explicit and "num_beams" not in explicit:
+            settings.num_beams = 1
+        if settings.num_beams > 1 and "num_beams" in explicit and "do_sample" not in explicit:
+            settings.do_sample = False
         settings.num_return_sequences = pick(settings.num_return_sequences, default=1)
         settings.length_penalty = pick(settings.length_penalty, default=1.0)
         settings.temperature = pick(settings.temperature, default=1.0)

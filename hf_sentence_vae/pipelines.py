@@ -19,9 +19,9 @@ model's `generation_config` (a trained model's defaults: beam search, `<unk>` su
 This file imports nothing but torch and transformers, so it also travels with a saved model as remote code:
 `hf_sentence_vae.hub.add_pipeline(folder)` copies it next to the model and records it under `custom_pipelines`
 in `config.json` (training does this for `best/`); then `pipeline(model=folder_or_repo, trust_remote_code=True)`
-builds it without `hf_sentence_vae`. Where this package is installed, `pipeline("sentence-vae", model=folder)`
-uses the registered class and needs no `trust_remote_code` (the package's config class ignores
-`custom_pipelines`).
+builds it without `hf_sentence_vae`. The folder declares it under a task name of its own
+(`sentence-vae-remote-code`), so where this package is imported `pipeline("sentence-vae", model=folder)` uses the
+registered class and needs no `trust_remote_code`.
 """
 
 from __future__ import annotations
