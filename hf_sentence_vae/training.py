@@ -124,7 +124,7 @@ class TrainingConfig:
         ("pretokenized", "raw"),
     )
     preprocessing_num_workers: int | None = _option(None, "processes for tokenizing with datasets.map")
-    cache_dir: str | None = _option(None, "datasets cache folder")
+    cache_dir: str | None = _option(None, "the datasets cache folder (unset: the datasets default)")
     # model (None = the SentenceVAEConfig default)
     model_name_or_path: str | None = _option(None, "start from this saved model (fine-tuning) instead of a new one")
     embedding_size: int | None = _model_option("embedding_size", "word embedding size")
@@ -171,9 +171,9 @@ class TrainingConfig:
     )
     per_device_train_batch_size: int = _option(32, "sentences per batch and process")
     per_device_eval_batch_size: int = _option(128, "sentences per evaluation batch and process")
-    learning_rate: float = _option(1e-3, "peak learning rate")
-    weight_decay: float = _option(0.0, "weight decay (L2 for adam/sgd, decoupled for adamw)")
-    optimizer: str = _option("adam", "optimizer", OPTIMIZERS)
+    learning_rate: float = _option(1e-3, "peak learning rate (after warm-up, before decay)")
+    weight_decay: float = _option(0.0, "weight decay (L2 for adam and sgd, decoupled for adamw)")
+    optimizer: str = _option("adam", "the optimizer (Adam and AdamW run fused)", OPTIMIZERS)
     lr_scheduler_type: str = _option("constant", "learning-rate schedule (transformers' get_scheduler)", LR_SCHEDULERS)
     num_warmup_steps: int = _option(0, "learning-rate warm-up steps")
     num_train_epochs: int = _option(10, "epochs (unless --max_train_steps is set)")
@@ -181,11 +181,13 @@ class TrainingConfig:
     gradient_accumulation_steps: int = _option(1, "batches per optimizer step")
     max_grad_norm: float | None = _option(5.0, "clip the gradient norm to this (none: no clipping)")
     ema_decay: float | None = _option(None, "average the weights with this EMA decay, e.g. 0.9995 (none: off)")
-    mixed_precision: str = _option("no", "autocast dtype", ("no", "bf16", "fp16"))
+    mixed_precision: str = _option(
+        "no", "mixed precision: the autocast dtype (no: float32 throughout)", ("no", "bf16", "fp16")
+    )
     seed: int = _option(42, "seed of the batches, the posterior noise and word dropout, and the initialisation")
     # objective
     kl_schedule: str = _option("sigmoid", "KL weight schedule (annealing)", SCHEDULES)
-    kl_sigmoid_slope: float = _option(0.0025, "sigmoid schedule: slope")
+    kl_sigmoid_slope: float = _option(0.0025, "sigmoid schedule: slope (per step)")
     kl_sigmoid_midpoint: float = _option(2500.0, "sigmoid schedule: step at which the weight is 0.5")
     kl_warmup_steps: int = _option(10000, "linear schedule: steps to reach weight 1")
     kl_start: float = _option(0.0, "linear schedule: weight at step 0")
@@ -228,7 +230,7 @@ class TrainingConfig:
         "license in the model card's metadata, a Hub license id (e.g. apache-2.0, mit, cc-by-4.0); unset: the card "
         "says none was chosen (license: other), and --push_to_hub refuses",
     )
-    disable_tqdm: bool = _option(False, "no progress bar")
+    disable_tqdm: bool = _option(False, "hide the progress bar")
     evaluate_train_split: bool = _option(False, "also evaluate the training split at the end")
     num_threads: int | None = _option(None, "torch threads per process (1 is safest on a busy machine)")
     extra: dict[str, Any] = field(default_factory=dict)
@@ -574,9 +576,10 @@ class Trainer:
             )
         self.accelerator = accelerator
         if not accelerator.is_main_process:
-            # One log per run: the other processes keep their warnings and errors.
+            # One log per run: the main process logs for all (every process reads the same data and takes the same
+            # steps, so their messages repeat the main one's); the others report errors only.
             package_logger = logging.get_logger(__name__.split(".")[0])
-            package_logger.setLevel(max(package_logger.getEffectiveLevel(), logging.WARNING))
+            package_logger.setLevel(max(package_logger.getEffectiveLevel(), logging.ERROR))
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         set_seed(config.seed)

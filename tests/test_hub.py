@@ -422,6 +422,27 @@ def test_pipeline_tasks_in_process(staged, best_model):
         pipe((sentence, sentence), steps=1)
 
 
+def test_a_loaded_model_saved_again_declares_no_missing_pipeline(tmp_path, tiny_model, tiny_tokenizer):
+    """`custom_pipelines` names `pipelines.py`, which `save_pretrained` does not write: a model loaded from a
+    Hub-ready folder and saved again must not declare it (that folder's pipeline would fail)."""
+    folder, again = tmp_path / "hub-ready", tmp_path / "again"
+    tiny_model().save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    hub.add_pipeline(folder)
+    assert "custom_pipelines" in json.loads((folder / "config.json").read_text())
+    model, tokenizer = AutoModel.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+    model.save_pretrained(again)
+    tokenizer.save_pretrained(again)
+    assert "custom_pipelines" not in json.loads((again / "config.json").read_text())
+    assert not (again / "pipelines.py").exists()
+    hub.validate_folder(again)
+    pipe = pipeline(TASK, model=str(again), device="cpu")
+    assert len(pipe(2, seed=0, max_new_tokens=5)) == 2
+    hub.add_pipeline(again)  # made Hub-ready again: both the file and its declaration
+    assert (again / "pipelines.py").is_file() and "custom_pipelines" in json.loads((again / "config.json").read_text())
+    hub.validate_folder(again)
+
+
 def test_pipeline_on_an_rnnlm(tiny_model, tiny_tokenizer):
     model = tiny_model(latent_size=0, initializer_range=0.5)
     pipe = pipeline(TASK, model=model, tokenizer=tiny_tokenizer, device="cpu")
