@@ -173,3 +173,36 @@ def test_generate_rejects_an_rnnlm(generate_script, tmp_path, tiny_model, tiny_t
     tiny_tokenizer.save_pretrained(folder)
     with pytest.raises(SystemExit, match="RNNLM"):
         generate_script.main(["prior", "--model_name_or_path", str(folder), "--device", "cpu"])
+
+
+def test_generate_decodes_with_the_models_generation_config(generate_script, vae, tiny_tokenizer, tmp_path):
+    """The script decodes as the saved generation_config.json says (a trained model's beam search, <unk>
+    suppressed), the command line overrides it, and the report names the decoding it used."""
+    unk = tiny_tokenizer.unk_token_id
+    with torch.no_grad():
+        vae.lm_head.bias[unk] += 3.0  # a model that likes <unk>, as one trained on PTB does
+    vae.generation_config.num_beams = 3
+    vae.generation_config.suppress_tokens = [unk]
+    folder = tmp_path / "beams"
+    vae.save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+
+    def prior(*extra) -> list[str]:
+        return _run(generate_script, "prior", folder, tmp_path, "--num_samples", "6", *extra)["samples"]
+
+    def expected(**kwargs) -> list[str]:
+        generator = torch.Generator().manual_seed(0)  # the script's --seed
+        return analysis.prior_samples(vae, tiny_tokenizer, 6, generator=generator, **kwargs)
+
+    assert prior() == expected(num_beams=3, suppress_tokens=[unk]) == expected()
+    assert prior("--num_beams", "1") == expected(num_beams=1)
+    assert prior("--allow_unk") == expected(suppress_tokens=None)
+    assert expected(suppress_tokens=None) != expected(), "premise: <unk> is generated unless suppressed"
+    assert analysis.describe_decoding(vae, tiny_tokenizer) == "beam search (3 beams), `<unk>` suppressed"
+    assert analysis.describe_decoding(vae, tiny_tokenizer, num_beams=1, suppress_tokens=None) == "greedy decoding"
+
+
+def test_generate_names_a_missing_model_folder(generate_script, tmp_path):
+    missing = tmp_path / "runs" / "demo" / "run" / "best"
+    with pytest.raises(SystemExit, match=f"{missing} not found"):
+        generate_script.main(["prior", "--model_name_or_path", str(missing), "--device", "cpu"])
