@@ -73,8 +73,8 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
 
 def build_parser(cls: type, description: str) -> argparse.ArgumentParser:
     """An `argparse` parser with a `--flag` per field of the dataclass `cls` (dicts and other containers are not
-    exposed). Like `transformers.HfArgumentParser`, a field's `metadata` gives its `help` text and its `choices`;
-    the help shows each flag's default."""
+    exposed). Like `transformers.HfArgumentParser`, a field's `metadata` gives its `help` text and its `choices`
+    (shown as the flag's values; the dataclass validates them); the help shows each flag's default."""
     parser = argparse.ArgumentParser(
         description=description,
         formatter_class=_HelpFormatter,
@@ -104,8 +104,8 @@ def build_parser(cls: type, description: str) -> argparse.ArgumentParser:
             continue
         extra: dict[str, Any] = {}
         if choices is not None:
-            # argparse checks the converted value: an optional field may also be unset (None).
-            extra["choices"] = [*choices, None] if optional else list(choices)
+            # Shown, not enforced here: the dataclass (or the model config) checks the value and names it, so a bad
+            # one ends the run with the scripts' one-line error like any other impossible setting.
             extra["metavar"] = "{" + ",".join(str(c) for c in choices) + "}"
         convert = _or_none(kind) if optional else kind
         parser.add_argument(f"--{f.name}", type=convert, default=default, help=help_text, **extra)

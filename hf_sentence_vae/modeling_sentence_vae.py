@@ -592,10 +592,10 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
             return hidden, self.lm_head.weight @ projection.weight
         return projection(hidden), self.lm_head.weight
 
-    def _output_bias(self, fill: float = float("-inf")) -> torch.Tensor:
-        """The output bias with `fill` at the never-predicted ids (`<pad>`, `<bos>`)."""
+    def _output_bias(self, fill: float | None = None) -> torch.Tensor:
+        """The output bias with `fill` (default -inf) at the never-predicted ids (`<pad>`, `<bos>`)."""
         bias = self.lm_head.bias
-        if fill == float("-inf"):
+        if fill is None or fill == float("-inf"):
             return bias + self.logit_mask.to(bias.dtype)
         return bias.masked_fill(self.logit_mask.isinf(), fill)
 
@@ -603,7 +603,7 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         """Next-token logits; `<pad>` and `<bos>` get -inf through the bias (a `(V,)` op, not `(N, V)`), or with
         `finite=True` the smallest number of the dtype the logits are computed in (what `forward` returns)."""
         features, weight = self._output_layer(hidden)
-        fill = float("-inf")
+        fill = None
         if finite:
             device = features.device.type
             dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype

@@ -274,6 +274,8 @@ class TrainingConfig:
             )
         if self.report_to not in TRACKERS:
             raise ValueError(f"report_to must be one of {TRACKERS}, got {self.report_to!r}")
+        if self.lr_scheduler_type not in LR_SCHEDULERS:
+            raise ValueError(f"lr_scheduler_type must be one of {LR_SCHEDULERS}, got {self.lr_scheduler_type!r}")
         if self.checkpointing_steps is not None:
             value = str(self.checkpointing_steps)
             if value != "epoch" and not (value.isdigit() and int(value) > 0):

@@ -267,6 +267,15 @@ def test_card_states_the_license_chosen_at_training_time(tmp_path, tiny_model, t
         hub.render_model_card(tmp_path, license="Apache 2", write=False)
 
 
+def test_card_datasets_name_hub_ids_only(tmp_path):
+    local = tmp_path / "my_dataset"
+    local.mkdir()
+    assert hub._dataset_info({"dataset_name": str(local)}, None) == (None, "text", "local dataset my_dataset")
+    assert hub._dataset_info({"dataset_name": "someone/sentences"}, None)[0] == "someone/sentences"
+    assert hub._dataset_info({"train_file": "/data/ptb/ptb.train.txt"}, None)[0] == hub.PTB_DATASET_ID
+    assert hub._dataset_info({"train_file": "/data/mine/train.txt"}, None)[0] is None
+
+
 def test_card_names_a_projected_tied_output_layer(tmp_path, tiny_model, tiny_tokenizer):
     model = tiny_model(tie_word_embeddings=True, embedding_size=12, decoder_hidden_size=8)
     model.save_pretrained(tmp_path)
