@@ -112,7 +112,7 @@ def test_generate_posterior_and_homotopy(generate_script, saved_vae, tmp_path, t
         "--steps",
         "7",
     )
-    # every point of the path is shown, repeats included (the issue: --steps 7 printed 2 lines)
+    # every point of the path is shown, repeats included (--steps 7 gives 7 lines, not the distinct ones)
     assert len(between["paths"]) == 1 and len(between["paths"][0]) == 7
     collapsed = _run(
         generate_script,

@@ -75,8 +75,8 @@ def test_input_ids_are_reconstructed_positionally_or_by_keyword(vae, batch, tiny
 
 
 def test_token_ids_are_never_taken_for_codes(tiny_model, tiny_tokenizer):
-    """The issue's case: an 8-token sentence and a latent size of 8. Positional ids are sentences to
-    reconstruct, not a code z = [2, 4, 44, ...]."""
+    """An 8-token sentence and a latent size of 8: positional ids are sentences to reconstruct, never a code
+    z = [2, 4, 44, ...]."""
     model = tiny_model(latent_size=8, initializer_range=INIT, max_sentence_length=12)
     ids = tiny_tokenizer(["the cat sat on the mat ."], return_tensors="pt")["input_ids"]
     assert ids.shape == (1, 9) or ids.shape[1] >= 8

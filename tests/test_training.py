@@ -944,13 +944,16 @@ def test_temporary_and_incomplete_checkpoints_are_never_latest(cli_run, tmp_path
 
 
 # --------------------------------------------------------------------------- the Hub, offline
-def test_push_folder_offline_raises_a_clear_error_quickly(cli_run, monkeypatch):
-    from hf_sentence_vae.hub import HubPushError, push_folder
+def test_push_folder_offline_raises_a_clear_error_quickly(cli_run, monkeypatch, tmp_path):
+    from hf_sentence_vae.hub import HubPushError, push_folder, render_model_card
 
+    folder = tmp_path / "best"
+    shutil.copytree(cli_run / "best", folder)
+    render_model_card(folder, license="mit")  # a push needs a chosen license; this run chose none
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     started = time.perf_counter()
     with pytest.raises(HubPushError, match="could not push.*me/sentence-vae") as info:
-        push_folder(cli_run / "best", "me/sentence-vae")
+        push_folder(folder, "me/sentence-vae")
     assert time.perf_counter() - started < 10
     assert "HF_HUB_OFFLINE" in str(info.value) or "offline" in str(info.value).lower()
 
