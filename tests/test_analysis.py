@@ -202,7 +202,12 @@ def test_generate_decodes_with_the_models_generation_config(generate_script, vae
     assert analysis.describe_decoding(vae, tiny_tokenizer, num_beams=1, suppress_tokens=None) == "greedy decoding"
 
 
-def test_generate_names_a_missing_model_folder(generate_script, tmp_path):
+def test_scripts_name_a_missing_model_folder(generate_script, repo_root, tmp_path, capsys):
+    """A model path that does not exist is named as not found (not a Hub "Repo id" traceback)."""
     missing = tmp_path / "runs" / "demo" / "run" / "best"
     with pytest.raises(SystemExit, match=f"{missing} not found"):
         generate_script.main(["prior", "--model_name_or_path", str(missing), "--device", "cpu"])
+    evaluate_script = load_script(repo_root / "train_scripts" / "evaluate.py")
+    with pytest.raises(SystemExit):
+        evaluate_script.main(["--model_name_or_path", str(missing), "--test_file", str(tmp_path / "t.txt")])
+    assert f"--model_name_or_path {missing} not found" in capsys.readouterr().err

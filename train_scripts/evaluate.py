@@ -26,6 +26,7 @@ from transformers import AutoModel, AutoTokenizer  # noqa: E402
 
 import hf_sentence_vae  # noqa: E402, F401  (registers the model and tokenizer with the Auto classes)
 from hf_sentence_vae import check_tokenizer_matches_model  # noqa: E402
+from hf_sentence_vae.hub import is_hub_id  # noqa: E402
 from hf_sentence_vae.metrics import (  # noqa: E402
     DEFAULT_IW_SAMPLES,
     evaluate_model,
@@ -50,6 +51,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output_file", default=None, help="also write the JSON here")
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
+    for name in ("model_name_or_path", "tokenizer_name_or_path"):
+        value = getattr(args, name)
+        if value is not None and not Path(value).exists() and not is_hub_id(value):
+            parser.error(f"--{name} {value} not found: no such folder (nor a Hub repository id, namespace/name)")
     for name in ("iw_samples", "batch_size", "max_sentences", "max_tokens_per_chunk"):
         value = getattr(args, name)
         minimum = 0 if name == "iw_samples" else 1
