@@ -10,6 +10,7 @@ by `SentenceVAETokenizerFast`; the decoder reads `<bos> w_1 ... w_n` and predict
 from __future__ import annotations
 
 import copy
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -300,7 +301,8 @@ class Highway(nn.Module):
 
 def _tracing() -> bool:
     """True under `torch.compile` / `torch.export`, where checks that read tensor values cannot run."""
-    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
+    is_exporting = getattr(torch.compiler, "is_exporting", None)
+    return torch.compiler.is_compiling() or (is_exporting is not None and is_exporting())
 
 
 class SentenceVAEPreTrainedModel(PreTrainedModel):
@@ -981,7 +983,8 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
             )
         for key, value in kwargs.items():
             setattr(settings, key, value)
-        global_defaults = GenerationConfig._get_default_generation_params()
+        defaults_of = getattr(GenerationConfig, "_get_default_generation_params", None)  # transformers' own defaults
+        global_defaults = defaults_of() if defaults_of is not None else {}
         refused = {}
         for key in sorted(_UNSUPPORTED_SETTINGS & set(vars(settings))):
             value = getattr(settings, key)
@@ -1051,7 +1054,10 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
                 f"need 1 <= max_new_tokens and 0 <= min_new_tokens <= max_new_tokens, got "
                 f"max_new_tokens={max_new}, min_new_tokens={min_new}"
             )
-        settings.validate(user_set_attributes=set(kwargs))
+        if "user_set_attributes" in inspect.signature(settings.validate).parameters:
+            settings.validate(user_set_attributes=set(kwargs))  # warnings only for what this call set
+        else:
+            settings.validate()
         return settings
 
     def _codes_to_decode(
