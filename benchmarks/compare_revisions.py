@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import statistics
 import subprocess
@@ -107,6 +108,14 @@ def compare_training(data, package, args) -> list[dict]:
     return results
 
 
+def _generate(model, **kwargs):
+    """`generate` of either revision, returning an output with `.sequences` and `.sequences_scores`: revisions whose
+    `generate` takes `input_ids` return bare ids unless asked for the output, earlier ones always returned it."""
+    if "input_ids" in inspect.signature(model.generate).parameters:
+        kwargs["return_dict_in_generate"] = True
+    return model.generate(**kwargs)
+
+
 @torch.no_grad()
 def compare_decoding(package, args) -> list[dict]:
     work = rb.SentenceVAEModel.from_pretrained(args.decode_model).eval()
@@ -127,7 +136,7 @@ def compare_decoding(package, args) -> list[dict]:
                 for name, model in (("rev", rev), ("work", work)):
                     start = time.perf_counter()
                     outputs[name] = [
-                        model.generate(latent=codes[i : i + batch], num_beams=beams) for i in range(0, count, batch)
+                        _generate(model, latent=codes[i : i + batch], num_beams=beams) for i in range(0, count, batch)
                     ]
                     timings[name].append(count / (time.perf_counter() - start))
             same = all(torch.equal(a.sequences, b.sequences) for a, b in zip(outputs["rev"], outputs["work"]))

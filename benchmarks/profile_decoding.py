@@ -1,4 +1,4 @@
-"""Where batched greedy decoding spends its time (issue #4): `torch.profiler` over one `generate` call from
+"""Where batched greedy decoding spends its time: `torch.profiler` over one `generate` call from
 prior samples, plus a per-row-step roofline from the model's FLOPs and the measured fp32 matmul rate.
 
     python benchmarks/profile_decoding.py --model runs/ptb/vae_standard/best --batch_size 512
@@ -42,11 +42,12 @@ def main() -> None:
     config = model.config
     z = model.sample_prior(args.batch_size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        model.generate(latent=z[:8], max_new_tokens=args.max_new_tokens)  # warm-up
-        seconds = _timed(lambda: model.generate(latent=z, max_new_tokens=args.max_new_tokens))
+        greedy = dict(max_new_tokens=args.max_new_tokens, num_beams=1, do_sample=False, suppress_tokens=None)
+        model.generate(latent=z[:8], **greedy)  # warm-up
+        seconds = _timed(lambda: model.generate(latent=z, **greedy))
         with profile() as prof:
-            out = model.generate(latent=z, max_new_tokens=args.max_new_tokens)
-    row_steps = int((out.sequences != config.pad_token_id).sum())  # tokens generated, end of sentence included
+            out = model.generate(latent=z, **greedy)
+    row_steps = int((out != config.pad_token_id).sum())  # tokens generated, end of sentence included
     # Per row-step: output projection plus the LSTM gates (input = embedding [+ z]).
     lstm_in = config.embedding_size + (
         config.latent_size if config.latent_injection == "initial_state_and_inputs" else 0

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Speed benchmarks for hf_sentence_vae (issue #4): training throughput against the machine's matmul rate and a
+"""Speed benchmarks for hf_sentence_vae: training throughput against the machine's matmul rate and a
 straightforward baseline, bf16's effect on the loss, decoding throughput and memory.
 
     python benchmarks/run_benchmarks.py --data_dir ../shared/data --output BENCHMARKS.json   # full run (`make bench`)
@@ -59,6 +59,8 @@ from hf_sentence_vae.data import TokenizedCorpus, bucketed_batches  # noqa: E402
 from hf_sentence_vae.training import TrainingConfig, bound_metrics, build_optimizer, evaluate_bound, step_noise  # noqa: E402
 
 SEED = 42
+# Decoding is timed greedy (and the beam widths named), whatever a model's generation_config prefers.
+GREEDY = dict(num_beams=1, do_sample=False, suppress_tokens=None)
 MAX_GRAD_NORM = 5.0  # the training loop's default --max_grad_norm
 
 # Model sizes: the paper's standard PTB VAE (Table 11) and the 512-unit LSTMs of its Section 5 (embedding and z
@@ -548,8 +550,13 @@ def bench_decoding(model: SentenceVAEModel, args) -> dict[str, Any]:
             start = time.perf_counter()
             lengths = []
             for i in range(0, count, batch):
-                out = model.generate(latent=codes[i : i + batch], num_beams=beams, max_new_tokens=args.max_new_tokens)
-                lengths.append(out.sequences.ne(model.config.pad_token_id).sum(-1))
+                out = model.generate(
+                    latent=codes[i : i + batch],
+                    num_beams=beams,
+                    max_new_tokens=args.max_new_tokens,
+                    suppress_tokens=None,
+                )
+                lengths.append(out.ne(model.config.pad_token_id).sum(-1))
             seconds = time.perf_counter() - start
             lengths = torch.cat(lengths).float()
             runs.setdefault(key, []).append(
@@ -697,9 +704,11 @@ def probe_main(spec: dict[str, Any]) -> dict[str, Any]:
         with open(os.devnull, "w") as sink, torch.no_grad():
             while done < spec["sentences"]:
                 n = min(spec["batch_size"], spec["sentences"] - done)
-                out = model.generate(num_samples=n, generator=generator, max_new_tokens=spec["max_new_tokens"])
-                tokens += int(out.sequences.ne(model.config.pad_token_id).sum())
-                sink.write("\n".join(tokenizer.batch_decode(out.sequences, skip_special_tokens=True)) + "\n")
+                out = model.generate(
+                    num_samples=n, generator=generator, max_new_tokens=spec["max_new_tokens"], **GREEDY
+                )
+                tokens += int(out.ne(model.config.pad_token_id).sum())
+                sink.write("\n".join(tokenizer.batch_decode(out, skip_special_tokens=True)) + "\n")
                 done += n
         seconds = time.perf_counter() - start
         return {

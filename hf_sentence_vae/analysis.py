@@ -1,10 +1,12 @@
-"""Text-level tools on a trained model's latent space (the paper's Section 6): greedy decodes of prior
-samples (Table 5) and of stretched, lower-probability prior samples (Table 6), posterior means and samples
-for given sentences (Table 7), homotopies between sentences or random points (Tables 8 and 12), and a 2-D
-PCA view of posterior means.
+"""Text-level tools on a trained model's latent space (the paper's Section 6): decodes of prior samples
+(Table 5) and of stretched, lower-probability prior samples (Table 6), posterior means and samples for given
+sentences (Table 7), homotopies between sentences or random points (Tables 8 and 12), and a 2-D PCA view of
+posterior means.
 
-Decoded text keeps `<unk>` (a word of the Penn Treebank's vocabulary) and drops only `<pad>`, `<bos>` and
-`<eos>`.
+Decoding follows the model's `generation_config` (a trained model's: beam search, `<unk>` suppressed where the
+training text had it; the paper decoded greedily: `num_beams=1`) unless `generate_kwargs` say otherwise; see
+[`describe_decoding`]. Decoded text keeps `<unk>` (a word of the Penn Treebank's vocabulary) and drops only
+`<pad>`, `<bos>` and `<eos>`.
 """
 
 from __future__ import annotations
@@ -40,9 +42,30 @@ def ids_to_texts(tokenizer, sequences: torch.Tensor | Sequence[Sequence[int]]) -
 
 
 def decode(model, tokenizer, latent: torch.Tensor, **generate_kwargs) -> list[str]:
-    """Greedy (or as configured by `generate_kwargs`) decodes of `(B, Z)` codes, as text."""
-    out = model.generate(latent=latent, **generate_kwargs)
+    """Decodes of `(B, Z)` codes, as text (the model's generation settings, overridden by `generate_kwargs`)."""
+    out = model.generate(latent=latent, **{**generate_kwargs, "return_dict_in_generate": True})
     return ids_to_texts(tokenizer, out.sequences)
+
+
+def describe_decoding(model, tokenizer=None, **generate_kwargs) -> str:
+    """How `generate` decodes with the model's `generation_config` and `generate_kwargs`, in words, e.g.
+    "beam search (5 beams), `<unk>` suppressed" or "greedy decoding"."""
+    settings = model.generation_config.to_dict()
+    settings.update(generate_kwargs)
+    if settings.get("do_sample"):
+        text = "ancestral sampling"
+        temperature = settings.get("temperature")
+        if temperature not in (None, 1.0):
+            text += f" at temperature {temperature:g}"
+    elif (settings.get("num_beams") or 1) > 1:
+        text = f"beam search ({settings['num_beams']} beams)"
+    else:
+        text = "greedy decoding"
+    suppressed = settings.get("suppress_tokens") or []
+    if suppressed:
+        names = tokenizer.convert_ids_to_tokens(list(suppressed)) if tokenizer is not None else suppressed
+        text += ", " + ", ".join(f"`{name}`" for name in names) + " suppressed"
+    return text
 
 
 def encode_texts(model, tokenizer, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,7 +107,7 @@ def posterior_means(model, tokenizer, texts: Sequence[str], batch_size: int = 12
 def prior_samples(
     model, tokenizer, num_samples: int, generator: torch.Generator | None = None, **generate_kwargs
 ) -> list[str]:
-    """Greedy decodes of codes drawn from the prior (the paper's Table 5)."""
+    """Decodes of codes drawn from the prior (the paper's Table 5)."""
     return decode(model, tokenizer, model.sample_prior(num_samples, generator=generator), **generate_kwargs)
 
 
@@ -131,7 +154,7 @@ def posterior_decodes(
     generator: torch.Generator | None = None,
     **generate_kwargs,
 ) -> list[dict[str, object]]:
-    """For each text: the greedy decode of the posterior mean and of `num_samples` posterior samples (Table 7)."""
+    """For each text: the decode of the posterior mean and of `num_samples` posterior samples (Table 7)."""
     mu, logvar = encode_texts(model, tokenizer, texts)
     means = decode(model, tokenizer, mu, **generate_kwargs)
     rows = [{"input": text, "mean": mean, "samples": []} for text, mean in zip(texts, means)]
@@ -146,7 +169,7 @@ def posterior_decodes(
 def homotopy(
     model, tokenizer, start: str | torch.Tensor, end: str | torch.Tensor, steps: int = 7, **generate_kwargs
 ) -> list[str]:
-    """Greedy decodes along the line between two sentences' posterior means (or two codes) (Tables 8, 12)."""
+    """Decodes along the line between two sentences' posterior means (or two codes) (Tables 8, 12)."""
     codes = []
     for point in (start, end):
         if isinstance(point, str):
@@ -237,6 +260,7 @@ __all__ = [
     "load_pretrained",
     "collapse_repeats",
     "decode",
+    "describe_decoding",
     "encode_texts",
     "homotopy",
     "ids_to_texts",

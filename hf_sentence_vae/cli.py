@@ -1,5 +1,6 @@
-"""Command-line parsing shared by the scripts: every dataclass field becomes a `--flag`, and any flag can
-also come from a YAML or JSON file given with `--config` (flags on the command line win)."""
+"""Command-line parsing shared by the scripts: every dataclass field becomes a `--flag` (its help and choices from
+the field's metadata, as `transformers.HfArgumentParser` reads them), and any flag can also come from a YAML or
+JSON file given with `--config` (flags on the command line win)."""
 
 from __future__ import annotations
 
@@ -75,8 +76,20 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every flag's help ends with its default; the description keeps its line breaks."""
+
+
 def build_parser(cls: type, description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    """An `argparse` parser with a `--flag` per field of the dataclass `cls` (dicts and other containers are not
+    exposed). Like `transformers.HfArgumentParser`, a field's `metadata` gives its `help` text and its `choices`
+    (shown as the flag's values; the dataclass validates them); the help shows each flag's default."""
+    parser = argparse.ArgumentParser(
+        description=description,
+        formatter_class=_HelpFormatter,
+        epilog="A flag whose default is None takes 'none' to unset a value that a --config file sets; a BOOL flag "
+        "given alone means true.",
+    )
     parser.add_argument("--config", help="YAML or JSON file of flag values (command-line flags win)")
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -84,11 +97,27 @@ def build_parser(cls: type, description: str) -> argparse.ArgumentParser:
         if kind is None:
             continue
         default = f.default if f.default is not dataclasses.MISSING else None
+        help_text = f.metadata.get("help", "")
+        choices = f.metadata.get("choices")
+        optional = _allows_none(hints[f.name])
         if kind is bool:
-            parser.add_argument(f"--{f.name}", type=_parse_bool, nargs="?", const=True, default=default, metavar="BOOL")
-        else:
-            convert = _or_none(kind) if _allows_none(hints[f.name]) else kind
-            parser.add_argument(f"--{f.name}", type=convert, default=default)
+            parser.add_argument(
+                f"--{f.name}",
+                type=_parse_bool,
+                nargs="?",
+                const=True,
+                default=default,
+                metavar="BOOL",
+                help=help_text,
+            )
+            continue
+        extra: dict[str, Any] = {}
+        if choices is not None:
+            # Shown, not enforced here: the dataclass (or the model config) checks the value and names it, so a bad
+            # one ends the run with the scripts' one-line error like any other impossible setting.
+            extra["metavar"] = "{" + ",".join(str(c) for c in choices) + "}"
+        convert = _or_none(kind) if optional else kind
+        parser.add_argument(f"--{f.name}", type=convert, default=default, help=help_text, **extra)
     return parser
 
 

@@ -10,6 +10,8 @@ LATENT_INJECTIONS = ("initial_state", "initial_state_and_inputs", "initial_state
 VARIANCE_PARAMETERIZATIONS = ("exp", "softplus")
 # Decoding buffers are sized by the longest sentence: a sentence VAE models sentences, not documents.
 MAX_SENTENCE_LENGTH_LIMIT = 10_000
+# A Hub-ready folder's config.json declares the bundled `pipelines.py` under this key (see `hub.add_pipeline`).
+CUSTOM_PIPELINES_KEY = "custom_pipelines"
 
 
 class SentenceVAEConfig(PretrainedConfig):
@@ -108,6 +110,12 @@ class SentenceVAEConfig(PretrainedConfig):
     def __post_init__(self, **kwargs):
         _validate(self)
         super().__post_init__(**kwargs)
+
+    def _remove_keys_not_serialized(self, d: dict) -> None:
+        """`custom_pipelines` is never saved with the config: it names a `pipelines.py` that `save_pretrained` does
+        not write (so a loaded model saved again would point at a missing file); `hub.add_pipeline` writes both."""
+        super()._remove_keys_not_serialized(d)
+        d.pop(CUSTOM_PIPELINES_KEY, None)
 
     @property
     def special_token_ids(self) -> dict[str, int]:

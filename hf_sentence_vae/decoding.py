@@ -8,6 +8,14 @@ is over time steps.
 
 `forced_tokens` (`(B, T)` LongTensor, `-1` = free) pins the token generated at step `t` for row `b`
 (this is how imputation keeps known words and fixes the sentence length).
+
+`logits_processor(generated_ids, scores) -> scores` (e.g. a `transformers.LogitsProcessorList` of repetition
+penalty, n-gram blocking, bad words, suppressed tokens) reshapes every step's log-probabilities before a token is
+chosen; `generated_ids` are the tokens generated so far (no `<bos>`, in the decoder's order). The searches report
+the model's own log-probabilities of the chosen tokens (`log_probs`) whatever the processors did. With
+`output_scores=True` they also return the scores each step chose from (`step_scores`, one `(N, V)` tensor per
+step, `N` = every row of the batch, or batch x beams): rows that have ended hold 0 for `<pad>` and `-inf`
+elsewhere, so the score of a whole generated sequence is the sum of its tokens' entries.
 """
 
 from __future__ import annotations
@@ -24,35 +32,50 @@ LogitsProcessorFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 class SearchResult(NamedTuple):
     """`sequences`: `(B, n, L)` generated ids (end of sentence included, then padding);
-    `scores`: `(B, n)` ranking scores (sum of log-probabilities, length-penalised for beam search);
-    `log_probs`: `(B, n)` plain sums of the chosen tokens' log-probabilities;
-    `lengths`: `(B, n)` tokens generated before padding (end of sentence included)."""
+    `scores`: `(B, n)` ranking scores (sum of the processed log-probabilities, length-penalised for beam search);
+    `log_probs`: `(B, n)` plain sums of the chosen tokens' log-probabilities under the model;
+    `lengths`: `(B, n)` tokens generated before padding (end of sentence included);
+    `step_scores`: with `output_scores`, the `L` per-step `(N, V)` scores the search chose from;
+    `beam_indices`: with `output_scores` in beam search, `(B, n, L)` the row of `step_scores[t]` each returned
+    hypothesis extended at step `t` (`-1` after its batch row left the search), as `transformers`'
+    `compute_transition_scores` reads them."""
 
     sequences: torch.Tensor
     scores: torch.Tensor
     log_probs: torch.Tensor
     lengths: torch.Tensor
+    step_scores: tuple[torch.Tensor, ...] | None = None
+    beam_indices: torch.Tensor | None = None
+
+
+def _ended_row(vocab_size: int, pad_token_id: int, device: torch.device) -> torch.Tensor:
+    """The `(V,)` scores of a row that has ended: `<pad>` at no cost, nothing else."""
+    row = torch.full((vocab_size,), float("-inf"), device=device)
+    row[pad_token_id] = 0.0
+    return row
 
 
 def _apply_constraints(
-    log_probs: torch.Tensor,
+    scores: torch.Tensor,
     step: int,
     eos_token_id: int,
     min_new_tokens: int,
     forced: torch.Tensor | None,
+    log_probs: torch.Tensor,
 ) -> torch.Tensor:
-    """Mask end of sentence before `min_new_tokens`, and pin forced tokens (rows of `forced` >= 0)."""
+    """Mask end of sentence before `min_new_tokens`, and pin forced tokens (rows of `forced` >= 0) at the model's
+    own log-probability `log_probs` (whatever the processors made of it)."""
     if step < min_new_tokens:
-        log_probs = log_probs.index_fill(-1, torch.tensor([eos_token_id], device=log_probs.device), float("-inf"))
+        scores = scores.index_fill(-1, torch.tensor([eos_token_id], device=scores.device), float("-inf"))
     if forced is not None and step < forced.shape[1]:
         pinned = forced[:, step]
         is_pinned = pinned >= 0
         if bool(is_pinned.any()):
-            only = torch.full_like(log_probs, float("-inf"))
+            only = torch.full_like(scores, float("-inf"))
             index = pinned.clamp(min=0).unsqueeze(-1)
             only.scatter_(-1, index, log_probs.gather(-1, index))
-            log_probs = torch.where(is_pinned.unsqueeze(-1), only, log_probs)
-    return log_probs
+            scores = torch.where(is_pinned.unsqueeze(-1), only, scores)
+    return scores
 
 
 def sample_search(
@@ -68,12 +91,15 @@ def sample_search(
     logits_processor: LogitsProcessorFn | None = None,
     forced_tokens: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    logits_warper: LogitsProcessorFn | None = None,
+    output_scores: bool = False,
 ) -> SearchResult:
     """Greedy decoding (`do_sample=False`) or ancestral sampling, batched over `batch_size` rows.
 
-    `logits_processor(generated_ids, scores) -> scores` (e.g. a `transformers.LogitsProcessorList` of
-    temperature / top-k / top-p warpers) reshapes the distribution before sampling; it does not change
-    the reported log-probabilities, which are the model's own.
+    Each step's log-probabilities go through `logits_processor` (see the module docstring), then the length and
+    forced-token constraints, then, when sampling, `logits_warper(generated_ids, scores) -> scores` (e.g.
+    `transformers`' temperature / top-k / top-p warpers) shapes the distribution that is sampled from. The reported
+    log-probabilities are the model's own.
 
     Greedy rows that have produced `<eos>` leave the batch (their state rows are dropped), so a batch costs
     the sum of its sentence lengths rather than its size times its longest sentence; rows do not interact,
@@ -85,23 +111,37 @@ def sample_search(
     generated = torch.full((batch_size, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
     finished = torch.zeros(batch_size, dtype=torch.bool, device=device)
     total = torch.zeros(batch_size, device=device)
+    ranking = torch.zeros(batch_size, device=device) if logits_processor is not None else total
     lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
     rows = torch.arange(batch_size, device=device)  # greedy: the rows still being decoded
     forced = forced_tokens
+    step_scores: list[torch.Tensor] = []
+    ended = None
     steps = 0
     for step in range(max_new_tokens):
         steps = step + 1
         log_probs, state = step_fn(tokens, state)
-        log_probs = _apply_constraints(log_probs.float(), step, eos_token_id, min_new_tokens, forced)
+        log_probs = log_probs.float()
+        scores = log_probs
+        if logits_processor is not None:
+            scores = logits_processor(generated[rows, :step] if not do_sample else generated[:, :step], scores.clone())
+        scores = _apply_constraints(scores, step, eos_token_id, min_new_tokens, forced, log_probs)
+        if output_scores and ended is None:
+            ended = _ended_row(scores.shape[-1], pad_token_id, device)
         if not do_sample:
             # max() gives the first maximal index, as argmax() does, at a fraction of argmax's CPU time.
-            chosen, choice = log_probs.max(-1)
+            best, choice = scores.max(-1)
+            chosen = best if logits_processor is None else log_probs.gather(-1, choice.unsqueeze(-1)).squeeze(-1)
+            if output_scores:
+                step_scores.append(ended.expand(batch_size, -1).index_copy(0, rows, scores))
             generated[rows, step] = choice
             total.index_add_(0, rows, chosen)
+            if logits_processor is not None:
+                ranking.index_add_(0, rows, best)
             lengths[rows] += 1
-            ended = choice == eos_token_id
-            if bool(ended.any()):
-                keep = (~ended).nonzero().squeeze(-1)
+            done = choice == eos_token_id
+            if bool(done.any()):
+                keep = (~done).nonzero().squeeze(-1)
                 if keep.numel() == 0:
                     break
                 rows, choice = rows[keep], choice[keep]
@@ -110,12 +150,20 @@ def sample_search(
                     forced = forced.index_select(0, keep)
             tokens = choice
             continue
-        scores = log_probs if logits_processor is None else logits_processor(generated[:, :step], log_probs.clone())
+        processed = scores
+        if logits_warper is not None:
+            scores = logits_warper(generated[:, :step], scores.clone())
+        if output_scores:
+            step_scores.append(torch.where(finished.unsqueeze(-1), ended, scores))
         probs = torch.softmax(scores, dim=-1)
         choice = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
         chosen = log_probs.gather(-1, choice.unsqueeze(-1)).squeeze(-1)
         choice = choice.masked_fill(finished, pad_token_id)
         total = total + chosen.masked_fill(finished, 0.0)
+        if logits_processor is not None:
+            ranking = ranking + processed.gather(-1, choice.unsqueeze(-1)).squeeze(-1).masked_fill(finished, 0.0)
+        else:
+            ranking = total
         lengths = lengths + (~finished).long()
         generated[:, step] = choice
         finished = finished | (choice == eos_token_id)
@@ -123,7 +171,13 @@ def sample_search(
         if bool(finished.all()):
             break
     generated = generated[:, :steps]
-    return SearchResult(generated.unsqueeze(1), total.unsqueeze(1), total.unsqueeze(1), lengths.unsqueeze(1))
+    return SearchResult(
+        generated.unsqueeze(1),
+        ranking.unsqueeze(1),
+        total.unsqueeze(1),
+        lengths.unsqueeze(1),
+        tuple(step_scores) if output_scores else None,
+    )
 
 
 def beam_search(
@@ -139,12 +193,14 @@ def beam_search(
     length_penalty: float = 1.0,
     num_return_sequences: int = 1,
     forced_tokens: torch.Tensor | None = None,
+    logits_processor: LogitsProcessorFn | None = None,
+    output_scores: bool = False,
 ) -> SearchResult:
     """Beam search vectorised over batch x beam.
 
     `state` holds `batch_size` rows; they are expanded to `batch_size * num_beams`. Finished hypotheses
     stay in the beam (extended by padding at no cost) and compete with open ones on their summed
-    log-probability; at the end hypotheses are ranked by `sum log p / length ** length_penalty`
+    (processed) log-probability; at the end hypotheses are ranked by `sum log p / length ** length_penalty`
     (`length_penalty=0` ranks by the plain sum). With `num_beams=1` this is greedy decoding; with a beam
     at least as wide as the number of partial hypotheses it is exact search.
 
@@ -158,28 +214,38 @@ def beam_search(
     k = num_beams
     state = tuple(s.repeat_interleave(k, dim=0) for s in state)
     forced = None if forced_tokens is None else forced_tokens.repeat_interleave(k, dim=0)
+    processed = logits_processor is not None
     # Results of every row, filled in as rows finish.
     out_sequences = torch.full((batch_size, k, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
     out_scores = torch.empty((batch_size, k), device=device)
+    out_raw = torch.empty((batch_size, k), device=device) if processed else out_scores
     out_lengths = torch.zeros((batch_size, k), dtype=torch.long, device=device)
+    out_origins = torch.full((batch_size, k, max_new_tokens), -1, dtype=torch.long, device=device)
     # The rows still searching, and their hypotheses.
     active = torch.arange(batch_size, device=device)
     scores = torch.full((batch_size, k), float("-inf"), device=device)
     scores[:, 0] = 0.0
+    raw = scores.clone() if processed else None  # the model's own sums, when processors change the scores
     sequences = torch.empty((batch_size, k, 0), dtype=torch.long, device=device)
+    origins = torch.empty((batch_size, k, 0), dtype=torch.long, device=device)  # rows of step_scores (output_scores)
     finished = torch.zeros((batch_size, k), dtype=torch.bool, device=device)
     lengths = torch.zeros((batch_size, k), dtype=torch.long, device=device)
     tokens = torch.full((batch_size * k,), bos_token_id, dtype=torch.long, device=device)
+    step_scores: list[torch.Tensor] = []
     steps = 0
     for step in range(max_new_tokens):
         steps = step + 1
         n = active.numel()
         log_probs, state = step_fn(tokens, state)
         log_probs = log_probs.float()
+        step_log_probs = log_probs
+        if processed:
+            step_log_probs = logits_processor(sequences.reshape(n * k, step), log_probs.clone())
         if step < min_new_tokens:
-            log_probs = log_probs.index_fill(-1, torch.tensor([eos_token_id], device=device), float("-inf"))
+            step_log_probs = step_log_probs.index_fill(-1, torch.tensor([eos_token_id], device=device), float("-inf"))
         # The best min(k, V) tokens of each hypothesis: the next beam is drawn from these.
-        top_scores, top_tokens = log_probs.topk(min(k, log_probs.shape[-1]), dim=-1)
+        top_scores, top_tokens = step_log_probs.topk(min(k, step_log_probs.shape[-1]), dim=-1)
+        pinned = is_pinned = None
         if forced is not None and step < forced.shape[1]:
             pinned = forced[:, step]
             is_pinned = (pinned >= 0).unsqueeze(-1)
@@ -190,8 +256,16 @@ def beam_search(
                 only_tokens[:, 0] = pinned.clamp(min=0)
                 top_scores = torch.where(is_pinned, only_scores, top_scores)
                 top_tokens = torch.where(is_pinned, only_tokens, top_tokens)
+            else:
+                pinned = None
         # Finished hypotheses continue with padding at no cost.
         done = finished.view(-1, 1)
+        if output_scores:
+            step_scores.append(
+                _beam_step_scores(
+                    step_log_probs, log_probs, done, pinned, is_pinned, active, k, batch_size, pad_token_id
+                )
+            )
         top_scores = torch.where(done, _finished_candidates(top_scores), top_scores)
         top_tokens = top_tokens.masked_fill(done, pad_token_id)
         width = top_scores.shape[-1]
@@ -199,10 +273,16 @@ def beam_search(
         scores, flat = candidates.topk(k, dim=-1)
         beam = torch.div(flat, width, rounding_mode="floor")
         tokens_bk = top_tokens.view(n, k * width).gather(1, flat)
+        if processed:
+            top_raw = log_probs.gather(-1, top_tokens).masked_fill(done, 0.0)
+            raw = (raw.unsqueeze(-1) + top_raw.view(n, k, width)).view(n, -1).gather(1, flat)
         was_finished = finished.gather(1, beam)
         sequences = torch.cat(
             [sequences.gather(1, beam.unsqueeze(-1).expand_as(sequences)), tokens_bk.unsqueeze(-1)], -1
         )
+        if output_scores:
+            origin = active.unsqueeze(-1) * k + beam  # a finished hypothesis' row holds <pad> at no cost
+            origins = torch.cat([origins.gather(1, beam.unsqueeze(-1).expand_as(origins)), origin.unsqueeze(-1)], -1)
         lengths = lengths.gather(1, beam) + (~was_finished).long()
         finished = was_finished | (tokens_bk == eos_token_id)
         source = (torch.arange(n, device=device).unsqueeze(-1) * k + beam).view(-1)
@@ -210,12 +290,20 @@ def beam_search(
         if bool(row_done.any()):
             out_sequences[active[row_done], :, :steps] = sequences[row_done]
             out_scores[active[row_done]] = scores[row_done]
+            if processed:
+                out_raw[active[row_done]] = raw[row_done]
             out_lengths[active[row_done]] = lengths[row_done]
+            if output_scores:
+                out_origins[active[row_done], :, :steps] = origins[row_done]
             keep = (~row_done).nonzero().squeeze(-1)
             if keep.numel() == 0:
                 break
             active, scores, sequences = active[keep], scores[keep], sequences[keep]
             lengths, finished, tokens_bk = lengths[keep], finished[keep], tokens_bk[keep]
+            if processed:
+                raw = raw[keep]
+            if output_scores:
+                origins = origins[keep]
             source = source.view(n, k)[keep].view(-1)
         state = tuple(s.index_select(0, source) for s in state)
         if forced is not None:
@@ -224,9 +312,12 @@ def beam_search(
     else:  # the length limit: the rows still open end here
         out_sequences[active, :, :steps] = sequences
         out_scores[active] = scores
+        if processed:
+            out_raw[active] = raw
         out_lengths[active] = lengths
+        if output_scores:
+            out_origins[active, :, :steps] = origins
     out_sequences = out_sequences[:, :, :steps]
-    log_probs_total = out_scores
     if length_penalty:
         ranking = out_scores / out_lengths.clamp(min=1).float().pow(length_penalty)
     else:
@@ -237,9 +328,39 @@ def beam_search(
     return SearchResult(
         out_sequences.gather(1, pick),
         ranking[:, :num_return_sequences],
-        log_probs_total.gather(1, order),
+        out_raw.gather(1, order),
         out_lengths.gather(1, order),
+        tuple(step_scores) if output_scores else None,
+        out_origins[:, :, :steps].gather(1, pick) if output_scores else None,
     )
+
+
+def _beam_step_scores(
+    step_log_probs: torch.Tensor,
+    log_probs: torch.Tensor,
+    done: torch.Tensor,
+    pinned: torch.Tensor | None,
+    is_pinned: torch.Tensor | None,
+    active: torch.Tensor,
+    num_beams: int,
+    batch_size: int,
+    pad_token_id: int,
+) -> torch.Tensor:
+    """The `(batch_size * num_beams, V)` scores a beam-search step chose from, for `output_scores`: the processed
+    log-probabilities of the open hypotheses (a pinned token alone, at the model's log-probability, where tokens are
+    forced), the ended-row pattern for finished hypotheses and for rows that have left the search."""
+    vocab = step_log_probs.shape[-1]
+    ended = _ended_row(vocab, pad_token_id, step_log_probs.device)
+    scores = step_log_probs
+    if pinned is not None:
+        only = torch.full_like(scores, float("-inf"))
+        index = pinned.clamp(min=0).unsqueeze(-1)
+        only.scatter_(-1, index, log_probs.gather(-1, index))
+        scores = torch.where(is_pinned, only, scores)
+    scores = torch.where(done, ended, scores)
+    full = ended.expand(batch_size, num_beams, vocab).clone()
+    full[active] = scores.view(-1, num_beams, vocab)
+    return full.view(batch_size * num_beams, vocab)
 
 
 def _finished_candidates(like: torch.Tensor) -> torch.Tensor:

@@ -51,7 +51,12 @@ TEMPLATE_PATH = (
     else Path(__file__).resolve().parent.parent / "model_cards" / TEMPLATE_NAME
 )
 PIPELINE_FILE = "pipelines.py"
-PIPELINE_TASK = "sentence-vae"
+PIPELINE_TASK = "sentence-vae"  # the task this package registers with transformers' pipeline registry
+# The task name under which a Hub-ready folder declares its bundled pipelines.py (`custom_pipelines`): a name of its
+# own, so that where this package is installed `pipeline("sentence-vae", model=folder)` uses the registered class
+# without asking for trust_remote_code, while `pipeline(model=folder, trust_remote_code=True)` (the task inferred
+# from the folder) runs the folder's copy, with or without the package.
+REMOTE_PIPELINE_TASK = "sentence-vae-remote-code"
 PIPELINE_CLASS = "SentenceVAEPipeline"
 PTB_DATASET_ID = "ptb-text-only/ptb_text_only"
 PATH_PLACEHOLDER = "path/to/this/model"
@@ -65,6 +70,22 @@ INJECTION_WORDS = {  # config.latent_injection, as the model card's architecture
     "initial_state_inputs_and_outputs": "initial state, every input and every output",
 }
 DEFAULT_TIMEOUT = 10.0
+# Training options that name local files or folders: the card's command shows their last component only.
+PATH_OPTIONS = (
+    "train_file",
+    "validation_file",
+    "test_file",
+    "tokenizer_name_or_path",
+    "model_name_or_path",
+    "dataset_name",
+    "output_dir",
+)
+NO_LICENSE_NOTE = (
+    "**License: not chosen.** Whoever trained this model did not choose a license when this card was written "
+    "(`license: other`); ask them before reusing it. To choose one, train with `--license ID` or render the card "
+    "again with `train_scripts/push_to_hub.py --license ID` (an identifier the Hub knows, e.g. `apache-2.0`, `mit`, "
+    "`cc-by-4.0`); pushing requires one."
+)
 
 CITATION = """@inproceedings{bowman-etal-2016-generating,
     title = "Generating Sentences from a Continuous Space",
@@ -95,6 +116,7 @@ COMMAND_SKIP = {
     "push_to_hub",
     "hub_model_id",
     "hub_private",
+    "license",
     "resume_from_checkpoint",
     "disable_tqdm",
     "with_tracking",
@@ -133,6 +155,7 @@ KL_SCHEDULE_FIELDS = {
 FILE_DESCRIPTIONS = {
     "model.safetensors": "the weights",
     "config.json": "the model configuration (with `auto_map` for the remote code and `custom_pipelines`)",
+    "generation_config.json": "the decoding defaults `generate`, the pipeline and these samples use",
     "tokenizer.json": "the word-level tokenizer (`tokenizers`)",
     "tokenizer_config.json": "tokenizer settings (with `auto_map`)",
     "special_tokens_map.json": "the special tokens",
@@ -220,6 +243,9 @@ def _dataset_info(train_config: dict[str, Any], dataset_id: str | None) -> tuple
     name = train_config.get("dataset_name")
     if name:
         config = train_config.get("dataset_config_name")
+        if not is_hub_id(name):  # a local dataset folder or script: name it, do not link it
+            name = Path(name).name
+            return None, "text", f"local dataset {name}" + (f" ({config})" if config else "")
         return name, name, f"{name} ({config})" if config else name
     files = [train_config.get(key) for key in ("train_file", "validation_file", "test_file")]
     files = [Path(f).name for f in files if f]
@@ -230,8 +256,58 @@ def _dataset_info(train_config: dict[str, Any], dataset_id: str | None) -> tuple
     return None, "text", "unknown text"
 
 
+def is_hub_id(name: str) -> bool:
+    """Whether `name` reads as a Hub repository id (`name` or `namespace/name`) rather than a local path."""
+    return bool(re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name)) and not name.startswith(".") and not Path(name).exists()
+
+
+def _portable(name: str, value: Any) -> Any:
+    """An option's value as the card's command shows it: local paths reduced to their last component (a reader
+    has the data somewhere else), the output folder to `runs/<run name>`; Hub ids unchanged."""
+    if name not in PATH_OPTIONS or not isinstance(value, str):
+        return value
+    if name == "output_dir":
+        return f"runs/{Path(value).name}"
+    if name in ("model_name_or_path", "tokenizer_name_or_path", "dataset_name") and is_hub_id(value):
+        return value
+    return Path(value).name or value
+
+
+def check_license_id(license: str) -> str:  # noqa: A002
+    """`license` if it reads as a Hub license identifier (lower case: `apache-2.0`, `mit`, `cc-by-4.0`, `other`, ...);
+    else a `ValueError`."""
+    if not isinstance(license, str) or not re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", license):
+        raise ValueError(
+            f"license {license!r} is not a Hub license identifier (lower case, e.g. apache-2.0, mit, cc-by-4.0, other)"
+        )
+    return license
+
+
+def resolve_license(folder: str | os.PathLike, license: str | None = None) -> str | None:  # noqa: A002
+    """The license a card states: `license`, else the one chosen at training time (`training_config.json`), else
+    None (not chosen)."""
+    if license is None:
+        license = _read_json(Path(folder) / "training_config.json").get("license")  # noqa: A001
+    return None if license is None else check_license_id(license)
+
+
+def run_name(folder: str | os.PathLike, repo_id: str | None = None) -> str:
+    """The name a card is titled with: the repository's name, else the training run's (its `--hub_model_id` or
+    its output folder), else the folder's."""
+    folder = Path(folder)
+    if repo_id:
+        return repo_id.split("/")[-1]
+    train_config = _read_json(folder / "training_config.json")
+    if train_config.get("hub_model_id"):
+        return str(train_config["hub_model_id"]).split("/")[-1]
+    if train_config.get("output_dir"):
+        return Path(train_config["output_dir"]).name
+    return folder.parent.name if folder.name == "best" else folder.name
+
+
 def training_command(train_config: dict[str, Any], world_size: int = 1) -> str:
-    """A command that reproduces the run: `train_scripts/train.py` with every option that differs from its default."""
+    """A command that reproduces the run: `train_scripts/train.py` with every option that differs from its default
+    (local paths shown by their last component: the files' names, not where they were on the training machine)."""
     defaults: dict[str, Any] = {}
     try:
         from .training import TrainingConfig
@@ -246,6 +322,7 @@ def training_command(train_config: dict[str, Any], world_size: int = 1) -> str:
             continue
         if isinstance(value, (dict, list)):
             continue
+        value = _portable(name, value)
         text = ("true" if value else "false") if isinstance(value, bool) else str(value)
         parts.append(f"--{name} {shlex.quote(text)}")
     return " \\\n    ".join(parts)
@@ -253,8 +330,9 @@ def training_command(train_config: dict[str, Any], world_size: int = 1) -> str:
 
 # --------------------------------------------------------------------------- pipeline as remote code
 def add_pipeline(folder: str | os.PathLike) -> Path:
-    """Copy `pipelines.py` into `folder` and record it in `config.json` under `custom_pipelines`, so that
-    `transformers.pipeline(model=folder, trust_remote_code=True)` builds the `sentence-vae` pipeline."""
+    """Copy `pipelines.py` into `folder` and record it in `config.json` under `custom_pipelines` (task
+    `REMOTE_PIPELINE_TASK`), so that `transformers.pipeline(model=folder, trust_remote_code=True)` builds the
+    `sentence-vae` pipeline without this package."""
     folder = Path(folder)
     source = Path(__file__).with_name(PIPELINE_FILE)
     shutil.copyfile(source, folder / PIPELINE_FILE)
@@ -263,7 +341,11 @@ def add_pipeline(folder: str | os.PathLike) -> Path:
     if not config:
         raise HubPushError(f"{config_path} is missing or empty: save the model first")
     config["custom_pipelines"] = {
-        PIPELINE_TASK: {"impl": f"{Path(PIPELINE_FILE).stem}.{PIPELINE_CLASS}", "pt": ["AutoModel"], "type": "text"}
+        REMOTE_PIPELINE_TASK: {
+            "impl": f"{Path(PIPELINE_FILE).stem}.{PIPELINE_CLASS}",
+            "pt": ["AutoModel"],
+            "type": "text",
+        }
     }
     _write_json(config_path, config)
     return folder / PIPELINE_FILE
@@ -278,24 +360,23 @@ def decode_card_samples(
     seed: int = CARD_SEED,
     max_new_tokens: int = CARD_MAX_NEW_TOKENS,
 ) -> dict[str, list[str]]:
-    """The card's samples, exactly as its snippet computes them: greedy decodes of `num_samples` prior codes,
-    then a homotopy between two more prior codes from the same generator (RNNLM: ancestral samples only)."""
+    """The card's samples, exactly as its snippet computes them with the model's `generation_config`: decodes of
+    `num_samples` prior codes, then a homotopy between two more prior codes from the same generator (RNNLM:
+    ancestral samples only)."""
     import torch
 
-    def texts(out) -> list[str]:
+    def texts(**kwargs) -> list[str]:
+        out = model.generate(max_new_tokens=max_new_tokens, return_dict_in_generate=True, **kwargs)
         return tokenizer.batch_decode(out.sequences, skip_special_tokens=True)
 
     generator = torch.Generator().manual_seed(seed)
     if model.config.latent_size == 0:
-        out = model.generate(
-            num_samples=num_samples, do_sample=True, generator=generator, max_new_tokens=max_new_tokens
-        )
-        return {"prior": texts(out), "homotopy": []}
+        return {"prior": texts(num_samples=num_samples, do_sample=True, generator=generator), "homotopy": []}
     z = model.sample_prior(num_samples, generator=generator)
-    prior = texts(model.generate(latent=z, max_new_tokens=max_new_tokens))
+    prior = texts(latent=z)
     ends = model.sample_prior(2, generator=generator)
     path = model.interpolate(ends[0], ends[1], steps=homotopy_steps)
-    return {"prior": prior, "homotopy": texts(model.generate(latent=path, max_new_tokens=max_new_tokens))}
+    return {"prior": prior, "homotopy": texts(latent=path)}
 
 
 def _samples_code(repo: str, latent_size: int, num_samples: int, steps: int, seed: int, max_new_tokens: int) -> str:
@@ -311,21 +392,21 @@ def _samples_code(repo: str, latent_size: int, num_samples: int, steps: int, see
         return "\n".join(
             head
             + [
-                f"out = model.generate(num_samples={num_samples}, do_sample=True, generator=generator, "
+                f"ids = model.generate(num_samples={num_samples}, do_sample=True, generator=generator, "
                 f"max_new_tokens={max_new_tokens})",
-                'print("\\n".join(tokenizer.batch_decode(out.sequences, skip_special_tokens=True)))',
+                'print("\\n".join(tokenizer.batch_decode(ids, skip_special_tokens=True)))',
             ]
         )
     return "\n".join(
         head
         + [
             f"z = model.sample_prior({num_samples}, generator=generator)",
-            f"out = model.generate(latent=z, max_new_tokens={max_new_tokens})",
-            'print("\\n".join(tokenizer.batch_decode(out.sequences, skip_special_tokens=True)))',
+            f"ids = model.generate(latent=z, max_new_tokens={max_new_tokens})",
+            'print("\\n".join(tokenizer.batch_decode(ids, skip_special_tokens=True)))',
             "ends = model.sample_prior(2, generator=generator)",
             f"path = model.interpolate(ends[0], ends[1], steps={steps})",
-            f"out = model.generate(latent=path, max_new_tokens={max_new_tokens})",
-            'print("\\n".join(tokenizer.batch_decode(out.sequences, skip_special_tokens=True)))',
+            f"ids = model.generate(latent=path, max_new_tokens={max_new_tokens})",
+            'print("\\n".join(tokenizer.batch_decode(ids, skip_special_tokens=True)))',
         ]
     )
 
@@ -341,17 +422,18 @@ def _usage_code(repo: str, latent_size: int, examples: tuple[str, str]) -> str:
     ]
     if latent_size:
         lines += [
-            "# Sentences from the prior: greedy decodes of z ~ N(0, I) (the paper's Table 5).",
-            "z = model.sample_prior(5, generator=torch.Generator().manual_seed(0))",
-            "out = model.generate(latent=z, max_new_tokens=30)",
-            "print(tokenizer.batch_decode(out.sequences, skip_special_tokens=True))",
-            "",
-            "# Encode sentences: posterior means, their decodes, and the homotopy between them (Section 6.3).",
+            "# Reconstruction: each sentence decoded from its posterior mean.",
             f"batch = tokenizer({list(examples)!r}, padding=True, return_tensors='pt')",
+            "print(tokenizer.batch_decode(model.generate(**batch), skip_special_tokens=True))",
+            "",
+            "# Sentences from the prior: decodes of z ~ N(0, I) (the paper's Table 5).",
+            "z = model.sample_prior(5, generator=torch.Generator().manual_seed(0))",
+            "print(tokenizer.batch_decode(model.generate(latent=z, max_new_tokens=30), skip_special_tokens=True))",
+            "",
+            "# The homotopy between the two sentences' posterior means (Section 6.3).",
             'mu, logvar = model.encode(batch["input_ids"], batch["attention_mask"])',
-            "print(tokenizer.batch_decode(model.generate(latent=mu).sequences, skip_special_tokens=True))",
             "path = model.interpolate(mu[0], mu[1], steps=5)",
-            "print(tokenizer.batch_decode(model.generate(latent=path).sequences, skip_special_tokens=True))",
+            "print(tokenizer.batch_decode(model.generate(latent=path), skip_special_tokens=True))",
             "",
             "# The bound: -ELBO per sentence = reconstruction + KL (nats).",
             "with torch.no_grad():",
@@ -361,9 +443,9 @@ def _usage_code(repo: str, latent_size: int, examples: tuple[str, str]) -> str:
     else:
         lines += [
             "# An RNN language model (no latent space): sample sentences, score sentences.",
-            "out = model.generate(num_samples=5, do_sample=True, max_new_tokens=30,",
+            "ids = model.generate(num_samples=5, do_sample=True, max_new_tokens=30,",
             "                     generator=torch.Generator().manual_seed(0))",
-            "print(tokenizer.batch_decode(out.sequences, skip_special_tokens=True))",
+            "print(tokenizer.batch_decode(ids, skip_special_tokens=True))",
             f"batch = tokenizer({list(examples)!r}, padding=True, return_tensors='pt')",
             "with torch.no_grad():",
             "    out = model(**batch)",
@@ -376,7 +458,8 @@ def _pipeline_code(repo: str, latent_size: int, examples: tuple[str, str]) -> st
     lines = [
         "from transformers import pipeline",
         "",
-        f'pipe = pipeline(model="{repo}", trust_remote_code=True)',
+        f'pipe = pipeline(model="{repo}", trust_remote_code=True)  # with hf_sentence_vae installed: '
+        f'pipeline("sentence-vae", model="{repo}")',
     ]
     if latent_size:
         lines += [
@@ -478,9 +561,8 @@ def render_model_card(
 
     hub_dataset, dataset_type, dataset_pretty = _dataset_info(train_config, dataset_id)
     if model_name is None:
-        model_name = (
-            repo_id.split("/")[-1] if repo_id else (folder.parent.name if folder.name == "best" else folder.name)
-        )
+        model_name = run_name(folder, repo_id)
+    license = resolve_license(folder, license)  # noqa: A001
     repo = repo_id or PATH_PLACEHOLDER
 
     eval_results = []
@@ -507,7 +589,9 @@ def render_model_card(
             )
         result_rows.append(row)
 
-    tags = ["sentence-vae", "lstm", "text-generation", "custom_code", "pytorch"]
+    # Tags name what works: the `sentence-vae` pipeline (remote code), not transformers' `text-generation`
+    # pipeline (it would continue a prompt; this model reconstructs or samples whole sentences).
+    tags = ["sentence-vae", "lstm", "custom_code", "pytorch"]
     tags[1:1] = ["vae", "variational-autoencoder"] if is_vae else ["rnnlm", "language-model"]
     base_model = train_config.get("model_name_or_path")
     if not (
@@ -516,9 +600,8 @@ def render_model_card(
         base_model = None
     card_data = ModelCardData(
         language=language,
-        license=license,
+        license=license or "other",
         library_name="transformers",
-        pipeline_tag="text-generation",
         tags=tags,
         datasets=[hub_dataset] if hub_dataset else None,
         metrics=["perplexity"],
@@ -579,7 +662,7 @@ def render_model_card(
         if key == "kl_schedule":
             params = ", ".join(f"{p}={train_config[p]}" for p in KL_SCHEDULE_FIELDS.get(value, ()) if p in train_config)
             value = f"{value} ({params})" if params else value
-        training_rows.append((label, _fmt(value)))
+        training_rows.append((label, _fmt(_portable(key, value))))
     world_size = int(results.get("world_size") or 1)
     if results.get("global_step") is not None:
         training_rows.append(("optimizer steps taken", _fmt(results["global_step"])))
@@ -607,9 +690,13 @@ def render_model_card(
     homotopy_lines = [
         f"a={i / (len(samples['homotopy']) - 1):.2f}  {text}" for i, text in enumerate(samples["homotopy"])
     ]
+    from .analysis import describe_decoding
+
+    decoding = describe_decoding(model, tokenizer)
     samples_note = (
-        f"Greedy decodes of {num_samples} codes drawn from the prior N(0, I) (seed {seed}, at most "
-        f"{max_new_tokens} tokens), decoded from this checkpoint when the card was written:"
+        f"Decodes ({decoding}, the defaults in `generation_config.json`) of {num_samples} codes drawn from the prior "
+        f"N(0, I) (seed {seed}, at most {max_new_tokens} tokens), decoded from this checkpoint when the card was "
+        "written:"
         if is_vae
         else f"{num_samples} sentences sampled from the model (seed {seed}, at most {max_new_tokens} tokens):"
     )
@@ -622,6 +709,8 @@ def render_model_card(
         card_data,
         template_path=str(template_path),
         title=f"Sentence VAE: {model_name}" if is_vae else f"Sentence VAE paper's RNNLM baseline: {model_name}",
+        license_note=None if license else NO_LICENSE_NOTE,
+        decoding=decoding,
         summary=summary,
         architecture=architecture,
         usage_code=_usage_code(repo, latent_size, examples),
@@ -777,22 +866,29 @@ def validate_folder(folder: str | os.PathLike) -> None:
 
 
 # --------------------------------------------------------------------------- pushing
-def check_endpoint(endpoint: str, token: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
+def check_endpoint(endpoint: str, token: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
     """Fail within about `timeout` seconds when `endpoint` does not answer HTTP; reject a token it refuses.
 
-    Asks `GET {endpoint}/api/whoami-v2`: any HTTP answer means reachable; 401 with a token means a bad token."""
+    Asks `GET {endpoint}/api/whoami-v2`: any HTTP answer means reachable; 401 with a token means a bad token.
+    Returns the account the token belongs to (the answer's JSON; empty when the endpoint said nothing usable)."""
     request = urllib.request.Request(f"{endpoint.rstrip('/')}/api/whoami-v2", method="GET")
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     started = time.monotonic()
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            response.read(1024)
+            body = response.read(65536)
+        try:
+            account = json.loads(body)
+        except ValueError:
+            account = None
+        return account if isinstance(account, dict) else {}
     except urllib.error.HTTPError as err:
         if err.code == 401 and token:
             raise HubPushError(
                 f"{endpoint} rejected the token (401 Unauthorized): check HF_TOKEN / --token (it needs write access)"
             ) from None
+        return {}
     except (urllib.error.URLError, OSError, ValueError) as err:
         reason = getattr(err, "reason", err)
         waited = time.monotonic() - started
@@ -809,23 +905,50 @@ def preflight(
     timeout: float = DEFAULT_TIMEOUT,
     what: str = "the model",
 ) -> tuple[str, str]:
-    """The checks a push needs before it touches anything: offline mode, a token (argument, `HF_TOKEN`, or the
-    stored login), and an endpoint that answers within `timeout` seconds and accepts the token.
+    """The checks a push needs before it touches anything: a valid repository id, offline mode, a token (argument,
+    `HF_TOKEN`, or the stored login), an endpoint that answers within `timeout` seconds and accepts the token, and,
+    where the endpoint says whose token it is, a namespace that account may write to with a token that may write.
     Returns `(endpoint, token)`; raises `HubPushError` naming the problem."""
     from huggingface_hub import constants, get_token
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     endpoint = (endpoint or constants.ENDPOINT).rstrip("/")
     where = f"could not push {what} to {repo_id!r} at {endpoint}"
+    try:
+        validate_repo_id(repo_id)
+    except (HFValidationError, TypeError) as err:
+        raise HubPushError(f"{where}: {repo_id!r} is not a repository id ('name' or 'namespace/name'): {err}") from None
     if constants.is_offline_mode():
         raise HubPushError(f"{where}: offline mode is on (HF_HUB_OFFLINE=1); unset HF_HUB_OFFLINE to push")
     token = token or os.environ.get("HF_TOKEN") or get_token()
     if not token:
         raise HubPushError(f"{where}: no token; set HF_TOKEN, pass --token, or run `hf auth login`")
     try:
-        check_endpoint(endpoint, token, timeout)
+        account = check_endpoint(endpoint, token, timeout)
     except HubPushError as err:
         raise HubPushError(f"{where}: {err}") from None
+    _check_account(account, repo_id, where)
     return endpoint, token
+
+
+def _check_account(account: dict[str, Any], repo_id: str, where: str) -> None:
+    """Refuse a push that the account behind the token cannot make: a read-only token, or a namespace that is
+    neither the user's nor one of their organisations'. Says nothing when the endpoint did not tell."""
+    name = account.get("name")
+    role = ((account.get("auth") or {}).get("accessToken") or {}).get("role")
+    if role == "read":
+        raise HubPushError(
+            f"{where}: the token of {name or 'this account'} is read-only; use a token with write access"
+        )
+    if not name or "/" not in repo_id:
+        return
+    namespace = repo_id.split("/")[0]
+    allowed = {name} | {org.get("name") for org in account.get("orgs") or [] if isinstance(org, dict)}
+    if namespace not in allowed:
+        raise HubPushError(
+            f"{where}: the token belongs to {name!r}, who cannot create repositories under {namespace!r} "
+            f"(their namespaces: {', '.join(sorted(n for n in allowed if n))})"
+        )
 
 
 def push_folder(
@@ -840,14 +963,20 @@ def push_folder(
 ) -> str:
     """Create `repo_id` (if needed) and upload the Hub files of `folder` in one commit; returns the commit URL.
 
-    Everything that can be checked locally is checked first (the folder, offline mode, a token), then the endpoint
-    must answer within `timeout` seconds, so nothing is created for a push that cannot succeed. `token` defaults
+    Everything that can be checked locally is checked first (the folder, a chosen license, offline mode, a token),
+    then the endpoint must answer within `timeout` seconds, so nothing is created for a push that cannot succeed. `token` defaults
     to `HF_TOKEN` (or the stored login); `revision` is a branch, created if missing. Failures raise
     `HubPushError` naming the repository, the endpoint and the cause. A repository this call created is deleted
     again if the upload then fails.
     """
     folder = Path(folder)
     validate_folder(folder)
+    readme = folder / "README.md"
+    if readme.is_file() and NO_LICENSE_NOTE in readme.read_text(encoding="utf-8"):
+        raise HubPushError(
+            f"could not push {folder} to {repo_id!r}: its model card says no license was chosen; render it with one "
+            "(train with --license, or push_to_hub.py --license ID)"
+        )
     from huggingface_hub import HfApi
 
     endpoint, token = preflight(repo_id, token, endpoint, timeout, what=str(folder))

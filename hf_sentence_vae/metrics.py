@@ -210,7 +210,14 @@ def elbo_terms(
         generator: random generator for the posterior sample (reproducible evaluation).
     """
     with _evaluation_mode(model):
-        out = model(input_ids=input_ids, attention_mask=attention_mask, generator=generator, return_logits=False)
+        out = model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            generator=generator,
+            sample_latent=True,
+            return_logits=False,
+            return_dict=True,
+        )
     reconstruction = out.reconstruction_per_sentence.double()
     kl = out.kl_per_sentence.double()
     return BoundTerms(reconstruction, kl, reconstruction + kl, out.mu, out.logvar)

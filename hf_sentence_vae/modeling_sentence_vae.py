@@ -9,19 +9,27 @@ by `SentenceVAETokenizerFast`; the decoder reads `<bos> w_1 ... w_n` and predict
 
 from __future__ import annotations
 
-import functools
+import copy
+import inspect
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.generation import (
     LogitsProcessorList,
+    MinPLogitsWarper,
+    NoBadWordsLogitsProcessor,
+    NoRepeatNGramLogitsProcessor,
+    RepetitionPenaltyLogitsProcessor,
+    SuppressTokensLogitsProcessor,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
     TopPLogitsWarper,
+    TypicalLogitsWarper,
 )
 from transformers.utils import ModelOutput, logging
 
@@ -36,6 +44,67 @@ _CELL_MAX_BATCH = 64
 # Under CPU bf16 autocast the output layer pads its rows to a multiple of this: oneDNN builds a bf16 GEMM kernel
 # per new shape (~4 ms), and the number of target tokens differs almost every batch.
 _BF16_ROW_BUCKET = 128
+# `GenerationConfig` settings `generate` honours; any other one set to a value that would change decoding is refused.
+_GENERATION_SETTINGS = {
+    "max_length",
+    "max_new_tokens",
+    "min_length",
+    "min_new_tokens",
+    "do_sample",
+    "num_beams",
+    "temperature",
+    "top_k",
+    "top_p",
+    "min_p",
+    "typical_p",
+    "repetition_penalty",
+    "no_repeat_ngram_size",
+    "bad_words_ids",
+    "suppress_tokens",
+    "length_penalty",
+    "num_return_sequences",
+    "output_scores",
+    "return_dict_in_generate",
+    "pad_token_id",
+    "bos_token_id",
+    "eos_token_id",
+    # No effect on a recurrent decoder whose state is its cache, or on a search that ends a row when all its beams
+    # have ended (transformers' `early_stopping=True`).
+    "use_cache",
+    "cache_implementation",
+    "early_stopping",
+}
+# Settings that change decoding in `transformers` and that `generate` does not implement: refused unless unset or
+# at a value without effect (None, False, 0, the `transformers` default; 1 for `guidance_scale`).
+_UNSUPPORTED_SETTINGS = {
+    "max_time",
+    "stop_strings",
+    "top_h",
+    "epsilon_cutoff",
+    "eta_cutoff",
+    "encoder_repetition_penalty",
+    "encoder_no_repeat_ngram_size",
+    "renormalize_logits",
+    "forced_bos_token_id",
+    "forced_eos_token_id",
+    "remove_invalid_values",
+    "exponential_decay_length_penalty",
+    "begin_suppress_tokens",
+    "sequence_bias",
+    "token_healing",
+    "guidance_scale",
+    "watermarking_config",
+    "output_attentions",
+    "output_hidden_states",
+    "output_logits",
+    "prompt_lookup_num_tokens",
+    "penalty_alpha",
+    "dola_layers",
+    "diversity_penalty",
+    "num_beam_groups",
+    "constraints",
+    "force_words_ids",
+}
 
 
 @dataclass
@@ -52,6 +121,9 @@ class SentenceVAEOutput(ModelOutput):
         z: `(B, Z)` the latent code the decoder was conditioned on.
         reconstruction_per_sentence, kl_per_sentence: `(B,)` the per-sentence terms before averaging.
         num_tokens: number of predicted tokens in the batch (words + end of sentence).
+        hidden_states: with `output_hidden_states=True`, the decoder's `(B, T-1, D)` states at every position it
+            reads (`<bos> w_1 ... w_n`): its input (embeddings, with z appended when injected at the inputs) and
+            its LSTM's output, as `transformers`' recurrent models return them (embeddings, then each layer).
     """
 
     loss: torch.Tensor | None = None
@@ -64,23 +136,34 @@ class SentenceVAEOutput(ModelOutput):
     reconstruction_per_sentence: torch.Tensor | None = None
     kl_per_sentence: torch.Tensor | None = None
     num_tokens: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
 
 
 @dataclass
 class SentenceVAEGenerationOutput(ModelOutput):
-    """Output of [`SentenceVAEModel.generate`].
+    """Output of [`SentenceVAEModel.generate`] with `return_dict_in_generate=True`.
 
     Args:
         sequences: `(B * num_return_sequences, L)` generated ids in reading order, end of sentence
             included, right-padded with `pad_token_id` (no `<bos>`).
-        sequences_scores: `(B * num_return_sequences,)` ranking scores (sum of log-probabilities,
-            length-penalised for beam search).
-        log_probs: `(B * num_return_sequences,)` sum of the generated tokens' log-probabilities.
-        latent: the `(B, Z)` codes that were decoded (None for the RNNLM).
+        sequences_scores: `(B * num_return_sequences,)` ranking scores: the sum of the (processed)
+            log-probabilities, length-penalised for beam search.
+        scores: with `output_scores=True`, one `(B * num_return_sequences, V)` tensor per generation step
+            (`(B * num_beams, V)` for beam search): the processed log-probabilities each step chose from, in the
+            decoder's order (right to left for `right_to_left` models); rows that have ended hold 0 for `<pad>`.
+            `model.compute_transition_scores(out.sequences, out.scores, out.beam_indices)` gives each token's score.
+        beam_indices: with `output_scores=True` in beam search, `(B * num_return_sequences, L)` the row of
+            `scores[t]` each returned sequence came from at step `t` (as in `transformers`).
+        log_probs: `(B * num_return_sequences,)` sum of the generated tokens' log-probabilities under the model
+            (unaffected by logits processors, suppressed tokens or sampling warpers).
+        latent: the `(B, Z)` codes that were decoded (None for the RNNLM): the given ones, the posterior means (or
+            samples) of `input_ids`, or the prior samples.
     """
 
     sequences: torch.Tensor | None = None
     sequences_scores: torch.Tensor | None = None
+    scores: tuple[torch.Tensor, ...] | None = None
+    beam_indices: torch.Tensor | None = None
     log_probs: torch.Tensor | None = None
     latent: torch.Tensor | None = None
 
@@ -216,10 +299,10 @@ class Highway(nn.Module):
         return x
 
 
-def _suppressed_step(step_fn, suppressed: torch.Tensor, tokens: torch.Tensor, state: tuple[torch.Tensor, ...]):
-    """`step_fn` with the `suppressed` ids' log-probabilities set to -inf (the others unchanged)."""
-    log_probs, state = step_fn(tokens, state)
-    return log_probs.index_fill(-1, suppressed, float("-inf")), state
+def _tracing() -> bool:
+    """True under `torch.compile` / `torch.export`, where checks that read tensor values cannot run."""
+    is_exporting = getattr(torch.compiler, "is_exporting", None)
+    return torch.compiler.is_compiling() or (is_exporting is not None and is_exporting())
 
 
 class SentenceVAEPreTrainedModel(PreTrainedModel):
@@ -230,8 +313,12 @@ class SentenceVAEPreTrainedModel(PreTrainedModel):
     _no_split_modules = []
 
 
-class SentenceVAEModel(SentenceVAEPreTrainedModel):
+class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
     """The sentence VAE (or, with `latent_size=0`, its RNNLM baseline).
+
+    It inherits `GenerationMixin` for `transformers`' generation plumbing (`can_generate()`, `generation_config`
+    loaded and saved as `generation_config.json`, `compute_transition_scores`) and replaces `generate` with its own
+    batched search over the LSTM decoder, which follows `GenerationMixin.generate`'s conventions.
 
     Example:
 
@@ -242,7 +329,8 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel):
     ...     encoder_hidden_size=16, decoder_hidden_size=16, latent_size=4))
     >>> batch = tokenizer(["the cat sat ."], return_tensors="pt")
     >>> out = model(**batch)  # out.loss, out.reconstruction_loss, out.kl, out.z, ...
-    >>> text = tokenizer.batch_decode(model.generate(num_samples=2).sequences, skip_special_tokens=True)
+    >>> reconstructed = tokenizer.batch_decode(model.generate(**batch), skip_special_tokens=True)
+    >>> sampled = tokenizer.batch_decode(model.generate(num_samples=2), skip_special_tokens=True)
     ```
     """
 
@@ -293,8 +381,9 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel):
         return injection in ("initial_state_and_inputs", "initial_state_inputs_and_outputs")
 
     @staticmethod
-    def _never_predicted_mask(config: SentenceVAEConfig) -> torch.Tensor:
-        mask = torch.zeros(config.vocab_size)
+    def _never_predicted_mask(config: SentenceVAEConfig, vocab_size: int | None = None) -> torch.Tensor:
+        """`(V,)`: -inf for the ids the model never predicts (`<pad>`, `<bos>`), 0 elsewhere."""
+        mask = torch.zeros(config.vocab_size if vocab_size is None else vocab_size)
         mask[[config.pad_token_id, config.bos_token_id]] = float("-inf")
         return mask
 
@@ -344,6 +433,25 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel):
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.lm_head = value
 
+    def _resize_token_embeddings(self, new_num_tokens, pad_to_multiple_of=None, mean_resizing=True):
+        """`transformers`' resize of the embedding and the output layer, plus what else is sized by the vocabulary:
+        the encoder's own embedding (when not shared) and the never-predicted mask."""
+        cfg = self.config
+        if new_num_tokens is not None and new_num_tokens <= max(cfg.special_token_ids.values()):
+            raise ValueError(
+                f"new_num_tokens={new_num_tokens} would drop special tokens: the vocabulary must keep ids "
+                f"{cfg.special_token_ids}"
+            )
+        embeddings = super()._resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        size = embeddings.weight.shape[0]
+        if hasattr(self, "encoder_embed_tokens"):
+            resized = self._get_resized_embeddings(self.encoder_embed_tokens, size, mean_resizing=mean_resizing)
+            resized.requires_grad_(self.encoder_embed_tokens.weight.requires_grad)
+            self.encoder_embed_tokens = resized
+        mask = self._never_predicted_mask(cfg, size).to(self.logit_mask.device)
+        self.register_buffer("logit_mask", mask, persistent=False)
+        return embeddings
+
     # ----------------------------------------------------------------- building blocks
     @property
     def latent_size(self) -> int:
@@ -360,6 +468,8 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel):
         if attention_mask is None:
             attention_mask = input_ids.ne(self.config.pad_token_id)
         attention_mask = attention_mask.bool()
+        if _tracing():  # the checks below read tensor values; a traced graph is checked where it runs eagerly
+            return attention_mask
         lengths = attention_mask.sum(-1)
         bad = (input_ids[:, 0] != self.config.bos_token_id) | (
             input_ids.gather(1, (lengths - 1).clamp(min=0).unsqueeze(-1)).squeeze(-1) != self.config.eos_token_id
@@ -455,14 +565,15 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel):
 
     def _run_decoder(
         self, ids: torch.Tensor, z: torch.Tensor | None, embedded: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """The output layer's input features `(B, T, F)` after reading `ids` `(B, T)` (whose embeddings may be
-        given): the decoder's hidden states, with z appended to each when it is injected at the outputs."""
+        given): the decoder's hidden states, with z appended to each when it is injected at the outputs; and the
+        decoder LSTM's `(inputs, outputs)`."""
         h0, c0 = self._initial_state(z, ids.shape[0], ids.device, self.embed_tokens.weight.dtype)
         inputs = self._decoder_inputs(ids, z, embedded)
         weight_drop = self.config.decoder_weight_drop if self.training else 0.0
         outputs, _ = _run_lstm(self.decoder, inputs, (h0.unsqueeze(0), c0.unsqueeze(0)), weight_drop)
-        return self._output_features(self._dropout(outputs), z)
+        return self._output_features(self._dropout(outputs), z), (inputs, outputs)
 
     def _output_features(self, hidden: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
         """Decoder states `(B, [T,] H)`, with z `(B, Z)` appended to each when it is injected at the outputs."""
@@ -483,14 +594,23 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel):
             return hidden, self.lm_head.weight @ projection.weight
         return projection(hidden), self.lm_head.weight
 
-    def _output_bias(self) -> torch.Tensor:
-        """The output bias with the never-predicted mask folded in (`<pad>` and `<bos>` get -inf)."""
-        return self.lm_head.bias + self.logit_mask.to(self.lm_head.bias.dtype)
+    def _output_bias(self, fill: float | None = None) -> torch.Tensor:
+        """The output bias with `fill` (default -inf) at the never-predicted ids (`<pad>`, `<bos>`)."""
+        bias = self.lm_head.bias
+        if fill is None or fill == float("-inf"):
+            return bias + self.logit_mask.to(bias.dtype)
+        return bias.masked_fill(self.logit_mask.isinf(), fill)
 
-    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Next-token logits; `<pad>` and `<bos>` get -inf through the bias (a `(V,)` add, not `(N, V)`)."""
+    def _logits(self, hidden: torch.Tensor, finite: bool = False) -> torch.Tensor:
+        """Next-token logits; `<pad>` and `<bos>` get -inf through the bias (a `(V,)` op, not `(N, V)`), or with
+        `finite=True` the smallest number of the dtype the logits are computed in (what `forward` returns)."""
         features, weight = self._output_layer(hidden)
-        return F.linear(features, weight, self._output_bias())
+        fill = None
+        if finite:
+            device = features.device.type
+            dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+            fill = torch.finfo(dtype).min
+        return F.linear(features, weight, self._output_bias(fill))
 
     def word_dropout(
         self,
@@ -532,15 +652,17 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel):
         word_keep_rate: float | None = None,
         free_bits: float = 0.0,
         latent: torch.Tensor | None = None,
-        sample_latent: bool = True,
+        sample_latent: bool | None = None,
         return_logits: bool = True,
         generator: torch.Generator | None = None,
         latent_noise: torch.Tensor | None = None,
         word_dropout_noise: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
-    ) -> SentenceVAEOutput:
-        """Encode, sample z, decode, and score.
+    ) -> SentenceVAEOutput | tuple:
+        """Encode, take z (a posterior sample in training mode, the posterior mean in evaluation mode), decode, and
+        score.
 
         Args:
             input_ids: `(B, T)` `<bos> w_1 ... w_n <eos>` right-padded with `<pad>`.
@@ -553,21 +675,31 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel):
             free_bits: minimum KL per latent dimension (nats, batch-averaged) in the loss (Kingma et al.,
                 2016); 0 disables it. Reported `kl` stays the true KL.
             latent: decode from this `(B, Z)` code instead of encoding `input_ids` (no KL term then).
-            sample_latent: draw z from q(z|x) (the single-sample bound estimate); False uses the mean.
-            return_logits: also return the full `(B, T-1, V)` logits. Training sets it to False so that the
-                output layer is evaluated only at non-padding positions.
+            sample_latent: True draws z from q(z|x) (the single-sample bound estimate), False uses the posterior mean.
+                Default: sample in training mode (or when `latent_noise` is given), the mean in evaluation mode, so
+                an evaluation-mode forward is deterministic.
+            return_logits: also return the full `(B, T-1, V)` logits (finite: the never-predicted `<pad>` and `<bos>`
+                get the dtype's smallest value). Training sets it to False so that the output layer is evaluated
+                only at non-padding positions.
             generator: random generator for z and word dropout (reproducible evaluation).
             latent_noise: `(B, Z)` standard-normal noise for the reparameterisation z = mu + sigma * noise,
                 instead of drawing it (the training loop draws it per global batch so that results do not
                 depend on how a batch is split across processes).
             word_dropout_noise: `(B, >= T-1)` uniform noise deciding word dropout (a word is kept where
                 noise < keep rate), instead of drawing it.
+            output_hidden_states: also return the decoder's `hidden_states` (default `config.output_hidden_states`).
+            return_dict: return a [`SentenceVAEOutput`] (default `config.return_dict`); False returns its non-None
+                fields as a tuple.
         """
         if kwargs:
             logger.warning_once(f"SentenceVAEModel.forward ignores unexpected arguments: {sorted(kwargs)}")
         cfg = self.config
         if free_bits < 0:
             raise ValueError(f"free_bits must be >= 0, got {free_bits}")
+        if sample_latent is None:
+            sample_latent = self.training or latent_noise is not None
+        output_hidden_states = cfg.output_hidden_states if output_hidden_states is None else output_hidden_states
+        return_dict = cfg.return_dict if return_dict is None else return_dict
         attention_mask = self._check_inputs(input_ids, attention_mask)
         batch_size = input_ids.shape[0]
 
@@ -619,11 +751,11 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel):
         if one_lookup:
             dropped = (decoder_ids != ordered[:, :-1]).unsqueeze(-1)
             decoder_embedded = torch.where(dropped, unk_embedding, encoder_embedded[:, :-1])
-        hidden = self._run_decoder(decoder_ids, z, decoder_embedded)
+        hidden, decoder_states = self._run_decoder(decoder_ids, z, decoder_embedded)
 
         logits = None
         if return_logits:
-            logits = self._logits(hidden)
+            logits = self._logits(hidden, finite=True)
             log_probs = torch.log_softmax(logits.float(), dim=-1)
             token_nll = -log_probs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
             reconstruction = token_nll.masked_fill(~target_mask, 0.0).sum(-1)
@@ -643,7 +775,7 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel):
             kl_term = kl_per_sentence.sum()
         reconstruction_loss = reconstruction.mean()
         loss = reconstruction_loss + kl_weight * kl_term
-        return SentenceVAEOutput(
+        output = SentenceVAEOutput(
             loss=loss,
             reconstruction_loss=reconstruction_loss,
             kl=kl_per_sentence.mean(),
@@ -654,7 +786,9 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel):
             reconstruction_per_sentence=reconstruction,
             kl_per_sentence=kl_per_sentence,
             num_tokens=target_mask.sum(),
+            hidden_states=decoder_states if output_hidden_states else None,
         )
+        return output if return_dict else output.to_tuple()
 
     def log_likelihood_given_latent(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, latent: torch.Tensor | None
@@ -662,7 +796,9 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel):
         """log p(x | z) per sentence `(B,)` with all words supplied (evaluation; no word dropout unless the
         model is inputless). For the RNNLM pass `latent=None`: this is then the exact log-likelihood."""
         keep_rate = 0.0 if self.config.word_keep_rate == 0.0 else 1.0
-        out = self.forward(input_ids, attention_mask, latent=latent, word_keep_rate=keep_rate, return_logits=False)
+        out = self.forward(
+            input_ids, attention_mask, latent=latent, word_keep_rate=keep_rate, return_logits=False, return_dict=True
+        )
         return -out.reconstruction_per_sentence
 
     # ----------------------------------------------------------------- decoding
@@ -709,126 +845,331 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel):
     @torch.no_grad()
     def generate(
         self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        *,
         latent: torch.Tensor | None = None,
         num_samples: int | None = None,
-        num_beams: int = 1,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        max_new_tokens: int | None = None,
-        min_new_tokens: int = 0,
-        length_penalty: float = 1.0,
-        num_return_sequences: int = 1,
+        sample_latent: bool = False,
+        generation_config: GenerationConfig | None = None,
+        logits_processor: LogitsProcessorList | None = None,
         forced_tokens: torch.Tensor | None = None,
-        suppress_tokens: list[int] | None = None,
         generator: torch.Generator | None = None,
-    ) -> SentenceVAEGenerationOutput:
-        """Decode sentences from latent codes, batched over the codes.
+        **kwargs: Any,
+    ) -> torch.LongTensor | SentenceVAEGenerationOutput:
+        """Decode sentences, batched, from one of three sources:
+
+        - `generate(input_ids, attention_mask)` (e.g. `generate(**tokenizer(texts, padding=True,
+          return_tensors="pt"))`): reconstruction: each sentence is encoded and decoded from its posterior mean (a
+          posterior sample with `sample_latent=True`);
+        - `generate(latent=z)`: decodes the `(B, Z)` codes `z` (from `sample_prior`, `encode`, `interpolate`, ...);
+        - `generate()` / `generate(num_samples=n)`: decodes `n` (default 1) codes drawn from the prior (for the RNNLM:
+          `n` unconditional sentences).
+
+        Anything ambiguous raises a `ValueError`: both `input_ids` and `latent`, floating-point `input_ids` (codes go
+        in `latent=`), integer `latent`, `num_samples` that differs from the batch, `input_ids` for an RNNLM.
+
+        Decoding follows `transformers`: settings come from `generation_config` (default `model.generation_config`,
+        read from `generation_config.json`), overridden by keyword arguments of the same names (asking for
+        `do_sample=True` replaces a default beam width, asking for `num_beams > 1` a default of sampling). Supported:
+        `num_beams` (1 = greedy; beam search, `length_penalty`, `num_return_sequences`), `do_sample` with
+        `temperature`, `top_k`, `top_p`, `min_p`, `typical_p`; `max_new_tokens` (or `max_length`: the sequences hold
+        no prompt, so both count generated tokens, `<eos>` included; default `config.max_sentence_length`),
+        `min_new_tokens` (or `min_length`); `repetition_penalty`, `no_repeat_ngram_size`, `bad_words_ids` and
+        `suppress_tokens` through `transformers`' logits processors, plus any `logits_processor` given (they see
+        log-probabilities, as in `transformers`' beam search); `return_dict_in_generate`, `output_scores`. Other
+        generation settings that would change decoding (e.g. `num_beam_groups`, `stop_strings`) and unknown
+        arguments raise a `ValueError`.
 
         Args:
-            latent: `(B, Z)` codes (e.g. from `sample_prior`, `encode` or `interpolate`). When None, `num_samples`
-                codes are drawn from the prior (or, for the RNNLM, `num_samples` unconditional sentences).
-            num_beams: beam width; 1 = greedy (or sampling with `do_sample=True`).
-            do_sample: ancestral sampling, shaped by `temperature`, `top_k` and `top_p`
-                (`transformers` logits warpers).
-            max_new_tokens: at most this many tokens including `<eos>` (default `config.max_sentence_length`).
-            min_new_tokens: `<eos>` is forbidden before this many tokens.
-            length_penalty: beam hypotheses are ranked by `log p / length ** length_penalty`.
-            num_return_sequences: the n best beams per code (or n samples per code).
+            input_ids, attention_mask: `(B, T)` sentences to reconstruct, as the tokenizer produces them.
+            latent: `(B, Z)` codes to decode.
+            num_samples: the number of prior samples when neither `input_ids` nor `latent` is given.
+            sample_latent: reconstruct from a posterior sample (drawn with `generator`) instead of the mean.
+            generation_config: a `transformers.GenerationConfig`.
+            logits_processor: extra `transformers` logits processors, applied after the built-in ones.
             forced_tokens: `(B, T)` ids to pin at each step (`-1` = free), in the decoder's order.
-            suppress_tokens: ids never to generate (e.g. `[tokenizer.unk_token_id]`), as `transformers`'
-                `suppress_tokens`; the reported log-probabilities stay the model's own (not renormalised).
-            generator: random generator for prior samples and sampling.
+            generator: random generator for prior samples, posterior samples and sampling.
 
-        Returns a [`SentenceVAEGenerationOutput`]; decode `sequences` with
-        `tokenizer.batch_decode(out.sequences, skip_special_tokens=True)`.
+        Returns the `(B * num_return_sequences, L)` generated ids (a `torch.LongTensor`, no `<bos>`, right-padded;
+        `tokenizer.batch_decode(ids, skip_special_tokens=True)` gives the text), or with
+        `return_dict_in_generate=True` a [`SentenceVAEGenerationOutput`] (sequences, scores, the decoded codes).
         """
+        if "inputs" in kwargs:  # GenerationMixin.generate's name for its first argument
+            if input_ids is not None:
+                raise ValueError("pass the sentences as input_ids or as inputs, not both")
+            input_ids = kwargs.pop("inputs")
+        settings = self._generation_settings(generation_config, kwargs)
+        latent, batch_size = self._codes_to_decode(
+            input_ids, attention_mask, latent, num_samples, sample_latent, generator
+        )
+        if forced_tokens is not None and forced_tokens.shape[0] != batch_size:
+            raise ValueError(f"forced_tokens must have {batch_size} rows, got {forced_tokens.shape[0]}")
+        processors, warpers = self._logits_processors(settings, logits_processor, forced_tokens)
+
         cfg = self.config
-        if num_beams < 1:
-            raise ValueError(f"num_beams must be >= 1, got {num_beams}")
-        if num_return_sequences < 1:
-            raise ValueError(f"num_return_sequences must be >= 1, got {num_return_sequences}")
-        if do_sample and num_beams > 1:
-            raise ValueError("do_sample=True with num_beams > 1 is not supported: choose sampling or beam search")
-        if not do_sample and num_beams == 1 and num_return_sequences > 1:
-            raise ValueError("greedy decoding returns one sequence per code; use num_beams >= num_return_sequences")
-        if not temperature > 0:  # also NaN
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        if top_p is not None and not 0.0 < top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        max_new_tokens = cfg.max_sentence_length if max_new_tokens is None else max_new_tokens
+        max_new_tokens, min_new_tokens = settings.max_new_tokens, settings.min_new_tokens
+        num_beams, num_return_sequences = settings.num_beams, settings.num_return_sequences
+        output_scores = bool(settings.return_dict_in_generate and settings.output_scores)
+        h, c = self._initial_state(latent, batch_size, self.device, self.dtype)
+        state = (h, c) if latent is None else (h, c, latent)
+        special = dict(bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id, pad_token_id=cfg.pad_token_id)
+        if num_beams > 1:
+            result = beam_search(
+                self._step,
+                state,
+                batch_size,
+                num_beams,
+                max_new_tokens=max_new_tokens,
+                min_new_tokens=min_new_tokens,
+                length_penalty=settings.length_penalty,
+                num_return_sequences=num_return_sequences,
+                forced_tokens=forced_tokens,
+                logits_processor=processors or None,
+                output_scores=output_scores,
+                **special,
+            )
+        else:
+            if num_return_sequences > 1:
+                state = tuple(s.repeat_interleave(num_return_sequences, dim=0) for s in state)
+                if forced_tokens is not None:
+                    forced_tokens = forced_tokens.repeat_interleave(num_return_sequences, dim=0)
+            flat = sample_search(
+                self._step,
+                state,
+                batch_size * num_return_sequences,
+                max_new_tokens=max_new_tokens,
+                min_new_tokens=min_new_tokens,
+                do_sample=settings.do_sample,
+                logits_processor=processors or None,
+                logits_warper=warpers or None,
+                forced_tokens=forced_tokens,
+                generator=generator,
+                output_scores=output_scores,
+                **special,
+            )
+            result = flat._replace(
+                **{
+                    name: getattr(flat, name).view(batch_size, num_return_sequences, *getattr(flat, name).shape[2:])
+                    for name in ("sequences", "scores", "log_probs", "lengths")
+                }
+            )
+        output = self._generation_output(result, latent)
+        return output if settings.return_dict_in_generate else output.sequences
+
+    def _generation_settings(self, generation_config: GenerationConfig | None, kwargs: dict[str, Any]):
+        """The `GenerationConfig` a `generate` call runs with: `generation_config` (else `model.generation_config`),
+        its unset fields from `model.generation_config`, then `kwargs`; checked, with the lengths resolved."""
+        cfg = self.config
+        if generation_config is not None and not isinstance(generation_config, GenerationConfig):
+            raise ValueError(
+                f"generation_config must be a transformers.GenerationConfig, got {type(generation_config).__name__}"
+            )
+        model_default = getattr(self, "generation_config", None) or GenerationConfig()
+        settings = copy.deepcopy(generation_config if generation_config is not None else model_default)
+        # What the caller chose (rather than the model's defaults).
+        explicit = set(kwargs)
+        if generation_config is not None:
+            explicit |= {key for key, value in vars(generation_config).items() if value is not None}
+            for key, value in model_default.to_dict().items():
+                if key in vars(settings) and getattr(settings, key) is None:
+                    setattr(settings, key, value)
+        unknown = sorted(key for key in kwargs if key.startswith("_") or key not in vars(settings))
+        if unknown:
+            raise ValueError(
+                f"generate() got arguments it does not use: {unknown}. Decoding settings are GenerationConfig fields "
+                f"({', '.join(sorted(_GENERATION_SETTINGS))}); sentences go in input_ids / attention_mask, codes "
+                "in latent"
+            )
+        for key, value in kwargs.items():
+            setattr(settings, key, value)
+        defaults_of = getattr(GenerationConfig, "_get_default_generation_params", None)  # transformers' own defaults
+        global_defaults = defaults_of() if defaults_of is not None else {}
+        refused = {}
+        for key in sorted(_UNSUPPORTED_SETTINGS & set(vars(settings))):
+            value = getattr(settings, key)
+            inert = (
+                value is None
+                or value is False
+                or (isinstance(value, (int, float)) and value == 0)
+                or (key in global_defaults and value == global_defaults[key])
+                or (key == "guidance_scale" and value == 1)
+            )
+            if not inert:
+                refused[key] = value
+        if refused:
+            raise ValueError(
+                f"generate() does not support these generation settings: {refused}; it supports "
+                f"{', '.join(sorted(_GENERATION_SETTINGS))}"
+            )
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            value = getattr(settings, name)
+            values = value.tolist() if torch.is_tensor(value) else value
+            values = list(values) if isinstance(values, (list, tuple)) else [values]
+            if value is not None and values != [getattr(cfg, name)]:
+                raise ValueError(
+                    f"generation setting {name}={value!r} differs from the model's {name}={getattr(cfg, name)}"
+                )
+
+        def pick(*values, default):
+            return next((v for v in values if v is not None), default)
+
+        settings.num_beams = pick(settings.num_beams, default=1)
+        settings.do_sample = bool(pick(settings.do_sample, default=False))
+        # Sampling and beam search exclude each other: one the caller asks for replaces the other from the defaults
+        # (a trained VAE's 5 beams, an RNNLM's sampling).
+        if settings.do_sample and "do_sample" in explicit and "num_beams" not in explicit:
+            settings.num_beams = 1
+        if settings.num_beams > 1 and "num_beams" in explicit and "do_sample" not in explicit:
+            settings.do_sample = False
+        settings.num_return_sequences = pick(settings.num_return_sequences, default=1)
+        settings.length_penalty = pick(settings.length_penalty, default=1.0)
+        settings.temperature = pick(settings.temperature, default=1.0)
+        settings.return_dict_in_generate = bool(settings.return_dict_in_generate)
+        settings.output_scores = bool(settings.output_scores)
+        # The sequences hold no prompt: max_length and max_new_tokens both count generated tokens.
+        settings.max_new_tokens = pick(settings.max_new_tokens, settings.max_length, default=cfg.max_sentence_length)
+        settings.min_new_tokens = pick(settings.min_new_tokens, settings.min_length, default=0)
+        num_beams, num_return_sequences = settings.num_beams, settings.num_return_sequences
+        if not isinstance(num_beams, int) or num_beams < 1:
+            raise ValueError(f"num_beams must be an integer >= 1, got {num_beams!r}")
+        if not isinstance(num_return_sequences, int) or num_return_sequences < 1:
+            raise ValueError(f"num_return_sequences must be an integer >= 1, got {num_return_sequences!r}")
+        if settings.do_sample and num_beams > 1:
+            raise ValueError(
+                f"do_sample=True with num_beams={num_beams} is not supported: choose sampling or beam search"
+            )
+        if not settings.do_sample and num_beams == 1 and num_return_sequences > 1:
+            raise ValueError(
+                f"greedy decoding returns one sequence per code, got num_return_sequences={num_return_sequences}; "
+                "use num_beams >= num_return_sequences or do_sample=True"
+            )
+        if num_beams > 1 and num_return_sequences > num_beams:
+            raise ValueError(f"num_return_sequences={num_return_sequences} must be <= num_beams={num_beams}")
+        if not settings.temperature > 0:  # also NaN
+            raise ValueError(f"temperature must be > 0, got {settings.temperature}")
+        if settings.top_p is not None and not 0.0 < settings.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {settings.top_p}")
+        max_new, min_new = settings.max_new_tokens, settings.min_new_tokens
         limit = MAX_SENTENCE_LENGTH_LIMIT
-        if not 1 <= max_new_tokens <= limit or min_new_tokens < 0 or min_new_tokens > max_new_tokens:
+        if not 1 <= max_new <= limit or min_new < 0 or min_new > max_new:
             raise ValueError(
                 f"need 1 <= max_new_tokens <= {limit} and 0 <= min_new_tokens <= max_new_tokens, got "
-                f"max_new_tokens={max_new_tokens}, min_new_tokens={min_new_tokens}"
+                f"max_new_tokens={max_new}, min_new_tokens={min_new}"
             )
-        if latent is None:
-            if num_samples is None:
-                raise ValueError("pass latent codes or num_samples")
-            latent = None if cfg.latent_size == 0 else self.sample_prior(num_samples, generator=generator)
-            batch_size = num_samples
+        if "user_set_attributes" in inspect.signature(settings.validate).parameters:
+            settings.validate(user_set_attributes=set(kwargs))  # warnings only for what this call set
         else:
+            settings.validate()
+        return settings
+
+    def _codes_to_decode(
+        self,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        latent: torch.Tensor | None,
+        num_samples: int | None,
+        sample_latent: bool,
+        generator: torch.Generator | None,
+    ) -> tuple[torch.Tensor | None, int]:
+        """`(codes, batch size)` for `generate`: the posterior of `input_ids`, the given `latent`, or prior samples
+        (codes None for the RNNLM)."""
+        cfg = self.config
+        if num_samples is not None and (isinstance(num_samples, bool) or not isinstance(num_samples, int)):
+            raise ValueError(f"num_samples must be an integer, got {num_samples!r}")
+        if input_ids is not None:
+            if latent is not None:
+                raise ValueError(
+                    "pass input_ids (sentences to reconstruct) or latent (codes to decode), not both: it is ambiguous "
+                    "which to decode"
+                )
+            if not torch.is_tensor(input_ids) or input_ids.is_floating_point() or input_ids.dtype == torch.bool:
+                kind = input_ids.dtype if torch.is_tensor(input_ids) else type(input_ids).__name__
+                raise ValueError(
+                    f"input_ids must be an integer tensor of token ids, got {kind}; pass latent codes as latent=..."
+                )
+            if cfg.latent_size == 0:
+                raise ValueError(
+                    "this model is an RNNLM (latent_size=0): it has no encoder, so input_ids cannot be "
+                    "reconstructed; generate(num_samples=n) samples sentences"
+                )
+            input_ids = input_ids.to(self.device)
+            attention_mask = self._check_inputs(
+                input_ids, None if attention_mask is None else attention_mask.to(self.device)
+            )
+            mu, logvar = self._encode(input_ids, attention_mask)
+            latent = reparameterize(mu, logvar, generator=generator) if sample_latent else mu
+            source = "input_ids"
+        else:
+            if attention_mask is not None:
+                raise ValueError("attention_mask was given without input_ids")
+            if sample_latent:
+                raise ValueError("sample_latent=True samples the posterior of input_ids: pass input_ids")
+            source = "latent"
+        if latent is not None:
             if cfg.latent_size == 0:
                 raise ValueError("latent was given but this model is an RNNLM (latent_size=0)")
+            if not torch.is_tensor(latent) or not latent.is_floating_point():
+                kind = latent.dtype if torch.is_tensor(latent) else type(latent).__name__
+                raise ValueError(
+                    f"latent must be a floating-point (B, {cfg.latent_size}) tensor of codes, got {kind}; token ids "
+                    "go in input_ids"
+                )
             if latent.dim() != 2 or latent.shape[1] != cfg.latent_size:
                 raise ValueError(f"latent must have shape (B, {cfg.latent_size}), got {tuple(latent.shape)}")
             if not bool(torch.isfinite(latent).all()):
                 raise ValueError("latent holds NaN or infinite values")
             latent = latent.to(device=self.device, dtype=self.dtype)
             batch_size = latent.shape[0]
-        if forced_tokens is not None and forced_tokens.shape[0] != batch_size:
-            raise ValueError(f"forced_tokens must have {batch_size} rows, got {forced_tokens.shape[0]}")
+            if num_samples is not None and num_samples != batch_size:
+                raise ValueError(f"num_samples={num_samples} differs from the {batch_size} rows of {source}")
+            return latent, batch_size
+        num_samples = 1 if num_samples is None else num_samples
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        if cfg.latent_size == 0:
+            return None, num_samples
+        return self.sample_prior(num_samples, generator=generator), num_samples
 
-        step_fn = self._step
-        if suppress_tokens:
-            suppressed = self._check_suppress_tokens(suppress_tokens, forced_tokens)
-            step_fn = functools.partial(_suppressed_step, self._step, suppressed)
-
-        h, c = self._initial_state(latent, batch_size, self.device, self.dtype)
-        state = (h, c) if latent is None else (h, c, latent)
-        special = dict(bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id, pad_token_id=cfg.pad_token_id)
-        if num_beams > 1:
-            result = beam_search(
-                step_fn,
-                state,
-                batch_size,
-                num_beams,
-                max_new_tokens=max_new_tokens,
-                min_new_tokens=min_new_tokens,
-                length_penalty=length_penalty,
-                num_return_sequences=num_return_sequences,
-                forced_tokens=forced_tokens,
-                **special,
-            )
-        else:
-            processors = LogitsProcessorList()
-            if do_sample:
-                if temperature != 1.0:
-                    processors.append(TemperatureLogitsWarper(temperature))
-                if top_k is not None:
-                    processors.append(TopKLogitsWarper(top_k))
-                if top_p is not None:
-                    processors.append(TopPLogitsWarper(top_p))
-            if num_return_sequences > 1:
-                state = tuple(s.repeat_interleave(num_return_sequences, dim=0) for s in state)
-                if forced_tokens is not None:
-                    forced_tokens = forced_tokens.repeat_interleave(num_return_sequences, dim=0)
-            flat = sample_search(
-                step_fn,
-                state,
-                batch_size * num_return_sequences,
-                max_new_tokens=max_new_tokens,
-                min_new_tokens=min_new_tokens,
-                do_sample=do_sample,
-                logits_processor=processors if len(processors) else None,
-                forced_tokens=forced_tokens,
-                generator=generator,
-                **special,
-            )
-            result = SearchResult(*(t.view(batch_size, num_return_sequences, *t.shape[2:]) for t in flat))
-        return self._generation_output(result, latent)
+    def _logits_processors(
+        self,
+        settings: GenerationConfig,
+        logits_processor: LogitsProcessorList | None,
+        forced_tokens: torch.Tensor | None,
+    ) -> tuple[LogitsProcessorList, LogitsProcessorList]:
+        """`transformers` logits processors for the settings (then `logits_processor`), and the sampling warpers."""
+        cfg = self.config
+        processors = LogitsProcessorList()
+        if settings.repetition_penalty is not None and settings.repetition_penalty != 1.0:
+            processors.append(RepetitionPenaltyLogitsProcessor(penalty=settings.repetition_penalty))
+        if settings.no_repeat_ngram_size:
+            processors.append(NoRepeatNGramLogitsProcessor(settings.no_repeat_ngram_size))
+        if settings.bad_words_ids:
+            bad_words = [[int(t) for t in word] for word in settings.bad_words_ids]
+            outside = [word for word in bad_words if any(not 0 <= t < cfg.vocab_size for t in word)]
+            if outside:
+                raise ValueError(f"bad_words_ids must be ids in [0, {cfg.vocab_size}), got {outside}")
+            if cfg.right_to_left:  # the searches run in the decoder's order
+                bad_words = [word[::-1] for word in bad_words]
+            processors.append(NoBadWordsLogitsProcessor(bad_words, eos_token_id=cfg.eos_token_id))
+        if settings.suppress_tokens:
+            suppressed = self._check_suppress_tokens(settings.suppress_tokens, forced_tokens)
+            processors.append(SuppressTokensLogitsProcessor(suppressed.tolist(), device=self.device))
+        if logits_processor is not None:
+            processors.extend(logits_processor)
+        warpers = LogitsProcessorList()
+        if settings.do_sample:
+            if settings.temperature != 1.0:
+                warpers.append(TemperatureLogitsWarper(settings.temperature))
+            if settings.top_k is not None and settings.top_k != 0:
+                warpers.append(TopKLogitsWarper(settings.top_k))
+            if settings.top_p is not None and settings.top_p < 1.0:
+                warpers.append(TopPLogitsWarper(settings.top_p))
+            if settings.min_p is not None:
+                warpers.append(MinPLogitsWarper(settings.min_p))
+            if settings.typical_p is not None and settings.typical_p < 1.0:
+                warpers.append(TypicalLogitsWarper(settings.typical_p))
+        return processors, warpers
 
     def _check_suppress_tokens(self, suppress_tokens: list[int], forced_tokens: torch.Tensor | None) -> torch.Tensor:
         cfg = self.config
@@ -854,6 +1195,8 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel):
         return SentenceVAEGenerationOutput(
             sequences=sequences,
             sequences_scores=result.scores.flatten(),
+            scores=result.step_scores,
+            beam_indices=None if result.beam_indices is None else result.beam_indices.flatten(0, 1),
             log_probs=result.log_probs.flatten(),
             latent=latent,
         )

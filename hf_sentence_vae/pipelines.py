@@ -3,23 +3,25 @@
     from transformers import pipeline
     import hf_sentence_vae.pipelines  # registers the "sentence-vae" task
 
-    pipe = pipeline("sentence-vae", model=model, tokenizer=tokenizer, device="cpu")
-    pipe(5, seed=0)                                    # 5 greedy decodes of prior samples (the paper's Table 5)
+    pipe = pipeline("sentence-vae", model="path/to/model")   # a saved folder or Hub repo, or model + tokenizer objects
+    pipe(5, seed=0)                                    # 5 decodes of prior samples (the paper's Table 5)
     pipe("the company said it would buy the shares .")   # decode of the posterior mean (+ posterior samples)
     pipe(("i went to the store .", "she was happy ."), steps=5)   # homotopy between two sentences (Table 8)
 
 The input decides the task: an `int` n samples n codes from the prior, a `str` is reconstructed, a pair of
 strings `(start, end)` is interpolated. A list of inputs gives a list of results. Generation parameters
-(`max_new_tokens`, `num_beams`, `do_sample`, `temperature`, `top_k`, `top_p`) go to `model.generate`; `seed`
-makes the prior and posterior draws (and sampling) reproducible. For the RNNLM baseline (`latent_size=0`)
-only unconditional samples are possible.
+(`GENERATE_PARAMETERS`: `max_new_tokens`, `num_beams`, `do_sample`, `temperature`, `top_k`, `top_p`,
+`suppress_tokens`, `repetition_penalty`, ..., or a `generation_config`) go to `model.generate`, on top of the
+model's `generation_config` (a trained model's defaults: beam search, `<unk>` suppressed where the corpus had it);
+`seed` makes the prior and posterior draws (and sampling) reproducible. For the RNNLM baseline
+(`latent_size=0`) only unconditional samples are possible.
 
 This file imports nothing but torch and transformers, so it also travels with a saved model as remote code:
 `hf_sentence_vae.hub.add_pipeline(folder)` copies it next to the model and records it under `custom_pipelines`
 in `config.json` (training does this for `best/`); then `pipeline(model=folder_or_repo, trust_remote_code=True)`
-builds it without `hf_sentence_vae`. Because such a folder declares a custom pipeline, transformers insists on
-`trust_remote_code=True` for it even where this package is installed (it then runs the folder's copy of this
-file); model and tokenizer objects, or folders without `custom_pipelines`, use the registered class.
+builds it without `hf_sentence_vae`. The folder declares it under a task name of its own
+(`sentence-vae-remote-code`), so where this package is imported `pipeline("sentence-vae", model=folder)` uses the
+registered class and needs no `trust_remote_code`.
 """
 
 from __future__ import annotations
@@ -31,7 +33,25 @@ from transformers import AutoModel, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
 TASK = "sentence-vae"
-GENERATE_PARAMETERS = ("max_new_tokens", "min_new_tokens", "num_beams", "do_sample", "temperature", "top_k", "top_p")
+GENERATE_PARAMETERS = (
+    "generation_config",
+    "max_new_tokens",
+    "min_new_tokens",
+    "max_length",
+    "min_length",
+    "num_beams",
+    "length_penalty",
+    "do_sample",
+    "temperature",
+    "top_k",
+    "top_p",
+    "min_p",
+    "typical_p",
+    "suppress_tokens",
+    "bad_words_ids",
+    "repetition_penalty",
+    "no_repeat_ngram_size",
+)
 
 
 class SentenceVAEPipeline(Pipeline):
@@ -116,7 +136,7 @@ class SentenceVAEPipeline(Pipeline):
         generate_kwargs: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         model, mode = self.model, model_inputs["mode"]
-        generate_kwargs = dict(generate_kwargs or {})
+        generate_kwargs = dict(generate_kwargs or {}, return_dict_in_generate=True)
         generator = None
         if seed is not None:
             generator = torch.Generator(device=model.device).manual_seed(seed)
@@ -125,7 +145,7 @@ class SentenceVAEPipeline(Pipeline):
         if mode == "sample":
             n = model_inputs["num_samples"]
             latent = model.sample_prior(n, generator=generator) if latent_size else None
-            out = model.generate(latent=latent, num_samples=None if latent_size else n, **generate_kwargs)
+            out = model.generate(latent=latent, num_samples=n, **generate_kwargs)
             return {"mode": mode, "sequences": out.sequences, "latent": latent}
         if not latent_size:
             raise ValueError(f"this model is an RNNLM (latent_size=0): it has no latent space to {mode} with")

@@ -48,9 +48,9 @@ def generate_stream(
     """Yield the decoded texts of `num_sentences` prior samples, one list per batch of at most `batch_size`.
 
     Each batch draws its codes from the prior (`model.generate(num_samples=...)`; for the RNNLM, unconditional
-    samples) with `generator`, decodes them (greedy unless `generate_kwargs` say otherwise, e.g.
-    `do_sample=True`, `num_beams=4`, `max_new_tokens=30`) and drops every tensor before the next batch, so memory
-    does not grow with `num_sentences`. With `num_return_sequences=k` a batch yields `k` texts per code.
+    samples) with `generator`, decodes them (the model's generation settings unless `generate_kwargs` say
+    otherwise, e.g. `do_sample=True`, `num_beams=4`, `max_new_tokens=30`) and drops every tensor before the next
+    batch, so memory does not grow with `num_sentences`. With `num_return_sequences=k` a batch yields `k` texts per code.
     """
     if not isinstance(num_sentences, int) or num_sentences < 0:
         raise ValueError(f"num_sentences must be a non-negative integer, got {num_sentences!r}")
@@ -68,7 +68,9 @@ def _generate_batches(model, tokenizer, num_sentences, batch_size, generator, sk
     while remaining > 0:
         size = min(batch_size, remaining)
         with torch.no_grad():
-            out = model.generate(num_samples=size, generator=generator, **generate_kwargs)
+            out = model.generate(
+                num_samples=size, generator=generator, **{**generate_kwargs, "return_dict_in_generate": True}
+            )
             texts = tokenizer.batch_decode(out.sequences.cpu(), skip_special_tokens=skip_special_tokens)
         del out
         remaining -= size

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers import GenerationConfig, SchedulerType
 from transformers.utils import logging
 
 from .annealing import SCHEDULES, KLSchedule, KLTargetController
@@ -46,7 +47,7 @@ from .checkpointing import (
     save_training_state,
     write_manifest,
 )
-from .configuration_sentence_vae import SentenceVAEConfig, _validate
+from .configuration_sentence_vae import LATENT_INJECTIONS, VARIANCE_PARAMETERIZATIONS, SentenceVAEConfig, _validate
 from .data import TokenizedCorpus, bucketed_batches, load_text_splits, pad_fraction, tokenize_splits
 from .modeling_sentence_vae import SentenceVAEModel
 from .tokenization_sentence_vae_fast import build_tokenizer, check_tokenizer_matches_model
@@ -110,101 +111,174 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 # Validation figures the best model can be selected on (lower is better): the bound, or its reconstruction term
 # (for runs whose KL is held at a target, where the bound also measures the target).
 BEST_MODEL_METRICS = ("loss", "reconstruction")
+READABLE_NUM_BEAMS = 5  # the beam width trained models decode with by default (`readable_generation_config`)
 CHECKPOINT_PREFIX = "checkpoint-"
 STATE_FILE = "trainer_state.json"
 AVERAGE_FILE = "weight_average.pt"  # in a checkpoint's training_state/ when --ema_decay is set
 
 
+def _option(default: Any, help: str, choices: tuple | list | None = None) -> Any:  # noqa: A002
+    """A `TrainingConfig` field with its `--flag` help (and allowed values), as `HfArgumentParser` reads them."""
+    metadata: dict[str, Any] = {"help": help}
+    if choices is not None:
+        metadata["choices"] = list(choices)
+    return field(default=default, metadata=metadata)
+
+
+def _model_option(name: str, help: str, choices: tuple | None = None) -> Any:  # noqa: A002
+    """A model setting: unset (None) keeps the `SentenceVAEConfig` default, which the help names."""
+    return _option(
+        None, f"{help} (unset: the SentenceVAEConfig default, {getattr(SentenceVAEConfig, name)!r})", choices
+    )
+
+
+LR_SCHEDULERS = tuple(kind.value for kind in SchedulerType)
+TRACKERS = ("all", "tensorboard", "wandb", "trackio", "comet_ml", "mlflow", "clearml", "dvclive", "aim", "swanlab")
+
+
 @dataclass
 class TrainingConfig:
-    """Every option of a training run; `train_scripts/train.py` exposes each as a `--flag`.
+    """Every option of a training run; `train_scripts/train.py` exposes each as a `--flag` (its help, default and
+    choices come from the field's metadata, as with `transformers.HfArgumentParser`).
 
     `ema_decay` turns on weight averaging (an exponential moving average of the weights, Polyak & Juditsky
     1992): evaluations, `best/` and the final figures use the averaged weights, the training loss is that of
     the weights being trained, and checkpoints keep both so that a resumed run continues exactly."""
 
     # data
-    train_file: str | None = None
-    validation_file: str | None = None
-    test_file: str | None = None
-    dataset_name: str | None = None
-    dataset_config_name: str | None = None
-    text_column: str = "text"
-    max_length: int = 100
-    tokenizer_name_or_path: str | None = None
-    vocab_size: int | None = None
-    min_frequency: int = 0
-    text_mode: str = "pretokenized"
-    preprocessing_num_workers: int | None = None
-    cache_dir: str | None = None
+    train_file: str | None = _option(None, "training text, one sentence a line (or give --dataset_name)")
+    validation_file: str | None = _option(None, "validation text: evaluated every --eval_steps, selects best/")
+    test_file: str | None = _option(None, "test text, evaluated once at the end with the selected model")
+    dataset_name: str | None = _option(None, "a `datasets` dataset (Hub id or local folder) instead of text files")
+    dataset_config_name: str | None = _option(None, "the dataset's configuration name")
+    text_column: str = _option("text", "the dataset column holding the sentences")
+    max_length: int = _option(100, "longest tokenized sentence kept, <bos> and <eos> included (longer: truncated)")
+    tokenizer_name_or_path: str | None = _option(
+        None, "a saved tokenizer (unset: the model's, or one built from the training split)"
+    )
+    vocab_size: int | None = _option(None, "largest vocabulary built from the training split (unset: every word)")
+    min_frequency: int = _option(0, "words seen fewer times in the training split become <unk>")
+    text_mode: str = _option(
+        "pretokenized",
+        "pretokenized: split on whitespace (PTB); raw: lower-case and split punctuation off",
+        ("pretokenized", "raw"),
+    )
+    preprocessing_num_workers: int | None = _option(None, "processes for tokenizing with datasets.map")
+    cache_dir: str | None = _option(None, "the datasets cache folder (unset: the datasets default)")
     # model (None = the SentenceVAEConfig default)
-    model_name_or_path: str | None = None
-    embedding_size: int | None = None
-    encoder_hidden_size: int | None = None
-    decoder_hidden_size: int | None = None
-    latent_size: int | None = None
-    bidirectional_encoder: bool | None = None
-    num_highway_layers: int | None = None
-    latent_injection: str | None = None
-    variance_parameterization: str | None = None
-    posterior_mean_bn_scale: float | None = None
-    tie_word_embeddings: bool | None = None
-    share_embeddings: bool | None = None
-    word_keep_rate: float | None = None
-    dropout: float | None = None
-    locked_dropout: bool | None = None
-    embedding_dropout: float | None = None
-    decoder_weight_drop: float | None = None
-    right_to_left: bool | None = None
-    max_sentence_length: int | None = None
+    model_name_or_path: str | None = _option(None, "start from this saved model (fine-tuning) instead of a new one")
+    embedding_size: int | None = _model_option("embedding_size", "word embedding size")
+    encoder_hidden_size: int | None = _model_option("encoder_hidden_size", "encoder LSTM units (per direction)")
+    decoder_hidden_size: int | None = _model_option("decoder_hidden_size", "decoder LSTM units")
+    latent_size: int | None = _model_option("latent_size", "size of z; 0 trains the RNNLM baseline")
+    bidirectional_encoder: bool | None = _model_option("bidirectional_encoder", "read sentences in both directions")
+    num_highway_layers: int | None = _model_option(
+        "num_highway_layers", "highway layers before the posterior and after z"
+    )
+    latent_injection: str | None = _model_option(
+        "latent_injection", "where the decoder sees z besides its initial state", LATENT_INJECTIONS
+    )
+    variance_parameterization: str | None = _model_option(
+        "variance_parameterization",
+        "exp: the encoder predicts log sigma^2; softplus: sigma^2",
+        VARIANCE_PARAMETERIZATIONS,
+    )
+    posterior_mean_bn_scale: float | None = _model_option(
+        "posterior_mean_bn_scale", "batch-normalised posterior means scaled by this (BN-VAE); 0 turns it off"
+    )
+    tie_word_embeddings: bool | None = _model_option(
+        "tie_word_embeddings", "tie the output layer to the decoder's input embedding"
+    )
+    share_embeddings: bool | None = _model_option("share_embeddings", "encoder and decoder read one embedding")
+    word_keep_rate: float | None = _model_option(
+        "word_keep_rate", "word dropout: probability of keeping each decoder input word; 0 = inputless decoder"
+    )
+    dropout: float | None = _model_option("dropout", "dropout on decoder embeddings and LSTM outputs")
+    locked_dropout: bool | None = _model_option("locked_dropout", "one dropout mask per sentence for all time steps")
+    embedding_dropout: float | None = _model_option(
+        "embedding_dropout", "drop whole word types from the decoder's embedding"
+    )
+    decoder_weight_drop: float | None = _model_option(
+        "decoder_weight_drop", "DropConnect on the decoder LSTM's recurrent weights"
+    )
+    right_to_left: bool | None = _model_option("right_to_left", "generate sentences from the last word to the first")
+    max_sentence_length: int | None = _model_option(
+        "max_sentence_length", "longest sentence generate() produces by default (tokens, <eos> included)"
+    )
     # optimisation
-    output_dir: str = "runs/sentence-vae"
-    per_device_train_batch_size: int = 32
-    per_device_eval_batch_size: int = 128
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.0
-    optimizer: str = "adam"
-    lr_scheduler_type: str = "constant"
-    num_warmup_steps: int = 0
-    num_train_epochs: int = 10
-    max_train_steps: int | None = None
-    gradient_accumulation_steps: int = 1
-    max_grad_norm: float | None = 5.0
-    ema_decay: float | None = None
-    mixed_precision: str = "no"
-    seed: int = 42
+    output_dir: str = _option(
+        "runs/sentence-vae", "run folder: best/ (the selected model), checkpoints, metrics; its name titles the card"
+    )
+    per_device_train_batch_size: int = _option(32, "sentences per batch and process")
+    per_device_eval_batch_size: int = _option(128, "sentences per evaluation batch and process")
+    learning_rate: float = _option(1e-3, "peak learning rate (after warm-up, before decay)")
+    weight_decay: float = _option(0.0, "weight decay (L2 for adam and sgd, decoupled for adamw)")
+    optimizer: str = _option("adam", "the optimizer (Adam and AdamW run fused)", OPTIMIZERS)
+    lr_scheduler_type: str = _option("constant", "learning-rate schedule (transformers' get_scheduler)", LR_SCHEDULERS)
+    num_warmup_steps: int = _option(0, "learning-rate warm-up steps")
+    num_train_epochs: int = _option(10, "epochs (unless --max_train_steps is set)")
+    max_train_steps: int | None = _option(None, "optimizer steps; overrides --num_train_epochs")
+    gradient_accumulation_steps: int = _option(1, "batches per optimizer step")
+    max_grad_norm: float | None = _option(5.0, "clip the gradient norm to this (none: no clipping)")
+    ema_decay: float | None = _option(None, "average the weights with this EMA decay, e.g. 0.9995 (none: off)")
+    mixed_precision: str = _option(
+        "no", "mixed precision: the autocast dtype (no: float32 throughout)", ("no", "bf16", "fp16")
+    )
+    seed: int = _option(42, "seed of the batches, the posterior noise and word dropout, and the initialisation")
     # objective
-    kl_schedule: str = "sigmoid"
-    kl_sigmoid_slope: float = 0.0025
-    kl_sigmoid_midpoint: float = 2500.0
-    kl_warmup_steps: int = 10000
-    kl_start: float = 0.0
-    kl_cycles: int = 4
-    kl_cycle_ratio: float = 0.5
-    kl_constant: float = 1.0
-    free_bits: float = 0.0
-    kl_target: float | None = None
-    kl_target_kp: float = 0.01
-    kl_target_ki: float = 1e-4
-    encoder_warmup_steps: int = 0
+    kl_schedule: str = _option("sigmoid", "KL weight schedule (annealing)", SCHEDULES)
+    kl_sigmoid_slope: float = _option(0.0025, "sigmoid schedule: slope (per step)")
+    kl_sigmoid_midpoint: float = _option(2500.0, "sigmoid schedule: step at which the weight is 0.5")
+    kl_warmup_steps: int = _option(10000, "linear schedule: steps to reach weight 1")
+    kl_start: float = _option(0.0, "linear schedule: weight at step 0")
+    kl_cycles: int = _option(4, "cyclical schedule: number of cycles over the run")
+    kl_cycle_ratio: float = _option(0.5, "cyclical schedule: fraction of each cycle spent rising to 1")
+    kl_constant: float = _option(1.0, "constant schedule: the weight")
+    free_bits: float = _option(0.0, "minimum KL per latent dimension in the loss (nats, batch-averaged); 0: off")
+    kl_target: float | None = _option(
+        None, "hold the KL at this many nats per sentence with a PI controller of the weight (none: use the schedule)"
+    )
+    kl_target_kp: float = _option(0.01, "--kl_target controller: proportional gain")
+    kl_target_ki: float = _option(1e-4, "--kl_target controller: integral gain")
+    encoder_warmup_steps: int = _option(
+        0, "train as an autoencoder (KL weight 0) for this many steps, then re-initialise the decoder; 0: off"
+    )
     # loop
-    logging_steps: int = 50
-    eval_steps: int | None = None
-    early_stopping_patience: int | None = None
-    metric_for_best_model: str = "loss"
-    checkpointing_steps: str | None = None
-    save_total_limit: int | None = None
-    resume_from_checkpoint: str | None = None
-    on_nonfinite_loss: str = "error"
-    with_tracking: bool = False
-    report_to: str = "all"
-    push_to_hub: bool = False
-    hub_model_id: str | None = None
-    hub_token: str | None = None
-    hub_private: bool = False
-    disable_tqdm: bool = False
-    evaluate_train_split: bool = False
-    num_threads: int | None = None
+    logging_steps: int = _option(50, "steps between training log records (metrics.jsonl)")
+    eval_steps: int | None = _option(None, "steps between validation evaluations (unset: once an epoch)")
+    early_stopping_patience: int | None = _option(None, "stop after this many evaluations without improvement")
+    metric_for_best_model: str = _option(
+        "loss",
+        "validation figure that selects best/ and drives early stopping: the bound (loss) or its reconstruction term "
+        "(for runs whose KL is held at a high target)",
+        BEST_MODEL_METRICS,
+    )
+    checkpointing_steps: str | None = _option(None, "write checkpoint-N/ every N steps, or 'epoch' (unset: never)")
+    save_total_limit: int | None = _option(None, "keep at most this many checkpoints (unset: all)")
+    resume_from_checkpoint: str | None = _option(None, "a checkpoint folder, or 'latest' in --output_dir")
+    on_nonfinite_loss: str = _option(
+        "error", "a NaN or infinite loss stops the run, or skips the batch", ("error", "skip")
+    )
+    with_tracking: bool = _option(False, "log metrics to experiment trackers (--report_to)")
+    report_to: str = _option(
+        "all",
+        "tracker for --with_tracking ('all': every one installed; tensorboard comes with the train extra)",
+        TRACKERS,
+    )
+    push_to_hub: bool = _option(
+        False, "push best/ to --hub_model_id at the end (the Hub, token and repository are checked before training)"
+    )
+    hub_model_id: str | None = _option(None, "repository for --push_to_hub: namespace/name")
+    hub_token: str | None = _option(None, "Hub token (unset: HF_TOKEN, then the stored login)")
+    hub_private: bool = _option(False, "create the repository as private")
+    license: str | None = _option(  # noqa: A003
+        None,
+        "license in the model card's metadata, a Hub license id (e.g. apache-2.0, mit, cc-by-4.0); unset: the card "
+        "says none was chosen (license: other), and --push_to_hub refuses",
+    )
+    disable_tqdm: bool = _option(False, "hide the progress bar")
+    evaluate_train_split: bool = _option(False, "also evaluate the training split at the end")
+    num_threads: int | None = _option(None, "torch threads per process (1 is safest on a busy machine)")
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -250,6 +324,19 @@ class TrainingConfig:
             raise ValueError(f"encoder_warmup_steps must be >= 0, got {self.encoder_warmup_steps}")
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("--push_to_hub needs --hub_model_id")
+        if self.license is not None:
+            from .hub import check_license_id
+
+            check_license_id(self.license)
+        if self.push_to_hub and not self.license:
+            raise ValueError(
+                "--push_to_hub needs --license: choose the license the model is shared under (a Hub license id, e.g. "
+                "apache-2.0, mit, cc-by-4.0)"
+            )
+        if self.report_to not in TRACKERS:
+            raise ValueError(f"report_to must be one of {TRACKERS}, got {self.report_to!r}")
+        if self.lr_scheduler_type not in LR_SCHEDULERS:
+            raise ValueError(f"lr_scheduler_type must be one of {LR_SCHEDULERS}, got {self.lr_scheduler_type!r}")
         if self.checkpointing_steps is not None:
             value = str(self.checkpointing_steps)
             if value != "epoch" and not (value.isdigit() and int(value) > 0):
@@ -302,6 +389,48 @@ class TrainerState:
 
 
 # --------------------------------------------------------------------------- helpers
+def readable_generation_config(model_config: SentenceVAEConfig, unk_in_corpus: bool) -> GenerationConfig:
+    """The decoding defaults a trained model saves in `generation_config.json`, which `generate`, the pipeline, the
+    scripts and the model card use: beam search with `READABLE_NUM_BEAMS` beams for a VAE (the paper's greedy
+    decodes of prior samples read "he / he was to the / a of the of the"; 5 beams read "he had a good deal in the
+    room"), ancestral sampling for the RNNLM (without a latent code every greedy or beam decode is the same
+    sentence), and `<unk>` suppressed when the tokenized training text holds it (PTB's literal `<unk>`, or words
+    outside the vocabulary): a model that learned `<unk>` as a frequent word generates it."""
+    config = GenerationConfig.from_model_config(model_config)
+    if model_config.latent_size > 0:
+        config.num_beams = READABLE_NUM_BEAMS
+    else:
+        config.do_sample = True
+    if unk_in_corpus:
+        config.suppress_tokens = [model_config.unk_token_id]
+    return config
+
+
+def _sets_decoding(config: GenerationConfig | None) -> bool:
+    """Whether a loaded model's generation config already chooses how to decode (then training keeps it)."""
+    return config is not None and any(
+        getattr(config, name, None) is not None for name in ("num_beams", "do_sample", "suppress_tokens")
+    )
+
+
+def check_trackers(report_to: str) -> None:
+    """Raise a `ValueError` unless the tracker `--report_to` names (or, for `all`, at least one) is installed:
+    Accelerate would only warn and train without logging."""
+    from accelerate.tracking import get_available_trackers
+
+    available = sorted(str(getattr(t, "value", t)) for t in get_available_trackers())
+    if report_to == "all" and not available:
+        raise ValueError(
+            "--with_tracking found no experiment tracker installed: install the train extra (it brings tensorboard) "
+            "or name one with --report_to"
+        )
+    if report_to != "all" and report_to not in available:
+        raise ValueError(
+            f"--with_tracking --report_to {report_to}: {report_to} is not installed (installed: {available or 'none'}); "
+            f"pip install {report_to} (tensorboard comes with the train extra: pip install -e '.[train]')"
+        )
+
+
 def step_noise(
     seed: int, micro_step: int, batch_size: int, latent_size: int, width: int
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
@@ -454,7 +583,7 @@ def evaluate_bound(
     for index in range(rank, len(batches), world_size):
         batch = {k: v.to(device) for k, v in corpus.batch(batches[index]).items()}
         generator = torch.Generator(device=device).manual_seed(seed + index)
-        out = model(**batch, return_logits=False, generator=generator)
+        out = model(**batch, return_logits=False, generator=generator, sample_latent=True, return_dict=True)
         sums += torch.tensor(
             [
                 float(out.reconstruction_per_sentence.sum()),
@@ -524,6 +653,12 @@ class Trainer:
 
         self.config = config
         self.output_dir = Path(config.output_dir)
+        if config.with_tracking:
+            check_trackers(config.report_to)
+        if config.push_to_hub:  # before any work: a push that cannot succeed is found out now, not after training
+            from .hub import preflight
+
+            preflight(config.hub_model_id, config.hub_token, what=f"the model trained in {config.output_dir}")
         if accelerator is None:
             accelerator = Accelerator(
                 gradient_accumulation_steps=config.gradient_accumulation_steps,
@@ -533,6 +668,11 @@ class Trainer:
                 step_scheduler_with_optimizer=False,
             )
         self.accelerator = accelerator
+        if not accelerator.is_main_process:
+            # One log per run: the main process logs for all (every process reads the same data and takes the same
+            # steps, so their messages repeat the main one's); the others report errors only.
+            package_logger = logging.get_logger(__name__.split(".")[0])
+            package_logger.setLevel(max(package_logger.getEffectiveLevel(), logging.ERROR))
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         set_seed(config.seed)
@@ -618,6 +758,9 @@ class Trainer:
                 f"{err} (tokenizer: {source}; model: {self.resume_path or config.model_name_or_path})"
             ) from None
         self.latent_size = model.config.latent_size
+        if self.resume_path is None and not _sets_decoding(model.generation_config):
+            unk_in_corpus = bool((self.train_corpus.ids == self.tokenizer.unk_token_id).any())
+            model.generation_config = readable_generation_config(model.config, unk_in_corpus)
         model.train()
 
         self.global_batch = config.per_device_train_batch_size * self.world
@@ -885,6 +1028,7 @@ class Trainer:
                 return_logits=False,
                 latent_noise=latent_noise,
                 word_dropout_noise=word_noise[part].to(accelerator.device),
+                return_dict=True,
             )
             # Each process averages over its share; rescale so DDP's mean of gradients is the global mean.
             loss = out.loss * (len(batch["input_ids"]) * self.world / len(indices))

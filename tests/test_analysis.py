@@ -110,12 +110,26 @@ def test_generate_posterior_and_homotopy(generate_script, saved_vae, tmp_path, t
         "--end",
         tiny_sentences[1],
         "--steps",
-        "5",
-        "--keep_repeats",
+        "7",
     )
-    assert len(between["paths"]) == 1 and len(between["paths"][0]) == 5
+    # every point of the path is shown, repeats included (--steps 7 gives 7 lines, not the distinct ones)
+    assert len(between["paths"]) == 1 and len(between["paths"][0]) == 7
+    collapsed = _run(
+        generate_script,
+        "homotopy",
+        saved_vae,
+        tmp_path,
+        "--start",
+        tiny_sentences[0],
+        "--end",
+        tiny_sentences[1],
+        "--steps",
+        "7",
+        "--collapse_repeats",
+    )
+    assert collapsed["paths"] == [analysis.collapse_repeats(between["paths"][0])]
     random_paths = _run(generate_script, "homotopy", saved_vae, tmp_path, "--random", "--num_paths", "2")
-    assert len(random_paths["paths"]) == 2
+    assert len(random_paths["paths"]) == 2 and all(len(p) == 7 for p in random_paths["paths"])
     with pytest.raises(SystemExit):
         generate_script.main(["homotopy", "--model_name_or_path", str(saved_vae)])
 
@@ -159,3 +173,41 @@ def test_generate_rejects_an_rnnlm(generate_script, tmp_path, tiny_model, tiny_t
     tiny_tokenizer.save_pretrained(folder)
     with pytest.raises(ValueError, match="RNNLM"):
         generate_script.main(["prior", "--model_name_or_path", str(folder), "--device", "cpu"])
+
+
+def test_generate_decodes_with_the_models_generation_config(generate_script, vae, tiny_tokenizer, tmp_path):
+    """The script decodes as the saved generation_config.json says (a trained model's beam search, <unk>
+    suppressed), the command line overrides it, and the report names the decoding it used."""
+    unk = tiny_tokenizer.unk_token_id
+    with torch.no_grad():
+        vae.lm_head.bias[unk] += 3.0  # a model that likes <unk>, as one trained on PTB does
+    vae.generation_config.num_beams = 3
+    vae.generation_config.suppress_tokens = [unk]
+    folder = tmp_path / "beams"
+    vae.save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+
+    def prior(*extra) -> list[str]:
+        return _run(generate_script, "prior", folder, tmp_path, "--num_samples", "6", *extra)["samples"]
+
+    def expected(**kwargs) -> list[str]:
+        generator = torch.Generator().manual_seed(0)  # the script's --seed
+        return analysis.prior_samples(vae, tiny_tokenizer, 6, generator=generator, **kwargs)
+
+    assert prior() == expected(num_beams=3, suppress_tokens=[unk]) == expected()
+    assert prior("--num_beams", "1") == expected(num_beams=1)
+    assert prior("--allow_unk") == expected(suppress_tokens=None)
+    assert expected(suppress_tokens=None) != expected(), "premise: <unk> is generated unless suppressed"
+    assert analysis.describe_decoding(vae, tiny_tokenizer) == "beam search (3 beams), `<unk>` suppressed"
+    assert analysis.describe_decoding(vae, tiny_tokenizer, num_beams=1, suppress_tokens=None) == "greedy decoding"
+
+
+def test_scripts_name_a_missing_model_folder(generate_script, repo_root, tmp_path, capsys):
+    """A model path that does not exist is named as not found (not a Hub "Repo id" traceback)."""
+    missing = tmp_path / "runs" / "demo" / "run" / "best"
+    with pytest.raises(SystemExit, match=f"{missing} not found"):
+        generate_script.main(["prior", "--model_name_or_path", str(missing), "--device", "cpu"])
+    evaluate_script = load_script(repo_root / "train_scripts" / "evaluate.py")
+    with pytest.raises(SystemExit):
+        evaluate_script.main(["--model_name_or_path", str(missing), "--test_file", str(tmp_path / "t.txt")])
+    assert f"--model_name_or_path {missing} not found" in capsys.readouterr().err

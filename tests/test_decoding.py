@@ -23,6 +23,19 @@ VARIANTS = {
 }
 
 
+@pytest.fixture
+def tiny_model(tiny_model):
+    """The shared factory, with `return_dict_in_generate` set in each model's `generation_config`: these tests read
+    the scores and codes of `SentenceVAEGenerationOutput` (plain `generate` returns the ids alone)."""
+
+    def make(*args, **kwargs):
+        model = tiny_model(*args, **kwargs)
+        model.generation_config.return_dict_in_generate = True
+        return model
+
+    return make
+
+
 def _strip(row: list[int], pad: int) -> tuple[int, ...]:
     while row and row[-1] == pad:
         row = row[:-1]
@@ -402,7 +415,7 @@ def test_generate_rejects_bad_arguments(tiny_model):
         (dict(latent=latent, max_new_tokens=0), "max_new_tokens"),
         (dict(latent=torch.zeros(2, 3)), "latent"),
         (dict(latent=torch.zeros(4)), "latent"),
-        (dict(), "num_samples"),
+        (dict(num_samples=0), "num_samples"),
     ]
     for kwargs, match in bad:
         with pytest.raises(ValueError, match=match):

@@ -50,6 +50,7 @@ REMOTE_CODE = {
 HUB_FILES = REMOTE_CODE | {
     "model.safetensors",
     "config.json",
+    "generation_config.json",
     "tokenizer.json",
     "tokenizer_config.json",
     "pipelines.py",
@@ -62,6 +63,7 @@ HUB_FILES = REMOTE_CODE | {
 }
 REPO_ID = "me/tiny-sentence-vae"
 TOKEN = "hf_test_token_123"
+LICENSE = "apache-2.0"
 SIZES = dict(embedding_size=16, encoder_hidden_size=16, decoder_hidden_size=16, latent_size=4)
 
 
@@ -110,8 +112,8 @@ def run_dir(data_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def staged(run_dir, tmp_path_factory) -> Path:
-    """What `push_to_hub.py` would upload for the run, rendered for REPO_ID."""
-    return hub.stage_folder(run_dir, tmp_path_factory.mktemp("staged") / "repo", repo_id=REPO_ID)
+    """What `push_to_hub.py --license apache-2.0` would upload for the run, rendered for REPO_ID."""
+    return hub.stage_folder(run_dir, tmp_path_factory.mktemp("staged") / "repo", repo_id=REPO_ID, license=LICENSE)
 
 
 @pytest.fixture(scope="module")
@@ -143,10 +145,17 @@ def test_training_leaves_a_hub_ready_best_folder(run_dir):
     assert (best / "pipelines.py").read_bytes() == (PACKAGE_DIR / "pipelines.py").read_bytes()
     config = json.loads((best / "config.json").read_text())
     assert config["custom_pipelines"] == {
-        TASK: {"impl": "pipelines.SentenceVAEPipeline", "pt": ["AutoModel"], "type": "text"}
+        hub.REMOTE_PIPELINE_TASK: {"impl": "pipelines.SentenceVAEPipeline", "pt": ["AutoModel"], "type": "text"}
     }
     assert set(config["auto_map"]) == {"AutoConfig", "AutoModel"}
     hub.validate_folder(best)
+    # the decoding defaults a trained VAE saves, which the card's samples use (no <unk> in this corpus: none
+    # suppressed)
+    generation = json.loads((best / "generation_config.json").read_text())
+    assert generation["num_beams"] == 5 and "suppress_tokens" not in generation
+    assert (
+        "Decodes (beam search (5 beams), the defaults in `generation_config.json`)" in (best / "README.md").read_text()
+    )
 
 
 def test_card_metadata_parses_and_validates(run_dir):
@@ -156,8 +165,12 @@ def test_card_metadata_parses_and_validates(run_dir):
     assert metadata == card.data.to_dict()
     assert isinstance(ModelCardData(**metadata), ModelCardData)
     assert metadata["library_name"] == "transformers"
-    assert metadata["pipeline_tag"] == "text-generation"
+    # tags name working pipelines only: the remote-code sentence-vae pipeline, not transformers' text-generation
+    assert "pipeline_tag" not in metadata and "text-generation" not in metadata["tags"]
     assert {"sentence-vae", "vae", "custom_code"} <= set(metadata["tags"])
+    # no license was chosen for this run: the metadata says "other" and the card says so in words
+    assert metadata["license"] == "other" and hub.NO_LICENSE_NOTE in card.text
+    assert card.text.lstrip().startswith("# Sentence VAE: tiny-vae\n")  # the run's name, not "best" or "run"
     assert metadata["language"] == "en"
     assert metadata["metrics"] == ["perplexity"]
     assert "datasets" not in metadata  # local files: no Hub dataset id is claimed
@@ -209,6 +222,9 @@ def test_card_numbers_equal_the_run_metrics(run_dir):
     ):
         assert flag in command
     assert "hub_token" not in text
+    # no local paths: the data files by name, the run folder as runs/<name>
+    assert str(run_dir.parent) not in text and "/tmp" not in command
+    assert "--train_file train.txt" in command and f"--output_dir runs/{run_dir.name}" in command
 
 
 def test_card_samples_are_decoded_from_this_model(run_dir, best_model):
@@ -234,6 +250,30 @@ def test_card_for_an_rnnlm_without_training_files(tmp_path, tiny_model, tiny_tok
     assert len(_code_blocks(card.text, "text")) == 1  # samples, no homotopy
     assert "no `training_config.json`" in card.text
     hub.validate_folder(tmp_path)
+
+
+def test_card_states_the_license_chosen_at_training_time(tmp_path, tiny_model, tiny_tokenizer):
+    tiny_model().save_pretrained(tmp_path)
+    tiny_tokenizer.save_pretrained(tmp_path)
+    (tmp_path / "training_config.json").write_text(
+        json.dumps({"train_file": "/data/corpus/train.txt", "output_dir": "/home/me/runs/my-vae", "license": "mit"})
+    )
+    card = hub.render_model_card(tmp_path)
+    assert card.data.license == "mit" and hub.NO_LICENSE_NOTE not in card.text
+    assert card.text.lstrip().startswith("# Sentence VAE: my-vae\n")
+    assert "/data/corpus" not in card.text and "/home/me" not in card.text
+    assert hub.render_model_card(tmp_path, license="cc-by-4.0", write=False).data.license == "cc-by-4.0"
+    with pytest.raises(ValueError, match="license"):
+        hub.render_model_card(tmp_path, license="Apache 2", write=False)
+
+
+def test_card_datasets_name_hub_ids_only(tmp_path):
+    local = tmp_path / "my_dataset"
+    local.mkdir()
+    assert hub._dataset_info({"dataset_name": str(local)}, None) == (None, "text", "local dataset my_dataset")
+    assert hub._dataset_info({"dataset_name": "someone/sentences"}, None)[0] == "someone/sentences"
+    assert hub._dataset_info({"train_file": "/data/ptb/ptb.train.txt"}, None)[0] == hub.PTB_DATASET_ID
+    assert hub._dataset_info({"train_file": "/data/mine/train.txt"}, None)[0] is None
 
 
 def test_card_names_a_projected_tied_output_layer(tmp_path, tiny_model, tiny_tokenizer):
@@ -349,17 +389,20 @@ def test_pipeline_file_can_travel_as_remote_code():
 # --------------------------------------------------------------------------- the pipeline, in process
 def test_pipeline_tasks_in_process(staged, best_model):
     model, tokenizer = best_model
-    # A Hub-ready folder declares its pipeline in config.json (custom_pipelines): like any remote-code pipeline,
-    # transformers then asks for trust_remote_code, and runs the folder's copy of pipelines.py.
-    with pytest.raises(ValueError, match="trust_remote_code"):
-        pipeline(TASK, model=str(staged), device="cpu")
+    # A Hub-ready folder declares its pipeline in config.json (custom_pipelines) for loaders without this package;
+    # with the package installed the registered task serves it, no trust_remote_code needed.
+    installed = pipeline(TASK, model=str(staged), device="cpu")
+    assert type(installed) is SentenceVAEPipeline
+    # asked to trust the folder's code, transformers runs the folder's copy of pipelines.py
     pipe = pipeline(model=str(staged), trust_remote_code=True, device="cpu")
     assert type(pipe).__name__ == "SentenceVAEPipeline" and type(pipe).__module__.endswith(".pipelines")
+    assert type(pipe) is not SentenceVAEPipeline
 
     samples = pipe(3, seed=0, max_new_tokens=12, return_latent=True)
     generator = torch.Generator().manual_seed(0)
     z = model.sample_prior(3, generator=generator)
-    expected = tokenizer.batch_decode(model.generate(latent=z, max_new_tokens=12).sequences, skip_special_tokens=True)
+    expected = tokenizer.batch_decode(model.generate(latent=z, max_new_tokens=12), skip_special_tokens=True)
+    assert installed(3, seed=0, max_new_tokens=12) == [{"generated_text": t} for t in expected]
     assert [row["generated_text"] for row in samples] == expected
     assert torch.tensor([row["latent"] for row in samples]).allclose(z)
     assert pipe(3, seed=0, max_new_tokens=12, do_sample=True) == pipe(3, seed=0, max_new_tokens=12, do_sample=True)
@@ -369,9 +412,8 @@ def test_pipeline_tasks_in_process(staged, best_model):
     batch = tokenizer([sentence], return_tensors="pt")
     mu, _ = model.encode(batch["input_ids"], batch["attention_mask"])
     assert rebuilt["input_text"] == sentence and len(rebuilt["posterior_samples"]) == 2
-    assert rebuilt["generated_text"] == tokenizer.decode(
-        model.generate(latent=mu).sequences[0], skip_special_tokens=True
-    )
+    assert rebuilt["generated_text"] == tokenizer.decode(model.generate(latent=mu)[0], skip_special_tokens=True)
+    assert rebuilt["generated_text"] == tokenizer.decode(model.generate(**batch)[0], skip_special_tokens=True)
 
     path = pipe((sentence, "a dog ran to the park ."), steps=4)
     assert [row["alpha"] for row in path] == pytest.approx([0, 1 / 3, 2 / 3, 1])
@@ -387,6 +429,27 @@ def test_pipeline_tasks_in_process(staged, best_model):
         pipe(2, beams=3)
     with pytest.raises(ValueError, match="steps"):
         pipe((sentence, sentence), steps=1)
+
+
+def test_a_loaded_model_saved_again_declares_no_missing_pipeline(tmp_path, tiny_model, tiny_tokenizer):
+    """`custom_pipelines` names `pipelines.py`, which `save_pretrained` does not write: a model loaded from a
+    Hub-ready folder and saved again must not declare it (that folder's pipeline would fail)."""
+    folder, again = tmp_path / "hub-ready", tmp_path / "again"
+    tiny_model().save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    hub.add_pipeline(folder)
+    assert "custom_pipelines" in json.loads((folder / "config.json").read_text())
+    model, tokenizer = AutoModel.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+    model.save_pretrained(again)
+    tokenizer.save_pretrained(again)
+    assert "custom_pipelines" not in json.loads((again / "config.json").read_text())
+    assert not (again / "pipelines.py").exists()
+    hub.validate_folder(again)
+    pipe = pipeline(TASK, model=str(again), device="cpu")
+    assert len(pipe(2, seed=0, max_new_tokens=5)) == 2
+    hub.add_pipeline(again)  # made Hub-ready again: both the file and its declaration
+    assert (again / "pipelines.py").is_file() and "custom_pipelines" in json.loads((again / "config.json").read_text())
+    hub.validate_folder(again)
 
 
 def test_pipeline_on_an_rnnlm(tiny_model, tiny_tokenizer):
@@ -450,12 +513,14 @@ STRANGER = textwrap.dedent(
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
     report["classes"] = [type(x).__module__ + "." + type(x).__name__ for x in (config, model, tokenizer)]
     latent = torch.tensor(spec["latent"])
-    greedy = model.generate(latent=latent, max_new_tokens=12)
+    report["can_generate"] = model.can_generate()
+    greedy = model.generate(latent=latent, max_new_tokens=12, num_beams=1)
     beam = model.generate(latent=latent, num_beams=3, max_new_tokens=12)
-    report["greedy"] = tokenizer.batch_decode(greedy.sequences, skip_special_tokens=True)
-    report["beam"] = beam.sequences.tolist()
+    report["greedy"] = tokenizer.batch_decode(greedy, skip_special_tokens=True)
+    report["beam"] = beam.tolist()
     batch = tokenizer(spec["texts"], padding=True, return_tensors="pt")
     report["input_ids"] = batch["input_ids"].tolist()
+    report["reconstructed"] = model.generate(**batch).tolist()
     with torch.no_grad():
         report["mu"] = model.encode(batch["input_ids"], batch["attention_mask"])[0].tolist()
 
@@ -515,12 +580,14 @@ def test_the_staged_folder_loads_as_a_stranger_would(staged, best_model, tmp_pat
     ):
         assert qualified.startswith("transformers_modules.") and qualified.endswith("." + name), qualified
 
-    # Same sentences as the in-process model.
-    greedy = model.generate(latent=latent, max_new_tokens=12)
-    assert report["greedy"] == tokenizer.batch_decode(greedy.sequences, skip_special_tokens=True)
-    assert report["beam"] == model.generate(latent=latent, num_beams=3, max_new_tokens=12).sequences.tolist()
+    # Same sentences as the in-process model, through the same GenerationMixin-based class.
+    assert report["can_generate"] is True and model.can_generate()
+    greedy = model.generate(latent=latent, max_new_tokens=12, num_beams=1)
+    assert report["greedy"] == tokenizer.batch_decode(greedy, skip_special_tokens=True)
+    assert report["beam"] == model.generate(latent=latent, num_beams=3, max_new_tokens=12).tolist()
     batch = tokenizer(texts, padding=True, return_tensors="pt")
     assert report["input_ids"] == batch["input_ids"].tolist()
+    assert report["reconstructed"] == model.generate(**batch).tolist()
     with torch.no_grad():
         mu = model.encode(batch["input_ids"], batch["attention_mask"])[0]
     torch.testing.assert_close(torch.tensor(report["mu"]), mu, rtol=0, atol=1e-6)
@@ -654,7 +721,7 @@ def test_push_command_to_a_fake_hub_uploads_exactly_the_hub_files(run_dir, stage
     with FakeHub() as fake:
         started = time.perf_counter()
         result = subprocess.run(
-            [sys.executable, str(PUSH_SCRIPT), str(run_dir), "--repo_id", REPO_ID, "--private"]
+            [sys.executable, str(PUSH_SCRIPT), str(run_dir), "--repo_id", REPO_ID, "--private", "--license", LICENSE]
             + ["--revision", "experiment-1", "--staging_dir", str(staging), "--commit_message", "tiny run"],
             env=_push_env(HF_ENDPOINT=fake.endpoint, HF_TOKEN=TOKEN),
             capture_output=True,
@@ -693,7 +760,8 @@ def test_push_command_to_an_unreachable_endpoint_fails_fast_and_clearly(run_dir,
     try:
         started = time.perf_counter()
         result = subprocess.run(
-            [sys.executable, str(PUSH_SCRIPT), str(run_dir), "--repo_id", REPO_ID, "--timeout", "3"],
+            [sys.executable, str(PUSH_SCRIPT), str(run_dir), "--repo_id", REPO_ID, "--timeout", "3"]
+            + ["--license", LICENSE],
             env=_push_env(HF_ENDPOINT=endpoint, HF_TOKEN=TOKEN),
             capture_output=True,
             text=True,
@@ -728,6 +796,40 @@ def test_push_folder_refuses_early_with_clear_messages(staged, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(HubPushError, match="HF_HUB_OFFLINE"):
         hub.push_folder(staged, REPO_ID, token=TOKEN)
+
+
+def test_a_push_needs_a_license(run_dir, staged, tmp_path, monkeypatch):
+    """Without --license (and none chosen at training time) the command refuses, naming the flag; a folder whose
+    card says no license was chosen is refused by push_folder before anything is created."""
+    with FakeHub() as fake:
+        result = subprocess.run(
+            [sys.executable, str(PUSH_SCRIPT), str(run_dir), "--repo_id", REPO_ID],
+            env=_push_env(HF_ENDPOINT=fake.endpoint, HF_TOKEN=TOKEN),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 1 and "--license" in result.stderr and "Traceback" not in result.stderr
+        unlicensed = hub.stage_folder(run_dir, tmp_path / "unlicensed", repo_id=REPO_ID)
+        assert metadata_load(unlicensed / "README.md")["license"] == "other"
+        with pytest.raises(HubPushError, match="no license was chosen"):
+            hub.push_folder(unlicensed, REPO_ID, token=TOKEN, endpoint=fake.endpoint)
+    assert fake.created == [] and fake.commits == []
+    assert metadata_load(staged / "README.md")["license"] == LICENSE
+    assert hub.NO_LICENSE_NOTE not in (staged / "README.md").read_text()
+
+
+def test_preflight_checks_the_repository_id_and_the_accounts_namespace(monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with FakeHub() as fake:
+        with pytest.raises(HubPushError, match="not a repository id"):
+            hub.preflight("me/bad name!", token=TOKEN, endpoint=fake.endpoint)
+        with pytest.raises(HubPushError, match="belongs to 'me'.*'someone-else'"):
+            hub.preflight("someone-else/vae", token=TOKEN, endpoint=fake.endpoint)
+        assert hub.preflight(REPO_ID, token=TOKEN, endpoint=fake.endpoint) == (fake.endpoint, TOKEN)
+    assert fake.created == []
 
 
 def test_a_failed_upload_deletes_the_repository_it_created(staged, monkeypatch):

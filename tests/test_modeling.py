@@ -215,6 +215,12 @@ def test_embedding_sharing_and_tying(tiny_model):
     assert torch.all(separate.embed_tokens.weight[pad] == 0)
 
 
+def _step_view(model, log_probs: torch.Tensor) -> torch.Tensor:
+    """Forward's log-probabilities as a decoding step reports them: the never-predicted ids (finite, the dtype's
+    minimum, in forward's logits) at -inf."""
+    return log_probs.masked_fill(model.logit_mask.isinf(), float("-inf"))
+
+
 def test_tying_across_widths_goes_through_a_projection(tiny_model, random_batch):
     model = tiny_model(tie_word_embeddings=True, embedding_size=12, decoder_hidden_size=8, initializer_range=INIT)
     assert model.lm_head.weight is model.embed_tokens.weight
@@ -230,7 +236,9 @@ def test_tying_across_widths_goes_through_a_projection(tiny_model, random_batch)
         model._decoder_inputs(input_ids[:, :-1], latent),
         tuple(s.unsqueeze(0) for s in model._initial_state(latent, 3, latent.device, latent.dtype)),
     )
-    expected = model.output_projection(hidden) @ model.embed_tokens.weight.T + model._output_bias()
+    expected = model.output_projection(hidden) @ model.embed_tokens.weight.T + model._output_bias(
+        torch.finfo(out.logits.dtype).min
+    )
     torch.testing.assert_close(out.logits, expected)
     # the fused training path (no logits) gives the same reconstruction
     fused = model(input_ids, attention_mask, latent=latent, return_logits=False)
@@ -238,7 +246,7 @@ def test_tying_across_widths_goes_through_a_projection(tiny_model, random_batch)
     # and so does decoding step by step
     state = model._initial_state(latent, 3, latent.device, latent.dtype)
     step_log_probs, _ = model._step(input_ids[:, 0], (*state, latent))
-    torch.testing.assert_close(step_log_probs, out.logits[:, 0].log_softmax(-1))
+    torch.testing.assert_close(step_log_probs, _step_view(model, out.logits[:, 0].log_softmax(-1)))
 
     # many rows fold P into the weight (the product stays H wide); a few rows project h instead
     many, few = torch.randn(1000, 8), torch.randn(1, 8)
@@ -273,12 +281,14 @@ def test_latent_at_the_outputs_is_appended_to_every_decoder_state(tiny_model, ra
     hidden, _ = model.decoder(model._decoder_inputs(input_ids[:, :-1], latent), initial)
     features = torch.cat([hidden, latent.unsqueeze(1).expand(-1, hidden.shape[1], -1)], -1)
     head = model.output_projection(features) if tied else features
-    torch.testing.assert_close(out.logits, head @ model.lm_head.weight.T + model._output_bias())
+    torch.testing.assert_close(
+        out.logits, head @ model.lm_head.weight.T + model._output_bias(torch.finfo(out.logits.dtype).min)
+    )
     fused = model(input_ids, attention_mask, latent=latent, return_logits=False)
     torch.testing.assert_close(fused.reconstruction_per_sentence, out.reconstruction_per_sentence)
     state = model._initial_state(latent, 3, latent.device, latent.dtype)
     step_log_probs, _ = model._step(input_ids[:, 0], (*state, latent))
-    torch.testing.assert_close(step_log_probs, out.logits[:, 0].log_softmax(-1))
+    torch.testing.assert_close(step_log_probs, _step_view(model, out.logits[:, 0].log_softmax(-1)))
 
     # the skip path carries gradient to z's weights in the output layer
     model.train()

@@ -1,5 +1,6 @@
 """The README's usage example runs as written, and its first screen shows the two set-up commands."""
 
+import ast
 import re
 from pathlib import Path
 
@@ -16,11 +17,39 @@ def test_usage_example_runs_as_written(tmp_path, monkeypatch, capsys):
     text = README.read_text(encoding="utf-8")
     usage = text[text.index("## Usage") :]
     code = re.search(r"```python\n(.*?)```", usage, re.S).group(1)
-    assert len(code.strip().splitlines()) <= 12
+    assert len(code.strip().splitlines()) <= 14
+    assert "generate(**inputs" in code and 'pipeline("sentence-vae"' in code  # reconstruction, the pipeline
     monkeypatch.chdir(tmp_path)
     exec(compile(code, str(README), "exec"), {"__name__": "__readme__"})
-    printed = capsys.readouterr().out
-    decoded = eval(printed.strip())  # the example prints a list of two decoded strings
-    assert isinstance(decoded, list) and len(decoded) == 2
+    printed = capsys.readouterr().out.strip().splitlines()
+    # two reconstructions, two prior samples, then the pipeline's reconstruction of one sentence
+    reconstructed, sampled, piped = (ast.literal_eval(line) for line in printed)
+    assert (
+        isinstance(reconstructed, list) and len(reconstructed) == 2 and all(isinstance(t, str) for t in reconstructed)
+    )
+    assert isinstance(sampled, list) and len(sampled) == 2
+    assert piped["input_text"] == "the cat sat on the mat" and isinstance(piped["generated_text"], str)
     assert (tmp_path / "my-vae" / "model.safetensors").is_file()
     assert (tmp_path / "my-vae" / "modeling_sentence_vae.py").is_file()
+    assert (tmp_path / "my-vae" / "generation_config.json").is_file()
+
+
+def test_readme_speaks_to_users():
+    text = README.read_text(encoding="utf-8")
+    assert not re.search(r"(?<![\w`])#\d+", text), "issue numbers"
+    assert "session" not in text.lower()
+    assert "accelerator.save_state`)" not in text  # checkpoints do not use it
+    results = text[text.index("In brief") :]
+    assert "| model | ours | paper |" in results  # the results summary is a table
+
+
+def test_readme_commands_use_the_demo_model(repo_root):
+    """The demo's model lands where the README's next commands (and the demo's own closing lines) look for it."""
+    from helpers import load_script
+
+    demo = load_script(repo_root / "train_scripts" / "demo.py")
+    text = README.read_text(encoding="utf-8")
+    default_out = demo.parse([]).output_dir
+    assert f"--model_name_or_path {default_out}/best" in text
+    printed = demo.next_steps(Path(default_out) / "best")
+    assert f"{default_out}/best" in printed and "generate.py" in printed

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
-from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers import AutoConfig, AutoModel, AutoTokenizer, GenerationMixin
 
 import hf_sentence_vae
 from hf_sentence_vae import SentenceVAEConfig, SentenceVAEModel, SentenceVAETokenizerFast
@@ -93,7 +93,7 @@ def test_save_load_round_trip(tmp_path, tiny_model, random_batch, variant):
             torch.testing.assert_close(b.loss, a.loss, rtol=1e-5, atol=1e-6)
     # Greedy ids: equal unless two logits were within ~1e-6 of each other (the INIT-scaled weights keep them apart).
     generated = model.generate(latent=latent, num_samples=3, max_new_tokens=10)
-    assert torch.equal(loaded.generate(latent=latent, num_samples=3, max_new_tokens=10).sequences, generated.sequences)
+    assert torch.equal(loaded.generate(latent=latent, num_samples=3, max_new_tokens=10), generated)
     assert torch.equal(SentenceVAEModel.from_pretrained(tmp_path).logit_mask, _expected_mask(cfg))
 
 
@@ -121,7 +121,14 @@ def test_saved_folder_contents(tmp_path, tiny_model, tiny_tokenizer):
     model.save_pretrained(tmp_path)
     tiny_tokenizer.save_pretrained(tmp_path)
     names = {path.name for path in tmp_path.iterdir()}
-    expected = {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", *REMOTE_FILES}
+    expected = {
+        "model.safetensors",
+        "config.json",
+        "generation_config.json",  # saved in every case: the class inherits GenerationMixin
+        "tokenizer.json",
+        "tokenizer_config.json",
+        *REMOTE_FILES,
+    }
     assert expected <= names, expected - names
     assert not any(name.endswith(".bin") for name in names)
 
@@ -209,9 +216,11 @@ CHILD = textwrap.dedent(
             out = model(**batch, sample_latent=False)
         report["models"][name] = {
             "classes": [type(x).__module__ + "." + type(x).__name__ for x in (config, model, tokenizer)],
-            "greedy": greedy.sequences.tolist(),
-            "greedy_texts": tokenizer.batch_decode(greedy.sequences, skip_special_tokens=True),
-            "beam": beam.sequences.tolist(),
+            "greedy": greedy.tolist(),
+            "greedy_texts": tokenizer.batch_decode(greedy, skip_special_tokens=True),
+            "beam": beam.tolist(),
+            "can_generate": model.can_generate(),
+            "generation_mixin_is_a_base": any(b.__name__ == "GenerationMixin" for b in type(model).__bases__),
             "input_ids": batch["input_ids"].tolist(),
             "logits": out.logits.tolist(),
             "logit_mask": model.logit_mask.tolist(),
@@ -277,10 +286,13 @@ def test_remote_code_loads_without_the_package(tmp_path, tiny_model, tiny_tokeni
             assert qualified.startswith("transformers_modules.") and qualified.endswith("." + class_name), qualified
         greedy = model.generate(latent=latent, num_samples=4, max_new_tokens=12)
         beam = model.generate(latent=latent, num_samples=4, num_beams=3, max_new_tokens=12)
-        assert child["greedy"] == greedy.sequences.tolist()
-        assert child["greedy_texts"] == tiny_tokenizer.batch_decode(greedy.sequences, skip_special_tokens=True)
+        assert child["greedy"] == greedy.tolist()
+        assert child["greedy_texts"] == tiny_tokenizer.batch_decode(greedy, skip_special_tokens=True)
         assert any(text for text in child["greedy_texts"])  # real sentences, not only <eos>
-        assert child["beam"] == beam.sequences.tolist()
+        assert child["beam"] == beam.tolist()
+        # can_generate() the same way installed and as remote code: the class itself inherits GenerationMixin
+        assert child["can_generate"] is True and model.can_generate()
+        assert child["generation_mixin_is_a_base"] and GenerationMixin in type(model).__bases__
         batch = tiny_tokenizer(texts, padding=True, return_tensors="pt")
         assert child["input_ids"] == batch["input_ids"].tolist()
         assert child["input_ids"][-1][:8] == tiny_tokenizer("the <unk> cat <unk> sat .")["input_ids"]

@@ -497,10 +497,23 @@ def test_resume_from_an_incomplete_checkpoint_path_is_refused(small_ptb, tmp_pat
 
 # --------------------------------------------------------------------------- two processes (DDP over gloo)
 def _ddp_worker(config_kwargs: dict) -> None:
-    """Runs in each forked process of `accelerate.debug_launcher` (module level so it can be launched)."""
+    """Runs in each forked process of `accelerate.debug_launcher` (module level so it can be launched). Each process
+    records the package's log lines, at INFO and above, in `log_<rank>.txt` of the output folder."""
+    import logging
+
     reset_accelerate()
     torch.set_num_threads(1)
-    train(TrainingConfig(**config_kwargs))  # the Trainer builds its own Accelerator, as under `accelerate launch`
+    rank = torch.distributed.get_rank()  # debug_launcher has set up the process group
+    package = logging.getLogger("hf_sentence_vae")
+    package.setLevel(logging.INFO)
+    Path(config_kwargs["output_dir"]).mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(Path(config_kwargs["output_dir"]) / f"log_{rank}.txt")
+    package.addHandler(handler)
+    try:
+        train(TrainingConfig(**config_kwargs))  # the Trainer builds its own Accelerator, as under `accelerate launch`
+    finally:
+        package.removeHandler(handler)
+        handler.close()
 
 
 def _rng_worker(config_kwargs: dict) -> None:
@@ -572,6 +585,10 @@ def test_two_process_cpu_run_matches_one_process_run(small_ptb, tmp_path):
     ]
     assert (out / "best" / "model.safetensors").is_file()
     assert not list(out.glob(".tmp-*"))
+    # logged once: the main process logs the run (its warnings included), the other only errors (none here)
+    main_log, other_log = ((out / f"log_{rank}.txt").read_text() for rank in (0, 1))
+    assert "world size 2" in main_log and "training sentences" in main_log and "truncated" in main_log
+    assert other_log == ""
 
     _assert_records_close(_records(out), _records(single.output_dir), rel=1e-5)
     _assert_metrics_close(double_results, single_results, rel=1e-5)
@@ -783,8 +800,8 @@ def test_cli_boolean_flags_and_unknown_flags():
     assert config.disable_tqdm is True and config.bidirectional_encoder is False
     config = parse_args(TrainingConfig, [*base, "--with_tracking", "yes", "--tie_word_embeddings", "1"])
     assert config.with_tracking is True and config.tie_word_embeddings is True
-    config = parse_args(TrainingConfig, [*base, "--push_to_hub", "--hub_model_id", "me/vae"])
-    assert config.push_to_hub is True
+    config = parse_args(TrainingConfig, [*base, "--push_to_hub", "--hub_model_id", "me/vae", "--license", "mit"])
+    assert config.push_to_hub is True and config.license == "mit"
     with pytest.raises(ValueError, match="hub_model_id"):
         parse_args(TrainingConfig, [*base, "--push_to_hub"])
     with pytest.raises(SystemExit):
@@ -793,9 +810,55 @@ def test_cli_boolean_flags_and_unknown_flags():
         parse_args(TrainingConfig, [*base, "--no_such_flag", "1"])
     with pytest.raises(ValueError, match="optimizer"):
         parse_args(TrainingConfig, [*base, "--optimizer", "lbfgs"])
+    with pytest.raises(ValueError, match="lr_scheduler_type"):
+        parse_args(TrainingConfig, [*base, "--lr_scheduler_type", "exponential"])
     for bad in ("1.0", "0", "-0.5"):
         with pytest.raises(ValueError, match=f"ema_decay must be in \\(0, 1\\).*{bad}"):
             parse_args(TrainingConfig, [*base, "--ema_decay", bad])
+
+
+def test_every_train_flag_has_help_default_and_choices(capsys):
+    """`train.py --help` describes every flag (HfArgumentParser-style metadata on the TrainingConfig fields):
+    a help text, its default, and the allowed values of the flags that have a fixed set of them."""
+    import argparse
+
+    from hf_sentence_vae.cli import build_parser
+
+    parser = build_parser(TrainingConfig, "")
+    flags = [a for a in parser._actions if not isinstance(a, argparse._HelpAction)]
+    exposed = {f.name for f in dataclasses.fields(TrainingConfig)} - {"extra"}
+    assert {a.dest for a in flags} == exposed | {"config"}
+    for action in flags:
+        assert action.help and len(action.help) > 10, action.dest
+    text = parser.format_help()
+    options = text[text.index("options:") :]
+    for action in flags:
+        entry = options[options.index("  " + action.option_strings[0] + " ") :]
+        entry = entry[: entry.index("\n  --", 1)] if "\n  --" in entry[1:] else entry
+        assert "(default:" in entry, action.dest
+    for name, values in {
+        "optimizer": ("adam", "adamw", "sgd"),
+        "mixed_precision": ("no", "bf16", "fp16"),
+        "kl_schedule": ("sigmoid", "linear", "cyclical", "constant"),
+        "text_mode": ("pretokenized", "raw"),
+        "on_nonfinite_loss": ("error", "skip"),
+        "latent_injection": ("initial_state", "initial_state_and_inputs", "initial_state_inputs_and_outputs"),
+        "report_to": ("all", "tensorboard"),
+        "lr_scheduler_type": ("constant", "linear", "cosine"),
+    }.items():
+        field = next(f for f in dataclasses.fields(TrainingConfig) if f.name == name)
+        assert set(values) <= set(field.metadata["choices"]), name
+        assert f"--{name} {{" + ",".join(field.metadata["choices"]) + "}" in text, name
+    # an optional choice can still be unset
+    base = ["--train_file", "x.txt"]
+    assert parse_args(TrainingConfig, [*base, "--latent_injection", "none"]).latent_injection is None
+    assert parse_args(TrainingConfig, [*base, "--license", "mit"]).license == "mit"
+    with pytest.raises(ValueError, match="license"):
+        parse_args(TrainingConfig, [*base, "--license", "Apache 2"])
+    train_script = _load_train_script()
+    with pytest.raises(SystemExit):
+        train_script.main(["--help"])
+    assert "--kl_target_ki" in capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------- run artifacts
@@ -858,6 +921,9 @@ def test_run_writes_metrics_results_best_curves_and_checkpoints(cli_run):
     assert json.loads((best / "eval_results.json").read_text())["validation_loss"] == pytest.approx(
         results["validation_loss"]
     )
+    # the decoding defaults of a trained VAE: 5 beams, and PTB's literal <unk> suppressed
+    assert model.generation_config.num_beams == 5
+    assert model.generation_config.suppress_tokens == [tokenizer.unk_token_id]
     # best/ holds the selected model: re-evaluating it reproduces the final validation bound
     from hf_sentence_vae.data import TokenizedCorpus, tokenize_splits
 
@@ -906,13 +972,16 @@ def test_temporary_and_incomplete_checkpoints_are_never_latest(cli_run, tmp_path
 
 
 # --------------------------------------------------------------------------- the Hub, offline
-def test_push_folder_offline_raises_a_clear_error_quickly(cli_run, monkeypatch):
-    from hf_sentence_vae.hub import HubPushError, push_folder
+def test_push_folder_offline_raises_a_clear_error_quickly(cli_run, monkeypatch, tmp_path):
+    from hf_sentence_vae.hub import HubPushError, push_folder, render_model_card
 
+    folder = tmp_path / "best"
+    shutil.copytree(cli_run / "best", folder)
+    render_model_card(folder, license="mit")  # a push needs a chosen license; this run chose none
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     started = time.perf_counter()
     with pytest.raises(HubPushError, match="could not push.*me/sentence-vae") as info:
-        push_folder(cli_run / "best", "me/sentence-vae")
+        push_folder(folder, "me/sentence-vae")
     assert time.perf_counter() - started < 10
     assert "HF_HUB_OFFLINE" in str(info.value) or "offline" in str(info.value).lower()
 
@@ -925,14 +994,49 @@ def test_push_folder_refuses_an_incomplete_folder(tmp_path):
         push_folder(tmp_path, "me/sentence-vae")
 
 
-def test_push_to_hub_at_the_end_of_training_fails_cleanly_after_saving(small_ptb, tmp_path):
+def test_push_to_hub_is_checked_before_training(small_ptb, tmp_path, monkeypatch):
+    """`--push_to_hub` that cannot succeed (offline here; likewise no token, an unreachable endpoint, a bad repository
+    id) fails before any data is read or step taken; it also needs a license for the card."""
     from hf_sentence_vae.hub import HubPushError
 
-    config = tiny_run(small_ptb, tmp_path / "run", max_train_steps=2, push_to_hub=True, hub_model_id="me/vae")
-    with pytest.raises(HubPushError, match="me/vae"):
+    with pytest.raises(ValueError, match="--license"):
+        tiny_run(small_ptb, tmp_path / "run", push_to_hub=True, hub_model_id="me/vae")
+    config = tiny_run(small_ptb, tmp_path / "run", push_to_hub=True, hub_model_id="me/vae", license="mit")
+    monkeypatch.setattr("hf_sentence_vae.training.load_text_splits", _never_called)
+    started = time.perf_counter()
+    with pytest.raises(HubPushError, match="me/vae.*offline"):
         _train(config)
-    out = Path(config.output_dir)
-    assert (out / "results.json").is_file() and (out / "best" / "model.safetensors").is_file()
+    assert time.perf_counter() - started < 10
+    assert not Path(config.output_dir).exists()  # nothing trained, nothing written
+    bad_id = tiny_run(small_ptb, tmp_path / "run", push_to_hub=True, hub_model_id="me/bad id", license="mit")
+    with pytest.raises(HubPushError, match="not a repository id"):
+        _train(bad_id)
+
+
+def _never_called(*args, **kwargs):
+    raise AssertionError("the data was read before the push was checked")
+
+
+def test_tracking_with_tensorboard_writes_event_files(small_ptb, tmp_path):
+    """The train extra brings tensorboard: `--with_tracking --report_to tensorboard` logs the run's records as
+    event files; a tracker that is not installed is an error, not a warning and an untracked run."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from hf_sentence_vae.training import check_trackers
+
+    config = tiny_run(small_ptb, tmp_path / "run", max_train_steps=4, with_tracking=True, report_to="tensorboard")
+    _train(config)
+    events = list((tmp_path / "run").rglob("events.out.tfevents.*"))
+    assert events, "no tensorboard event file"
+    scalars = set()
+    for event in events:
+        accumulator = EventAccumulator(str(event))
+        accumulator.Reload()
+        scalars |= set(accumulator.Tags()["scalars"])
+    assert {"loss", "kl", "kl_weight", "validation_loss"} <= scalars, scalars
+    check_trackers("tensorboard")
+    with pytest.raises(ValueError, match="wandb is not installed"):
+        check_trackers("wandb")
 
 
 def test_bf16_mixed_precision_runs_under_autocast_and_tracks_fp32(small_ptb, tmp_path, monkeypatch):

@@ -2,8 +2,10 @@
 """`make demo`: train a small sentence VAE end to end on a built-in corpus and show what it learned.
 
 Default corpus: the example sentences of WordNet 3.0 (Debian's wordnet-base). Any other corpus: --corpus_file
-(one sentence a line). Writes the run (checkpoints, metrics, the annealing plot) and `demo_outputs.md` with
-prior samples, posterior reconstructions and a homotopy to --output_dir, and prints them.
+(one sentence a line). --output_dir (default `runs/demo`) becomes the run folder: the trained model in `best/`
+(a `save_pretrained` folder with its model card), metrics and the annealing plot, the corpus split in `data/`,
+and `demo_outputs.md` with prior samples, posterior reconstructions and a homotopy. It prints them, then where the
+model is and commands to try on it.
 """
 
 import argparse
@@ -39,7 +41,9 @@ def parse(argv):
     )
     parser.add_argument("--max_train_steps", type=int, default=None)
     parser.add_argument(
-        "--allow_unk", action="store_true", help="let the decodes contain <unk> (suppressed by default)"
+        "--allow_unk",
+        action="store_true",
+        help="let the decodes contain <unk> (the trained model's generation_config suppresses it)",
     )
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
@@ -64,7 +68,7 @@ def main(argv=None) -> int:
     config = TrainingConfig(
         train_file=str(data / "train.txt"),
         validation_file=str(data / "valid.txt"),
-        output_dir=str(out / "run"),
+        output_dir=str(out),
         text_mode="raw",
         min_frequency=2,
         max_length=40,
@@ -89,10 +93,11 @@ def main(argv=None) -> int:
 
     from transformers import AutoModel, AutoTokenizer
 
-    model = AutoModel.from_pretrained(out / "run" / "best").eval()
-    tokenizer = AutoTokenizer.from_pretrained(out / "run" / "best")
+    best = out / "best"
+    model = AutoModel.from_pretrained(best).eval()
+    tokenizer = AutoTokenizer.from_pretrained(best)
     generator = torch.Generator().manual_seed(args.seed)
-    decoding = {} if args.allow_unk else {"suppress_tokens": [tokenizer.unk_token_id]}
+    decoding = {"suppress_tokens": None} if args.allow_unk else {}  # else: the model's generation_config
     samples = analysis.prior_samples(model, tokenizer, 8, generator=generator, max_new_tokens=30, **decoding)
     posterior = analysis.posterior_decodes(
         model, tokenizer, RECONSTRUCT, num_samples=2, generator=generator, **decoding
@@ -101,19 +106,36 @@ def main(argv=None) -> int:
 
     report = [f"# Demo run ({minutes:.1f} min of training)", "", "## Validation", "", "```json"]
     report += [json.dumps({k: v for k, v in results.items() if k.startswith("validation")}, indent=2), "```", ""]
-    note = "" if args.allow_unk else "; `<unk>` suppressed"
-    report += [f"## Prior samples, greedy decoding (cf. the paper's Table 5{note})", ""]
+    how = analysis.describe_decoding(model, tokenizer, **decoding)
+    report += [f"## Prior samples (cf. the paper's Table 5; {how})", ""]
     report += [f"- {s}" for s in samples] + ["", "## Posterior reconstructions (cf. Table 7)", ""]
     for row in posterior:
         report += [f"- input: {row['input']}", f"  - mean: {row['mean']}"]
         report += [f"  - sample: {s}" for s in row["samples"]]
     report += ["", f"## Homotopy: '{HOMOTOPY[0]}' -> '{HOMOTOPY[1]}' (cf. Table 8)", ""]
     report += [f"{i}. {s}" for i, s in enumerate(path, 1)]
-    report += ["", "Training curves (KL weight and KL, cf. Figure 2): `run/training_curves.png`", ""]
+    report += ["", f"Training curves (KL weight and KL, cf. Figure 2): `{out / 'training_curves.png'}`", ""]
     text = "\n".join(report)
     (out / "demo_outputs.md").write_text(text, encoding="utf-8")
-    sys.stdout.write(text + f"\nWritten to {out / 'demo_outputs.md'}\n")
+    sys.stdout.write(text + f"\nWritten to {out / 'demo_outputs.md'}\n\n" + next_steps(best) + "\n")
     return 0
+
+
+def next_steps(best: Path) -> str:
+    """Where the demo's model is and what to run on it next."""
+    quoted = str(best)
+    return "\n".join(
+        [
+            f"The trained model is in {quoted} (model, tokenizer, generation_config.json, model card README.md).",
+            "Try next:",
+            f"  python train_scripts/generate.py prior --model_name_or_path {quoted} --num_samples 10",
+            f"  python train_scripts/generate.py homotopy --model_name_or_path {quoted} \\",
+            '      --start "he was lost in thought" --end "the children played in the park" --steps 7',
+            f"  python train_scripts/evaluate.py --model_name_or_path {quoted} --test_file {best.parent / 'data' / 'valid.txt'}",
+            '  python -c "from transformers import pipeline; import hf_sentence_vae; '
+            f"print(pipeline('sentence-vae', model='{quoted}')('the children played in the park'))\"",
+        ]
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
-"""Explore a trained sentence VAE's latent space (the paper's Section 6): greedy decodes of prior samples
-(Table 5), of stretched lower-probability prior samples (Table 6), of posterior means and samples (Table 7),
-and homotopies (Tables 8 and 12); `report` writes all of them to a markdown file with a PNG of posterior
-means projected to 2-D by PCA, coloured by sentence length.
+"""Explore a trained sentence VAE's latent space (the paper's Section 6): decodes of prior samples (Table 5),
+of stretched lower-probability prior samples (Table 6), of posterior means and samples (Table 7), and
+homotopies (Tables 8 and 12); `report` writes all of them to a markdown file with a PNG of posterior means
+projected to 2-D by PCA, coloured by sentence length.
 
     python train_scripts/generate.py prior      --model_name_or_path runs/ptb/vae_standard/best --num_samples 10
     python train_scripts/generate.py stretched  --model_name_or_path ... --num_samples 10 --c 0.1
@@ -11,8 +11,11 @@ means projected to 2-D by PCA, coloured by sentence length.
     python train_scripts/generate.py report     --model_name_or_path ... \
         --texts_file ../shared/data/ptb/ptb.test.txt --output_dir results/analysis
 
-Every subcommand prints JSON (and writes it to --output_file when given). Decoding is greedy unless
---num_beams > 1. The paper's models were trained on the Books Corpus; ours on the Penn Treebank.
+Every subcommand prints JSON (and writes it to --output_file when given). Decoding follows the model's
+`generation_config.json` (a trained model's: beam search with 5 beams, `<unk>` suppressed where the training text
+had it); `--num_beams 1` decodes greedily as the paper did, `--allow_unk` / `--suppress_unk` override the
+suppression. A homotopy lists every one of its --steps points (--collapse_repeats shows consecutive duplicates
+once, as the paper's tables do). The paper's models were trained on the Books Corpus; ours on the Penn Treebank.
 
 Input files are read lazily: `posterior --input_file` reads only its first --max_sentences sentences, and `report`
 reads --texts_file once, keeping the --pca_sentences first sentences and a seeded uniform sample (reservoir
@@ -48,8 +51,18 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--max_new_tokens", type=int, default=None, help="default: the config's maximum")
-    parser.add_argument("--num_beams", type=int, default=1, help="1 = greedy decoding (the paper's choice)")
-    parser.add_argument("--suppress_unk", action="store_true", help="never generate <unk> (suppress_tokens)")
+    parser.add_argument(
+        "--num_beams",
+        type=int,
+        default=None,
+        help="beam width; default: the model's generation_config (5 for a trained model); 1 = greedy decoding "
+        "(the paper's choice)",
+    )
+    unk = parser.add_mutually_exclusive_group()
+    unk.add_argument("--suppress_unk", action="store_true", help="never generate <unk> (suppress_tokens)")
+    unk.add_argument(
+        "--allow_unk", action="store_true", help="let <unk> be generated even where the generation_config suppresses it"
+    )
     parser.add_argument("--output_file", default=None, help="also write the JSON here")
 
 
@@ -80,7 +93,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     homotopy.add_argument("--random", action="store_true", help="between pairs of random prior points")
     homotopy.add_argument("--num_paths", type=int, default=5, help="with --random")
     homotopy.add_argument("--steps", type=int, default=7, help="points on each path, both ends included")
-    homotopy.add_argument("--keep_repeats", action="store_true", help="keep consecutive duplicate sentences")
+    homotopy.add_argument(
+        "--collapse_repeats",
+        action="store_true",
+        help="show consecutive duplicate sentences once (default: every step)",
+    )
 
     report = sub.add_parser("report", help="all of the above as markdown + a PCA plot of posterior means")
     _common(report)
@@ -140,16 +157,21 @@ def _check_values(args: argparse.Namespace) -> None:
 
 
 def _generate_kwargs(args: argparse.Namespace, tokenizer) -> dict:
-    kwargs = {"num_beams": args.num_beams}
+    """The command line's changes to the model's generation_config."""
+    kwargs = {}
+    if args.num_beams is not None:
+        kwargs["num_beams"] = args.num_beams
     if args.max_new_tokens is not None:
         kwargs["max_new_tokens"] = args.max_new_tokens
     if args.suppress_unk:
         kwargs["suppress_tokens"] = [tokenizer.unk_token_id]
+    if args.allow_unk:
+        kwargs["suppress_tokens"] = None
     return kwargs
 
 
-def _paths(paths: list[list[str]], keep_repeats: bool) -> list[list[str]]:
-    return paths if keep_repeats else [analysis.collapse_repeats(p) for p in paths]
+def _paths(paths: list[list[str]], collapse_repeats: bool) -> list[list[str]]:
+    return [analysis.collapse_repeats(p) for p in paths] if collapse_repeats else paths
 
 
 def run_prior(model, tokenizer, args, generator) -> dict:
@@ -189,12 +211,12 @@ def run_homotopy(model, tokenizer, args, generator) -> dict:
     kwargs = _generate_kwargs(args, tokenizer)
     if args.random:
         paths = analysis.random_homotopies(model, tokenizer, args.num_paths, args.steps, generator, **kwargs)
-        return {"command": "homotopy", "between": "random prior points", "paths": _paths(paths, args.keep_repeats)}
+        return {"command": "homotopy", "between": "random prior points", "paths": _paths(paths, args.collapse_repeats)}
     path = analysis.homotopy(model, tokenizer, args.start, args.end, steps=args.steps, **kwargs)
     return {
         "command": "homotopy",
         "between": [args.start, args.end],
-        "paths": _paths([path], args.keep_repeats),
+        "paths": _paths([path], args.collapse_repeats),
     }
 
 
@@ -230,6 +252,7 @@ def run_report(model, tokenizer, args, generator) -> dict:
         "command": "report",
         "model_name_or_path": str(args.model_name_or_path),
         "texts_file": str(args.texts_file),
+        "decoding": analysis.describe_decoding(model, tokenizer, **kwargs),
         "prior_samples": prior,
         "stretched": {
             "c": args.c,
@@ -294,7 +317,7 @@ def _reservoir(sample: list[str], item: str, size: int, seen: dict[str, int], ke
 
 def report_markdown(results: dict, args: argparse.Namespace) -> str:
     title = args.title or f"Latent-space analysis of {results['model_name_or_path']}"
-    decoding = "greedy decoding" if args.num_beams == 1 else f"beam search ({args.num_beams} beams)"
+    decoding = results["decoding"]
     stretched = results["stretched"]
     pca = results["pca"]
     lines = [

@@ -1,14 +1,18 @@
 #!/usr/bin/env python
 """Push a trained sentence VAE to the Hugging Face Hub.
 
-    python train_scripts/push_to_hub.py runs/ptb/vae_standard --repo_id you/sentence-vae-ptb [--private]
-        [--revision BRANCH] [--token TOKEN] [--commit_message MSG] [--keep_card] [--staging_dir DIR] [--dry_run]
+    python train_scripts/push_to_hub.py runs/ptb/vae_standard --repo_id you/sentence-vae-ptb --license apache-2.0
+        [--private] [--revision BRANCH] [--token TOKEN] [--commit_message MSG] [--keep_card] [--staging_dir DIR]
+        [--dry_run]
 
 SOURCE is a run folder (holding `best/`) or a saved model folder. What the repository gets is staged first:
 the weights (safetensors), `config.json` (with `auto_map` and `custom_pipelines`), the tokenizer, the remote-code
 `.py` files, `pipelines.py`, the training configuration and results, the run's `metrics.jsonl` and
 `training_curves.png`, and a `README.md` model card rendered for REPO_ID (`--keep_card` keeps an existing card).
 Nothing else (no checkpoints or optimizer states) is uploaded, in one commit.
+
+The card states `--license` (else the one chosen at training time with `train.py --license`); a push needs one: a
+card without a license (`license: other` and a note saying none was chosen) is only staged.
 
 The token comes from `--token`, else `HF_TOKEN`, else the stored login; the endpoint from `HF_ENDPOINT`
 (`--endpoint` overrides). Before anything is staged or created, the command checks offline mode, the token and
@@ -35,6 +39,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--commit_message", default="Upload sentence VAE")
     parser.add_argument("--endpoint", default=None, help="Hub endpoint (default: HF_ENDPOINT or huggingface.co)")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the endpoint to answer")
+    parser.add_argument(
+        "--license",
+        default=None,
+        help="Hub license id for the card (e.g. apache-2.0, mit, cc-by-4.0); default: the one chosen at training "
+        "time; pushing needs one",
+    )
     parser.add_argument("--keep_card", action="store_true", help="keep an existing README.md instead of rendering")
     parser.add_argument("--staging_dir", default=None, help="stage here (new or empty folder) instead of a temp dir")
     parser.add_argument("--dry_run", action="store_true", help="stage and list the files, push nothing")
@@ -50,16 +60,31 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     log = logging.getLogger("push_to_hub")
-    from hf_sentence_vae.hub import HubPushError, preflight, push_folder, resolve_model_folder, stage_folder
+    from hf_sentence_vae.hub import (
+        HubPushError,
+        preflight,
+        push_folder,
+        resolve_license,
+        resolve_model_folder,
+        stage_folder,
+    )
 
     try:
         model_dir, run_dir = resolve_model_folder(args.source)
+        try:
+            license = resolve_license(model_dir, args.license)  # noqa: A001
+        except ValueError as err:
+            raise HubPushError(str(err)) from None
+        if license is None and not args.dry_run and not args.keep_card:
+            raise HubPushError(
+                f"no license chosen for {args.source}: pass --license (a Hub license id, e.g. apache-2.0, mit, cc-by-4.0)"
+            )
         endpoint, token = (None, args.token)
         if not args.dry_run:  # fail fast, before staging renders anything
             endpoint, token = preflight(args.repo_id, args.token, args.endpoint, args.timeout, what=args.source)
         with tempfile.TemporaryDirectory(prefix="sentence_vae_push_") as tmp:
             staging = Path(args.staging_dir) if args.staging_dir else Path(tmp) / "repo"
-            stage_folder(args.source, staging, repo_id=args.repo_id, render_card=not args.keep_card)
+            stage_folder(args.source, staging, repo_id=args.repo_id, render_card=not args.keep_card, license=license)
             names = sorted(p.name for p in staging.iterdir())
             log.info("staged %s (run %s) in %s: %s", model_dir, run_dir, staging, ", ".join(names))
             if args.dry_run:

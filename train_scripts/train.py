@@ -9,8 +9,10 @@ An interrupted run continues exactly where its newest intact checkpoint left off
 `--resume_from_checkpoint latest` (same --output_dir and flags).
 
 Errors in the input (missing, empty or non-UTF-8 data files, impossible settings, a tokenizer that does not match
-the model, missing or corrupt weights or checkpoints) and a non-finite loss end the run with one line
-`error: ...` on stderr and exit status 2; set SENTENCE_VAE_TRACEBACK=1 to see the full traceback instead.
+the model, missing or corrupt weights or checkpoints, a tracker that is not installed, a `--push_to_hub` that
+cannot succeed: the Hub, the token and the repository are checked before training) and a non-finite loss end the
+run with one line `error: ...` on stderr and exit status 2; set SENTENCE_VAE_TRACEBACK=1 to see the full traceback
+instead. With several processes only the main one logs progress.
 """
 
 import logging

@@ -1,0 +1,281 @@
+"""`generate` as a `transformers` user expects it: reconstruction from `input_ids`, codes from `latent=`, prior
+samples with neither; ids by default, a `ModelOutput` with `return_dict_in_generate`; `generation_config` and
+keyword settings; `transformers` logits processors; scores that `compute_transition_scores` reads; ambiguous input
+refused; `generation_config.json` saved and read back; the decoding defaults of trained models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModel, GenerationConfig, LogitsProcessor, LogitsProcessorList
+
+from hf_sentence_vae import SentenceVAEGenerationOutput
+from hf_sentence_vae.latent import reparameterize
+from hf_sentence_vae.training import READABLE_NUM_BEAMS, readable_generation_config
+
+INIT = 0.5  # peaked, tie-free distributions: decodes are real sentences with repeated words
+
+
+def _strip(row: list[int], pad: int = 0) -> tuple[int, ...]:
+    while row and row[-1] == pad:
+        row = row[:-1]
+    return tuple(row)
+
+
+def _rows(ids: torch.Tensor) -> list[tuple[int, ...]]:
+    return [_strip(row) for row in ids.tolist()]
+
+
+def _log_likelihood(model, latent: torch.Tensor | None, sequences: list[tuple[int, ...]]) -> torch.Tensor:
+    """log p(sequence | z) by the forward pass, for generated sequences in reading order (those cut at the
+    length limit without <eos> are scored without it)."""
+    cfg = model.config
+    total = max(len(s) for s in sequences) + 2
+    input_ids = torch.full((len(sequences), total), cfg.pad_token_id)
+    labels = torch.full((len(sequences), total), -100)
+    for row, seq in enumerate(sequences):
+        ends = len(seq) > 0 and seq[-1] == cfg.eos_token_id
+        ids = [cfg.bos_token_id, *(seq[:-1] if ends else seq), cfg.eos_token_id]
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, : len(ids)] = torch.tensor(ids)
+        if not ends:
+            labels[row, len(ids) - 1] = -100
+    with torch.no_grad():
+        out = model(input_ids, input_ids.ne(cfg.pad_token_id), labels=labels, latent=latent, return_logits=False)
+    return -out.reconstruction_per_sentence
+
+
+@pytest.fixture
+def vae(tiny_model):
+    return tiny_model(initializer_range=INIT, max_sentence_length=12)
+
+
+@pytest.fixture
+def batch(tiny_tokenizer, tiny_sentences):
+    return tiny_tokenizer(tiny_sentences[:3], padding=True, return_tensors="pt")
+
+
+# --------------------------------------------------------------------------- the three sources of codes
+def test_input_ids_are_reconstructed_positionally_or_by_keyword(vae, batch, tiny_tokenizer):
+    mu, logvar = vae.encode(batch["input_ids"], batch["attention_mask"])
+    from_codes = vae.generate(latent=mu)
+    assert from_codes.dtype == torch.long and from_codes.shape[0] == 3
+    assert torch.equal(vae.generate(**batch), from_codes)
+    assert torch.equal(vae.generate(batch["input_ids"], attention_mask=batch["attention_mask"]), from_codes)
+    assert torch.equal(vae.generate(batch["input_ids"], batch["attention_mask"]), from_codes)
+    assert torch.equal(vae.generate(inputs=batch["input_ids"], attention_mask=batch["attention_mask"]), from_codes)
+    texts = tiny_tokenizer.batch_decode(vae.generate(**batch), skip_special_tokens=True)
+    assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
+    # a posterior sample on request, drawn with the generator
+    sampled = vae.generate(**batch, sample_latent=True, generator=torch.Generator().manual_seed(4))
+    z = reparameterize(mu, logvar, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(sampled, vae.generate(latent=z))
+    out = vae.generate(**batch, return_dict_in_generate=True)
+    torch.testing.assert_close(out.latent, mu)
+
+
+def test_token_ids_are_never_taken_for_codes(tiny_model, tiny_tokenizer):
+    """An 8-token sentence and a latent size of 8: positional ids are sentences to reconstruct, never a code
+    z = [2, 4, 44, ...]."""
+    model = tiny_model(latent_size=8, initializer_range=INIT, max_sentence_length=12)
+    ids = tiny_tokenizer(["the cat sat on the mat ."], return_tensors="pt")["input_ids"]
+    assert ids.shape == (1, 9) or ids.shape[1] >= 8
+    mu, _ = model.encode(ids)
+    assert torch.equal(model.generate(ids), model.generate(latent=mu))
+    assert not torch.equal(model.generate(ids), model.generate(latent=ids[:, :8].float()))
+
+
+def test_no_inputs_samples_the_prior(vae, tiny_model):
+    one = vae.generate(generator=torch.Generator().manual_seed(0))
+    assert one.shape[0] == 1  # as transformers: a batch of one
+    sampled = vae.generate(num_samples=4, generator=torch.Generator().manual_seed(1), return_dict_in_generate=True)
+    z = vae.sample_prior(4, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(sampled.latent, z) and torch.equal(sampled.sequences, vae.generate(latent=z))
+    rnnlm = tiny_model(latent_size=0, initializer_range=INIT)
+    out = rnnlm.generate(num_samples=3, max_new_tokens=5, return_dict_in_generate=True)
+    assert out.sequences.shape[0] == 3 and out.latent is None
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda m, b, z: m.generate(z), "input_ids must be an integer tensor.*latent="),  # codes given positionally
+        (lambda m, b, z: m.generate(b["input_ids"].float()), "input_ids must be an integer tensor"),
+        (lambda m, b, z: m.generate(**b, latent=z), "not both"),
+        (lambda m, b, z: m.generate(b["input_ids"], inputs=b["input_ids"]), "not both"),
+        (lambda m, b, z: m.generate(latent=b["input_ids"][:, :4]), "floating-point"),
+        (lambda m, b, z: m.generate(latent=z, num_samples=5), "num_samples=5 differs"),
+        (lambda m, b, z: m.generate(**b, num_samples=2), "num_samples=2 differs"),
+        (lambda m, b, z: m.generate(attention_mask=b["attention_mask"]), "without input_ids"),
+        (lambda m, b, z: m.generate(latent=z, sample_latent=True), "sample_latent"),
+        (lambda m, b, z: m.generate(latent=z, num_samples=True), "num_samples must be an integer"),
+        (lambda m, b, z: m.generate(latent=z, beams=3), r"does not use: \['beams'\]"),
+        (lambda m, b, z: m.generate(latent=z, streamer=object()), "streamer"),
+        (lambda m, b, z: m.generate(latent=z, num_beam_groups=2, num_beams=4), "num_beam_groups"),
+        (lambda m, b, z: m.generate(latent=z, stop_strings=["."]), "stop_strings"),
+        (lambda m, b, z: m.generate(latent=z, eos_token_id=5), "eos_token_id=5 differs"),
+        (lambda m, b, z: m.generate(latent=z, generation_config={"num_beams": 2}), "GenerationConfig"),
+        (lambda m, b, z: m.generate(latent=z, do_sample=True, num_beams=3), "do_sample=True with num_beams=3"),
+        (lambda m, b, z: m.generate(latent=z, bad_words_ids=[[999]]), "bad_words_ids"),
+        (lambda m, b, z: m.generate(b["input_ids"][:, 1:]), "<bos> words <eos>"),  # not a tokenizer encoding
+    ],
+)
+def test_ambiguous_or_unsupported_input_is_an_error(vae, batch, call, match):
+    z = torch.zeros(3, vae.config.latent_size)
+    with pytest.raises(ValueError, match=match):
+        call(vae, batch, z)
+
+
+def test_an_rnnlm_refuses_sentences_to_reconstruct(tiny_model, batch):
+    rnnlm = tiny_model(latent_size=0)
+    with pytest.raises(ValueError, match="RNNLM.*cannot be reconstructed"):
+        rnnlm.generate(**batch)
+
+
+# --------------------------------------------------------------------------- return types and scores
+def test_ids_by_default_an_output_on_request(vae):
+    z = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
+    ids = vae.generate(latent=z)
+    assert isinstance(ids, torch.Tensor) and ids.dtype == torch.long
+    out = vae.generate(latent=z, return_dict_in_generate=True)
+    assert isinstance(out, SentenceVAEGenerationOutput) and torch.equal(out.sequences, ids)
+    assert out.sequences_scores.shape == (3,) and out.scores is None
+    assert torch.equal(out[0], ids)  # a ModelOutput: sequences first
+    # output_scores alone changes nothing (as in transformers: the flags need return_dict_in_generate)
+    assert torch.equal(vae.generate(latent=z, output_scores=True), ids)
+
+
+@pytest.mark.parametrize("right_to_left", [False, True])
+def test_scores_give_the_sequences_log_likelihood(tiny_model, right_to_left):
+    """`compute_transition_scores` over the per-step scores sums to each sequence's log-probability, for greedy,
+    sampling and beam search (with `beam_indices`)."""
+    model = tiny_model(initializer_range=INIT, max_sentence_length=10, right_to_left=right_to_left)
+    z = torch.randn(4, 4, generator=torch.Generator().manual_seed(1))
+    vocab = model.config.vocab_size
+    for kwargs in (
+        dict(),
+        dict(max_new_tokens=3),
+        dict(do_sample=True, num_return_sequences=2, generator=torch.Generator().manual_seed(2)),
+        dict(num_beams=3, num_return_sequences=2, length_penalty=0.0),
+    ):
+        out = model.generate(latent=z, return_dict_in_generate=True, output_scores=True, **kwargs)
+        steps = out.sequences.shape[1]
+        rows = out.sequences.shape[0]
+        assert isinstance(out.scores, tuple) and len(out.scores) == steps
+        width = rows if "num_beams" not in kwargs else 4 * kwargs["num_beams"]
+        assert all(s.shape == (width, vocab) for s in out.scores)
+        # the scores are in the decoder's order: compare on sequences in that order
+        sequences = out.sequences
+        if right_to_left:
+            decoder_order = [
+                (tuple(reversed(s[:-1])) + (3,)) if s and s[-1] == 3 else tuple(reversed(s)) for s in _rows(sequences)
+            ]
+            sequences = torch.zeros_like(out.sequences)
+            for i, s in enumerate(decoder_order):
+                sequences[i, : len(s)] = torch.tensor(s)
+        transition = model.compute_transition_scores(sequences, out.scores, out.beam_indices)
+        torch.testing.assert_close(transition.sum(-1), out.log_probs, rtol=1e-5, atol=1e-5)
+        n = kwargs.get("num_return_sequences", 1)
+        expected = _log_likelihood(model, z.repeat_interleave(n, 0), _rows(out.sequences))
+        torch.testing.assert_close(out.log_probs, expected, rtol=1e-4, atol=1e-4)
+        assert (out.beam_indices is not None) == ("num_beams" in kwargs)
+
+
+# --------------------------------------------------------------------------- settings
+def test_generation_config_and_keywords(vae):
+    z = torch.randn(8, 4, generator=torch.Generator().manual_seed(3))
+    greedy, beams = vae.generate(latent=z), vae.generate(latent=z, num_beams=3)
+    assert not torch.equal(greedy, beams)  # premise: the two searches differ here, so the checks tell them apart
+    assert torch.equal(vae.generate(latent=z, generation_config=GenerationConfig(num_beams=3)), beams)
+    # the model's own generation_config is the default; keywords and generation_config= override it
+    vae.generation_config.num_beams = 3
+    assert torch.equal(vae.generate(latent=z), beams)
+    assert torch.equal(vae.generate(latent=z, num_beams=1), greedy)
+    assert torch.equal(vae.generate(latent=z, generation_config=GenerationConfig(num_beams=1)), greedy)
+    # sampling asked for replaces a default beam width instead of clashing with it
+    sampled = vae.generate(latent=z, do_sample=True, generator=torch.Generator().manual_seed(0))
+    assert sampled.shape[0] == 8
+    vae.generation_config.num_beams = None
+    # lengths: max_length counts generated tokens (no prompt in the sequences); the default is the config's
+    with torch.no_grad():
+        vae.lm_head.bias[vae.config.eos_token_id] = -30.0  # never ends by itself
+    assert vae.generate(latent=z).shape == (8, vae.config.max_sentence_length)
+    assert vae.generate(latent=z, max_length=5).shape == (8, 5)
+    assert vae.generate(latent=z, max_new_tokens=4, max_length=7).shape == (8, 4)  # max_new_tokens wins
+    with torch.no_grad():
+        vae.lm_head.bias[vae.config.eos_token_id] = 30.0  # ends at once
+    assert vae.generate(latent=z, min_length=3).shape == (8, 4)
+
+
+def test_repetition_penalty_and_no_repeat_ngram_size_through_logits_processors(vae):
+    z = torch.randn(6, 4, generator=torch.Generator().manual_seed(5))
+    plain = _rows(vae.generate(latent=z))
+    assert any(len(set(s[:-1])) < len(s[:-1]) for s in plain), "premise: greedy decodes repeat words"
+    for kwargs in (dict(repetition_penalty=1e6), dict(no_repeat_ngram_size=1)):
+        for decoding in (dict(), dict(num_beams=3), dict(do_sample=True, generator=torch.Generator().manual_seed(0))):
+            out = vae.generate(latent=z, return_dict_in_generate=True, **kwargs, **decoding)
+            rows = _rows(out.sequences)
+            assert all(len(set(s)) == len(s) for s in rows), (kwargs, decoding, rows)
+            # the reported log-probabilities stay the model's own
+            torch.testing.assert_close(out.log_probs, _log_likelihood(vae, z, rows), rtol=1e-4, atol=1e-4)
+    two = _rows(vae.generate(latent=z, no_repeat_ngram_size=2))
+    for s in two:
+        pairs = list(zip(s, s[1:]))
+        assert len(set(pairs)) == len(pairs)
+
+
+@pytest.mark.parametrize("right_to_left", [False, True])
+def test_bad_words_ids_are_never_generated(tiny_model, right_to_left):
+    model = tiny_model(initializer_range=INIT, max_sentence_length=12, right_to_left=right_to_left)
+    z = torch.randn(6, 4, generator=torch.Generator().manual_seed(6))
+    plain = _rows(model.generate(latent=z))
+    words = [t for s in plain for t in s[:-1]]
+    single = max(set(words), key=words.count)
+    pairs = [p for s in plain for p in zip(s[:-1], s[1:-1])]
+    assert pairs, "premise: decodes of two words or more"
+    pair = list(max(set(pairs), key=pairs.count))  # in reading order
+    for decoding in (dict(), dict(num_beams=3)):
+        rows = _rows(model.generate(latent=z, bad_words_ids=[[single]], **decoding))
+        assert all(single not in s for s in rows)
+        rows = _rows(model.generate(latent=z, bad_words_ids=[pair], **decoding))
+        assert all(tuple(pair) not in set(zip(s, s[1:])) for s in rows), (pair, rows)
+
+
+def test_a_custom_logits_processor_is_applied(vae):
+    class Ban(LogitsProcessor):
+        def __init__(self, token: int):
+            self.token = token
+
+        def __call__(self, input_ids, scores):
+            return scores.index_fill(-1, torch.tensor([self.token]), float("-inf"))
+
+    z = torch.randn(4, 4, generator=torch.Generator().manual_seed(7))
+    words = [t for s in _rows(vae.generate(latent=z)) for t in s[:-1]]
+    banned = max(set(words), key=words.count)
+    out = vae.generate(latent=z, logits_processor=LogitsProcessorList([Ban(banned)]))
+    assert all(banned not in s for s in _rows(out))
+
+
+# --------------------------------------------------------------------------- saved, loaded, and trained defaults
+def test_generation_config_json_is_saved_and_read_back(tmp_path, vae, tiny_tokenizer):
+    assert vae.can_generate() and isinstance(vae.generation_config, GenerationConfig)
+    vae.save_pretrained(tmp_path / "plain")
+    assert (tmp_path / "plain" / "generation_config.json").is_file()  # in every case
+    vae.generation_config.num_beams = 3
+    vae.generation_config.suppress_tokens = [tiny_tokenizer.unk_token_id]
+    vae.save_pretrained(tmp_path / "beams")
+    loaded = AutoModel.from_pretrained(tmp_path / "beams")
+    assert loaded.generation_config.num_beams == 3
+    assert loaded.generation_config.suppress_tokens == [tiny_tokenizer.unk_token_id]
+    z = torch.randn(3, 4, generator=torch.Generator().manual_seed(8))
+    expected = vae.generate(latent=z, num_beams=3, suppress_tokens=[tiny_tokenizer.unk_token_id])
+    assert torch.equal(loaded.generate(latent=z), expected)
+
+
+def test_trained_models_decode_with_readable_defaults(tiny_config):
+    vae = readable_generation_config(tiny_config(), unk_in_corpus=True)
+    assert vae.num_beams == READABLE_NUM_BEAMS == 5 and vae.suppress_tokens == [tiny_config().unk_token_id]
+    assert not vae.do_sample
+    assert readable_generation_config(tiny_config(), unk_in_corpus=False).suppress_tokens is None
+    rnnlm = readable_generation_config(tiny_config(latent_size=0), unk_in_corpus=True)
+    assert rnnlm.do_sample and rnnlm.num_beams is None  # one sentence per beam search without z: sample instead
