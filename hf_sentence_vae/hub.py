@@ -162,6 +162,8 @@ FILE_DESCRIPTIONS = {
     "configuration_sentence_vae.py": "remote code: the configuration class",
     "modeling_sentence_vae.py": "remote code: the model",
     "decoding.py": "remote code: batched greedy, sampling and beam-search decoding",
+    "generation_settings.py": "remote code: the generation settings `generate` reads and checks",
+    "kernels.py": "remote code: the model's CPU fast paths (fused output layer and loss, LSTM calls)",
     "latent.py": "remote code: Gaussian latent-space helpers",
     "tokenization_sentence_vae_fast.py": "remote code: the tokenizer class",
     PIPELINE_FILE: "remote code: the `sentence-vae` pipeline (sampling, reconstruction, homotopy)",

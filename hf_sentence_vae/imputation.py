@@ -77,7 +77,7 @@ def suffix_unknown_mask(attention_mask: torch.Tensor, fraction: float = 0.2, min
 def _check(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, unknown_mask: torch.Tensor):
     if attention_mask is None:
         attention_mask = input_ids.ne(model.config.pad_token_id)
-    attention_mask = model._check_inputs(input_ids, attention_mask)
+    attention_mask = model.check_inputs(input_ids, attention_mask)
     unknown_mask = unknown_mask.to(input_ids.device).bool()
     if unknown_mask.shape != input_ids.shape:
         raise ValueError(
@@ -113,11 +113,11 @@ def constrained_beam_search(
     attention_mask, unknown_mask = _check(model, input_ids, attention_mask, unknown_mask)
     if num_beams < 1:
         raise ValueError(f"num_beams must be >= 1, got {num_beams}")
-    if (latent is None) != (cfg.latent_size == 0):
+    if (latent is None) != cfg.is_rnnlm:
         raise ValueError("pass latent codes for a VAE and latent=None for an RNNLM")
     batch_size, total = input_ids.shape
     lengths = attention_mask.long().sum(-1)
-    ordered = model._to_decoder_order(input_ids, attention_mask)
+    ordered = model.to_decoder_order(input_ids, attention_mask)
     free = unknown_mask
     if cfg.right_to_left:
         free = reverse_tokens(unknown_mask.long(), lengths - 2, offset=1).bool()
@@ -128,18 +128,14 @@ def constrained_beam_search(
     banned = [cfg.eos_token_id] + ([] if allow_unk else [cfg.unk_token_id])
 
     device = input_ids.device
-    dtype = model.embed_tokens.weight.dtype
-    if latent is not None:
-        latent = latent.to(device=device, dtype=dtype)
-    h, c = model._initial_state(latent, batch_size, device, dtype)
     rows = torch.arange(batch_size, device=device)
-    state = (h, c, rows) if latent is None else (h, c, latent, rows)
+    state = (*model.initial_decoder_state(latent, batch_size), rows)
     banned_ids = torch.tensor(banned, device=device)
     step_counter = [0]
 
     def step_fn(tokens: torch.Tensor, state: tuple[torch.Tensor, ...]):
         *inner, row = state
-        log_probs, inner = model._step(tokens, tuple(inner))
+        log_probs, inner = model.decoder_step(tokens, tuple(inner))
         t = step_counter[0]
         step_counter[0] += 1
         if t < free.shape[1]:
@@ -189,7 +185,7 @@ def icm_score(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | Non
             if attention_mask is None:
                 attention_mask = input_ids.ne(model.config.pad_token_id)
             latent = None
-            if model.config.latent_size > 0:
+            if not model.config.is_rnnlm:
                 latent, _ = model.encode(input_ids, attention_mask)
             return model.log_likelihood_given_latent(input_ids, attention_mask, latent).float()
     finally:
@@ -214,7 +210,7 @@ def impute(
     """
     cfg = model.config
     attention_mask, unknown_mask = _check(model, input_ids, attention_mask, unknown_mask)
-    if cfg.latent_size == 0:
+    if cfg.is_rnnlm:
         ids, log_probs = constrained_beam_search(
             model,
             input_ids,

@@ -9,8 +9,6 @@ by `SentenceVAETokenizerFast`; the decoder reads `<bos> w_1 ... w_n` and predict
 
 from __future__ import annotations
 
-import copy
-import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,92 +17,16 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
-from transformers.generation import (
-    LogitsProcessorList,
-    MinPLogitsWarper,
-    NoBadWordsLogitsProcessor,
-    NoRepeatNGramLogitsProcessor,
-    RepetitionPenaltyLogitsProcessor,
-    SuppressTokensLogitsProcessor,
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
-    TypicalLogitsWarper,
-)
+from transformers.generation import LogitsProcessorList
 from transformers.utils import ModelOutput, logging
 
-from .configuration_sentence_vae import MAX_SENTENCE_LENGTH_LIMIT, SentenceVAEConfig
+from .configuration_sentence_vae import SentenceVAEConfig
 from .decoding import SearchResult, beam_search, reverse_tokens, sample_search
+from .generation_settings import build_logits_processors, resolve_generation_config
+from .kernels import lstm_step, output_layer_nll, run_lstm
 from .latent import gaussian_kl, interpolate, reparameterize, sample_standard_normal
 
 logger = logging.get_logger(__name__)
-
-# Decoding steps of at most this many rows use the LSTM cell op instead of nn.LSTM (faster for small batches).
-_CELL_MAX_BATCH = 64
-# Under CPU bf16 autocast the output layer pads its rows to a multiple of this: oneDNN builds a bf16 GEMM kernel
-# per new shape (~4 ms), and the number of target tokens differs almost every batch.
-_BF16_ROW_BUCKET = 128
-# `GenerationConfig` settings `generate` honours; any other one set to a value that would change decoding is refused.
-_GENERATION_SETTINGS = {
-    "max_length",
-    "max_new_tokens",
-    "min_length",
-    "min_new_tokens",
-    "do_sample",
-    "num_beams",
-    "temperature",
-    "top_k",
-    "top_p",
-    "min_p",
-    "typical_p",
-    "repetition_penalty",
-    "no_repeat_ngram_size",
-    "bad_words_ids",
-    "suppress_tokens",
-    "length_penalty",
-    "num_return_sequences",
-    "output_scores",
-    "return_dict_in_generate",
-    "pad_token_id",
-    "bos_token_id",
-    "eos_token_id",
-    # No effect on a recurrent decoder whose state is its cache, or on a search that ends a row when all its beams
-    # have ended (transformers' `early_stopping=True`).
-    "use_cache",
-    "cache_implementation",
-    "early_stopping",
-}
-# Settings that change decoding in `transformers` and that `generate` does not implement: refused unless unset or
-# at a value without effect (None, False, 0, the `transformers` default; 1 for `guidance_scale`).
-_UNSUPPORTED_SETTINGS = {
-    "max_time",
-    "stop_strings",
-    "top_h",
-    "epsilon_cutoff",
-    "eta_cutoff",
-    "encoder_repetition_penalty",
-    "encoder_no_repeat_ngram_size",
-    "renormalize_logits",
-    "forced_bos_token_id",
-    "forced_eos_token_id",
-    "remove_invalid_values",
-    "exponential_decay_length_penalty",
-    "begin_suppress_tokens",
-    "sequence_bias",
-    "token_healing",
-    "guidance_scale",
-    "watermarking_config",
-    "output_attentions",
-    "output_hidden_states",
-    "output_logits",
-    "prompt_lookup_num_tokens",
-    "penalty_alpha",
-    "dola_layers",
-    "diversity_penalty",
-    "num_beam_groups",
-    "constraints",
-    "force_words_ids",
-}
 
 
 @dataclass
@@ -168,105 +90,6 @@ class SentenceVAEGenerationOutput(ModelOutput):
     latent: torch.Tensor | None = None
 
 
-class _TokenCrossEntropy(torch.autograd.Function):
-    """Per-token -log softmax(logits)[target] with a lean backward.
-
-    The forward is one fused `log_softmax` pass (float32 math whatever the input dtype), whose output is
-    the only `(N, V)` tensor kept; the backward turns that buffer in place into softmax * grad - onehot * grad
-    (no second `(N, V)` allocation, no zero-filled one-hot). On CPU this is about twice as fast as
-    logsumexp-based or `F.cross_entropy` versions (see BENCHMARKS.md). The saved buffer is consumed, so the
-    graph through this node can be differentiated once (`retain_graph=True` raises instead of being wrong)."""
-
-    @staticmethod
-    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        log_probs = torch.log_softmax(logits, dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32))
-        nll = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1).neg()
-        ctx.save_for_backward(log_probs, targets)
-        ctx.logits_dtype = logits.dtype
-        return nll
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        log_probs, targets = ctx.saved_tensors
-        grad = grad.to(log_probs.dtype).unsqueeze(-1)
-        probs = log_probs.exp_().mul_(grad)
-        probs.scatter_add_(-1, targets.unsqueeze(-1), -grad)
-        return probs.to(ctx.logits_dtype), None
-
-
-class _OutputLayerNLL(torch.autograd.Function):
-    """Per-token -log softmax(hidden @ weight.T + bias)[target]: the output layer and its loss in one node.
-
-    Against `F.linear` followed by a cross-entropy, it keeps one `(N, V)` buffer instead of two (the log-softmax
-    is written over the logits, and the backward turns it into the logits' gradient in place), and it gets the
-    bias gradient from the weight-gradient product (one column of ones more) instead of a separate pass over
-    `(N, V)`: 10-14% more tokens per second in PTB training (BENCHMARKS.md). Under autocast the products run in
-    the autocast dtype (on CPU with the rows padded to a multiple of `_BF16_ROW_BUCKET`), the log-softmax in
-    float32. The graph through this node can be differentiated once."""
-
-    @staticmethod
-    def forward(ctx, hidden, weight, bias, targets):
-        device = hidden.device.type
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
-        rows = hidden.shape[0]
-        with torch.autocast(device, enabled=False):
-            hidden_c, weight_c = hidden.to(dtype), weight.to(dtype)
-            pad = (-rows) % _BF16_ROW_BUCKET if device == "cpu" and dtype != torch.float32 else 0
-            if pad:  # zero rows, whose gradient is zero: a few shapes for oneDNN's per-shape bf16 GEMM kernels
-                hidden_c = torch.cat([hidden_c, hidden_c.new_zeros(pad, hidden_c.shape[1])])
-                targets = torch.cat([targets, targets.new_zeros(pad)])
-            logits = torch.addmm(bias.to(dtype), hidden_c, weight_c.t())
-            # In place, row by row (each row is read before it is written); a float32 copy of bf16 logits first
-            # (2.5x faster than log_softmax(dtype=float32) on CPU).
-            log_probs = logits.to(torch.promote_types(logits.dtype, torch.float32))
-            log_probs = torch.log_softmax(log_probs, dim=-1, out=log_probs)
-            nll = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1).neg()
-        ctx.save_for_backward(hidden_c, weight_c, log_probs, targets)
-        ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype)
-        ctx.rows = rows
-        return nll[:rows]
-
-    @staticmethod
-    def backward(ctx, grad):
-        hidden_c, weight_c, log_probs, targets = ctx.saved_tensors
-        hidden_dtype, weight_dtype, bias_dtype = ctx.dtypes
-        grad = grad.to(log_probs.dtype)
-        if log_probs.shape[0] > ctx.rows:
-            grad = torch.cat([grad, grad.new_zeros(log_probs.shape[0] - ctx.rows)])
-        grad = grad.unsqueeze(-1)
-        grad_logits = log_probs.exp_().mul_(grad)  # softmax * grad - onehot * grad, in the saved buffer
-        grad_logits.scatter_add_(-1, targets.unsqueeze(-1), -grad)
-        grad_logits = grad_logits.to(hidden_c.dtype)
-        grad_hidden = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[0]:
-            grad_hidden = torch.mm(grad_logits, weight_c)[: ctx.rows].to(hidden_dtype)
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            ones = hidden_c.new_ones(hidden_c.shape[0], 1)
-            both = torch.mm(grad_logits.t(), torch.cat([hidden_c, ones], dim=1))
-            grad_weight = both[:, :-1].to(weight_dtype).contiguous()
-            grad_bias = both[:, -1].to(bias_dtype).contiguous()
-        return grad_hidden, grad_weight, grad_bias, None
-
-
-def _run_lstm(lstm: nn.LSTM, inputs, state: tuple[torch.Tensor, torch.Tensor] | None = None, weight_drop: float = 0.0):
-    """`lstm(inputs, state)`, except under CPU autocast, where the recurrence runs in float32: oneDNN's bf16
-    LSTM is 1.2-1.5x slower on CPU than its fp32 one, which made a bf16-autocast training step slower than an
-    fp32 one; with fp32 LSTMs and bf16 projections it is ~1.25x faster (BENCHMARKS.md). Elsewhere (fp32, CUDA
-    autocast) this is a plain call. With `weight_drop > 0` the recurrent weights get a fresh DropConnect mask
-    (one per call, shared by every time step) and the fused LSTM op still runs the whole sequence."""
-
-    def call(x, s):
-        if weight_drop == 0.0:
-            return lstm(x, s)
-        dropped = F.dropout(lstm.weight_hh_l0, weight_drop, training=True)
-        return torch.func.functional_call(lstm, {"weight_hh_l0": dropped}, (x, s))
-
-    if torch.is_autocast_enabled("cpu") and lstm.weight_hh_l0.device.type == "cpu":
-        with torch.autocast("cpu", enabled=False):
-            return call(inputs.float(), None if state is None else tuple(s.float() for s in state))
-    return call(inputs, state)
-
-
 def _append_latent(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """`x` `(B, D)` or `(B, T, D)` with z `(B, Z)` appended to its last axis (at every time step)."""
     if x.dim() == 3:
@@ -277,11 +100,6 @@ def _append_latent(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 def _keep_mask(buffer: torch.Tensor, p: float) -> torch.Tensor:
     """An inverted-dropout mask the shape of `buffer`: 1/(1-p) with probability 1-p, else 0."""
     return buffer.bernoulli_(1.0 - p).div_(1.0 - p)
-
-
-def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """`(N,)` negative log-likelihoods of `targets` under `(N, V)` logits (float32 math whatever the dtype)."""
-    return _TokenCrossEntropy.apply(logits, targets)
 
 
 class Highway(nn.Module):
@@ -340,7 +158,7 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.embedding_size, padding_idx=config.pad_token_id)
         latent = config.latent_size
-        if latent > 0:
+        if not config.is_rnnlm:
             if not config.share_embeddings:
                 self.encoder_embed_tokens = nn.Embedding(
                     config.vocab_size, config.embedding_size, padding_idx=config.pad_token_id
@@ -457,8 +275,10 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
     def latent_size(self) -> int:
         return self.config.latent_size
 
-    def _check_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        """Validate `<bos> ... <eos>` inputs; return the attention mask (inferred from padding if absent)."""
+    def check_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Check that `input_ids` `(B, T)` are `<bos> words <eos>` rows, right-padded, of ids in the vocabulary (a
+        `ValueError` naming the offending row or id otherwise); returns the boolean attention mask (inferred from
+        padding if absent)."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be a (batch, length) tensor, got shape {tuple(input_ids.shape)}")
         if input_ids.shape[1] < 2:
@@ -496,9 +316,9 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The posterior q(z|x): returns `(mu, logvar)`, each `(B, Z)`. Tokenize texts with the tokenizer first
         (`tokenizer(texts, padding=True, return_tensors="pt")`)."""
-        if self.latent_size == 0:
+        if self.config.is_rnnlm:
             raise ValueError("this model is an RNNLM (latent_size=0): it has no encoder")
-        attention_mask = self._check_inputs(input_ids, attention_mask)
+        attention_mask = self.check_inputs(input_ids, attention_mask)
         return self._encode(input_ids, attention_mask)
 
     def _encode(
@@ -509,11 +329,11 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         embedded = embed(input_ids) if embedded is None else embedded
         if self.config.bidirectional_encoder:
             packed = nn.utils.rnn.pack_padded_sequence(embedded, lengths.cpu(), batch_first=True, enforce_sorted=False)
-            _, (h_n, _) = _run_lstm(self.encoder, packed)
+            _, (h_n, _) = run_lstm(self.encoder, packed)
             final = torch.cat([h_n[0], h_n[1]], dim=-1)
         else:
             # A left-to-right LSTM's output at the last real token is its final state for that row.
-            outputs, _ = _run_lstm(self.encoder, embedded)
+            outputs, _ = run_lstm(self.encoder, embedded)
             index = (lengths - 1).view(-1, 1, 1).expand(-1, 1, outputs.shape[-1])
             final = outputs.gather(1, index).squeeze(1)
         mu, raw = self.posterior(self.encoder_highway(final)).chunk(2, dim=-1)
@@ -534,6 +354,23 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
             return zeros, zeros
         h, c = self.latent_to_state(self.latent_highway(z)).chunk(2, dim=-1)
         return h.contiguous(), c.contiguous()
+
+    def initial_decoder_state(
+        self, latent: torch.Tensor | None, batch_size: int | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        """The state decoding starts from, as [`decoder_step`] takes it: `(h, c, z)` for a VAE, whose initial
+        LSTM state `(h, c)` is a map of the codes `latent` `(B, Z)` (and which reads z again at each step where z is
+        injected at the inputs or outputs); `(h, c)` of zeros with `batch_size` rows for the RNNLM (`latent=None`)."""
+        if latent is None:
+            if not self.config.is_rnnlm:
+                raise ValueError(f"this model is a VAE: pass latent codes of shape (B, {self.config.latent_size})")
+            if batch_size is None:
+                raise ValueError("an RNNLM's initial decoder state needs batch_size")
+            return self._initial_state(None, batch_size, self.device, self.dtype)
+        if self.config.is_rnnlm:
+            raise ValueError("latent was given but this model is an RNNLM (latent_size=0)")
+        latent = latent.to(device=self.device, dtype=self.dtype)
+        return (*self._initial_state(latent, latent.shape[0], self.device, self.dtype), latent)
 
     def _dropout(self, x: torch.Tensor) -> torch.Tensor:
         """`config.dropout` on `(B, T, D)` decoder activations in training mode: a fresh mask per element, or
@@ -572,7 +409,7 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         h0, c0 = self._initial_state(z, ids.shape[0], ids.device, self.embed_tokens.weight.dtype)
         inputs = self._decoder_inputs(ids, z, embedded)
         weight_drop = self.config.decoder_weight_drop if self.training else 0.0
-        outputs, _ = _run_lstm(self.decoder, inputs, (h0.unsqueeze(0), c0.unsqueeze(0)), weight_drop)
+        outputs, _ = run_lstm(self.decoder, inputs, (h0.unsqueeze(0), c0.unsqueeze(0)), weight_drop)
         return self._output_features(self._dropout(outputs), z), (inputs, outputs)
 
     def _output_features(self, hidden: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
@@ -636,8 +473,9 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
             drop = is_word & ~keep
         return ids.masked_fill(drop, cfg.unk_token_id)
 
-    def _to_decoder_order(self, ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """For right-to-left models, reverse the words between `<bos>` and `<eos>`."""
+    def to_decoder_order(self, ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """`<bos> words <eos>` rows in the order the decoder reads them: for right-to-left models the words between
+        `<bos>` and `<eos>` reversed (the operation is its own inverse), else unchanged."""
         if not self.config.right_to_left:
             return ids
         return reverse_tokens(ids, attention_mask.sum(-1) - 2, offset=1)
@@ -700,7 +538,7 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
             sample_latent = self.training or latent_noise is not None
         output_hidden_states = cfg.output_hidden_states if output_hidden_states is None else output_hidden_states
         return_dict = cfg.return_dict if return_dict is None else return_dict
-        attention_mask = self._check_inputs(input_ids, attention_mask)
+        attention_mask = self.check_inputs(input_ids, attention_mask)
         batch_size = input_ids.shape[0]
 
         mu = logvar = None
@@ -709,14 +547,14 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         # inputs are the encoder's, shifted, with dropped words replaced by <unk>), so the backward builds one
         # dense (V, E) gradient instead of two plus their sum (~6% of a PTB training step at batch 32).
         one_lookup = (
-            cfg.latent_size > 0 and z is None and not cfg.right_to_left and not hasattr(self, "encoder_embed_tokens")
+            not cfg.is_rnnlm and z is None and not cfg.right_to_left and not hasattr(self, "encoder_embed_tokens")
         )
         encoder_embedded = unk_embedding = None
         if one_lookup:
             unk = input_ids.new_full((1,), cfg.unk_token_id)
             table = self.embed_tokens(torch.cat([input_ids.reshape(-1), unk]))
             encoder_embedded, unk_embedding = table[:-1].view(*input_ids.shape, -1), table[-1]
-        if cfg.latent_size > 0 and z is None:
+        if not cfg.is_rnnlm and z is None:
             mu, logvar = self._encode(input_ids, attention_mask, encoder_embedded)
             if not sample_latent:
                 z = mu
@@ -724,12 +562,12 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
                 z = mu + torch.exp(0.5 * logvar) * latent_noise.to(mu.dtype)
             else:
                 z = reparameterize(mu, logvar, generator=generator)
-        elif cfg.latent_size == 0 and latent is not None:
+        elif cfg.is_rnnlm and latent is not None:
             raise ValueError("latent was given but this model is an RNNLM (latent_size=0)")
         elif z is not None and z.shape != (batch_size, cfg.latent_size):
             raise ValueError(f"latent must have shape ({batch_size}, {cfg.latent_size}), got {tuple(z.shape)}")
 
-        ordered = self._to_decoder_order(input_ids, attention_mask)
+        ordered = self.to_decoder_order(input_ids, attention_mask)
         if labels is None:
             targets = ordered[:, 1:]
             target_mask = attention_mask[:, 1:]
@@ -738,7 +576,7 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
                 raise ValueError(
                     f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}"
                 )
-            labels = self._to_decoder_order(labels, attention_mask)
+            labels = self.to_decoder_order(labels, attention_mask)
             targets = labels[:, 1:]
             target_mask = attention_mask[:, 1:] & (targets != -100)
         keep_rate = cfg.word_keep_rate if word_keep_rate is None else word_keep_rate
@@ -753,18 +591,13 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
             decoder_embedded = torch.where(dropped, unk_embedding, encoder_embedded[:, :-1])
         hidden, decoder_states = self._run_decoder(decoder_ids, z, decoder_embedded)
 
-        logits = None
-        if return_logits:
-            logits = self._logits(hidden, finite=True)
-            log_probs = torch.log_softmax(logits.float(), dim=-1)
-            token_nll = -log_probs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-            reconstruction = token_nll.masked_fill(~target_mask, 0.0).sum(-1)
-        else:
-            rows = target_mask.nonzero(as_tuple=True)
-            features, weight = self._output_layer(hidden[rows])
-            token_nll = _OutputLayerNLL.apply(features, weight, self._output_bias(), targets[rows])
-            reconstruction = torch.zeros(batch_size, device=hidden.device, dtype=token_nll.dtype)
-            reconstruction = reconstruction.index_add(0, rows[0], token_nll)
+        # The loss: the output layer and its cross-entropy in one node, at the scored positions only.
+        rows = target_mask.nonzero(as_tuple=True)
+        features, weight = self._output_layer(hidden[rows])
+        token_nll = output_layer_nll(features, weight, self._output_bias(), targets[rows])
+        reconstruction = torch.zeros(batch_size, device=hidden.device, dtype=token_nll.dtype)
+        reconstruction = reconstruction.index_add(0, rows[0], token_nll)
+        logits = self._logits(hidden, finite=True) if return_logits else None
 
         if mu is not None:
             kl_dims = gaussian_kl(mu.float(), logvar.float())
@@ -802,36 +635,24 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         return -out.reconstruction_per_sentence
 
     # ----------------------------------------------------------------- decoding
-    def _step(self, tokens: torch.Tensor, state: tuple[torch.Tensor, ...]):
-        """One decoder step for the searches: state = (h, c) or (h, c, z)."""
+    def decoder_step(
+        self, tokens: torch.Tensor, state: tuple[torch.Tensor, ...]
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """One decoding step: the `(N, V)` next-token log-probabilities after reading the `(N,)` `tokens`, and the new
+        state. `state` is `(h, c)` or `(h, c, z)`, as [`initial_decoder_state`] gives it, every tensor with `N` rows;
+        the `step_fn` of the searches in `decoding`."""
         h, c = state[0], state[1]
         z = state[2] if len(state) > 2 else None
         if self.config.word_keep_rate == 0.0:
             tokens = self.word_dropout(tokens, 0.0)
         inputs = self._decoder_inputs(tokens.unsqueeze(1), z)
-        decoder = self.decoder
-        if inputs.shape[0] <= _CELL_MAX_BATCH and not torch.is_autocast_enabled(inputs.device.type):
-            # A single step of a small batch: the LSTM cell op is ~5x faster than nn.LSTM's (oneDNN) call.
-            h, c = torch.lstm_cell(
-                inputs[:, 0], (h, c), decoder.weight_ih_l0, decoder.weight_hh_l0, decoder.bias_ih_l0, decoder.bias_hh_l0
-            )
-        else:
-            # Rows padded to a multiple of _CELL_MAX_BATCH: oneDNN caches a kernel (with its buffers) per batch
-            # size, and the searches drop finished rows, so unpadded batches would fill that cache (+400 MB RSS
-            # over 100k greedy sentences). Rows do not interact; the padding rows are dropped.
-            rows = inputs.shape[0]
-            pad = (-rows) % _CELL_MAX_BATCH
-            if pad:
-                inputs = torch.cat([inputs, inputs.new_zeros(pad, *inputs.shape[1:])])
-                h, c = (torch.cat([s, s.new_zeros(pad, s.shape[1])]) for s in (h, c))
-            _, (h, c) = _run_lstm(decoder, inputs, (h.unsqueeze(0), c.unsqueeze(0)))
-            h, c = h[0, :rows], c[0, :rows]
+        h, c = lstm_step(self.decoder, inputs[:, 0], h, c)
         log_probs = torch.log_softmax(self._logits(self._output_features(h, z)).float(), dim=-1)
         return log_probs, (h, c) + (() if z is None else (z,))
 
     def sample_prior(self, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """`(num_samples, Z)` codes drawn from the prior N(0, I) on the model's device."""
-        if self.latent_size == 0:
+        if self.config.is_rnnlm:
             raise ValueError("this model is an RNNLM (latent_size=0): it has no latent space")
         return sample_standard_normal(
             num_samples, self.latent_size, device=self.device, dtype=self.dtype, generator=generator
@@ -899,24 +720,27 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
             if input_ids is not None:
                 raise ValueError("pass the sentences as input_ids or as inputs, not both")
             input_ids = kwargs.pop("inputs")
-        settings = self._generation_settings(generation_config, kwargs)
+        settings = resolve_generation_config(
+            self.config, getattr(self, "generation_config", None), generation_config, kwargs
+        )
         latent, batch_size = self._codes_to_decode(
             input_ids, attention_mask, latent, num_samples, sample_latent, generator
         )
         if forced_tokens is not None and forced_tokens.shape[0] != batch_size:
             raise ValueError(f"forced_tokens must have {batch_size} rows, got {forced_tokens.shape[0]}")
-        processors, warpers = self._logits_processors(settings, logits_processor, forced_tokens)
+        processors, warpers = build_logits_processors(
+            self.config, settings, logits_processor, forced_tokens, self.device
+        )
 
         cfg = self.config
         max_new_tokens, min_new_tokens = settings.max_new_tokens, settings.min_new_tokens
         num_beams, num_return_sequences = settings.num_beams, settings.num_return_sequences
         output_scores = bool(settings.return_dict_in_generate and settings.output_scores)
-        h, c = self._initial_state(latent, batch_size, self.device, self.dtype)
-        state = (h, c) if latent is None else (h, c, latent)
+        state = self.initial_decoder_state(latent, batch_size)
         special = dict(bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id, pad_token_id=cfg.pad_token_id)
         if num_beams > 1:
             result = beam_search(
-                self._step,
+                self.decoder_step,
                 state,
                 batch_size,
                 num_beams,
@@ -935,7 +759,7 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
                 if forced_tokens is not None:
                     forced_tokens = forced_tokens.repeat_interleave(num_return_sequences, dim=0)
             flat = sample_search(
-                self._step,
+                self.decoder_step,
                 state,
                 batch_size * num_return_sequences,
                 max_new_tokens=max_new_tokens,
@@ -956,112 +780,6 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
             )
         output = self._generation_output(result, latent)
         return output if settings.return_dict_in_generate else output.sequences
-
-    def _generation_settings(self, generation_config: GenerationConfig | None, kwargs: dict[str, Any]):
-        """The `GenerationConfig` a `generate` call runs with: `generation_config` (else `model.generation_config`),
-        its unset fields from `model.generation_config`, then `kwargs`; checked, with the lengths resolved."""
-        cfg = self.config
-        if generation_config is not None and not isinstance(generation_config, GenerationConfig):
-            raise ValueError(
-                f"generation_config must be a transformers.GenerationConfig, got {type(generation_config).__name__}"
-            )
-        model_default = getattr(self, "generation_config", None) or GenerationConfig()
-        settings = copy.deepcopy(generation_config if generation_config is not None else model_default)
-        # What the caller chose (rather than the model's defaults).
-        explicit = set(kwargs)
-        if generation_config is not None:
-            explicit |= {key for key, value in vars(generation_config).items() if value is not None}
-            for key, value in model_default.to_dict().items():
-                if key in vars(settings) and getattr(settings, key) is None:
-                    setattr(settings, key, value)
-        unknown = sorted(key for key in kwargs if key.startswith("_") or key not in vars(settings))
-        if unknown:
-            raise ValueError(
-                f"generate() got arguments it does not use: {unknown}. Decoding settings are GenerationConfig fields "
-                f"({', '.join(sorted(_GENERATION_SETTINGS))}); sentences go in input_ids / attention_mask, codes "
-                "in latent"
-            )
-        for key, value in kwargs.items():
-            setattr(settings, key, value)
-        defaults_of = getattr(GenerationConfig, "_get_default_generation_params", None)  # transformers' own defaults
-        global_defaults = defaults_of() if defaults_of is not None else {}
-        refused = {}
-        for key in sorted(_UNSUPPORTED_SETTINGS & set(vars(settings))):
-            value = getattr(settings, key)
-            inert = (
-                value is None
-                or value is False
-                or (isinstance(value, (int, float)) and value == 0)
-                or (key in global_defaults and value == global_defaults[key])
-                or (key == "guidance_scale" and value == 1)
-            )
-            if not inert:
-                refused[key] = value
-        if refused:
-            raise ValueError(
-                f"generate() does not support these generation settings: {refused}; it supports "
-                f"{', '.join(sorted(_GENERATION_SETTINGS))}"
-            )
-        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
-            value = getattr(settings, name)
-            values = value.tolist() if torch.is_tensor(value) else value
-            values = list(values) if isinstance(values, (list, tuple)) else [values]
-            if value is not None and values != [getattr(cfg, name)]:
-                raise ValueError(
-                    f"generation setting {name}={value!r} differs from the model's {name}={getattr(cfg, name)}"
-                )
-
-        def pick(*values, default):
-            return next((v for v in values if v is not None), default)
-
-        settings.num_beams = pick(settings.num_beams, default=1)
-        settings.do_sample = bool(pick(settings.do_sample, default=False))
-        # Sampling and beam search exclude each other: one the caller asks for replaces the other from the defaults
-        # (a trained VAE's 5 beams, an RNNLM's sampling).
-        if settings.do_sample and "do_sample" in explicit and "num_beams" not in explicit:
-            settings.num_beams = 1
-        if settings.num_beams > 1 and "num_beams" in explicit and "do_sample" not in explicit:
-            settings.do_sample = False
-        settings.num_return_sequences = pick(settings.num_return_sequences, default=1)
-        settings.length_penalty = pick(settings.length_penalty, default=1.0)
-        settings.temperature = pick(settings.temperature, default=1.0)
-        settings.return_dict_in_generate = bool(settings.return_dict_in_generate)
-        settings.output_scores = bool(settings.output_scores)
-        # The sequences hold no prompt: max_length and max_new_tokens both count generated tokens.
-        settings.max_new_tokens = pick(settings.max_new_tokens, settings.max_length, default=cfg.max_sentence_length)
-        settings.min_new_tokens = pick(settings.min_new_tokens, settings.min_length, default=0)
-        num_beams, num_return_sequences = settings.num_beams, settings.num_return_sequences
-        if not isinstance(num_beams, int) or num_beams < 1:
-            raise ValueError(f"num_beams must be an integer >= 1, got {num_beams!r}")
-        if not isinstance(num_return_sequences, int) or num_return_sequences < 1:
-            raise ValueError(f"num_return_sequences must be an integer >= 1, got {num_return_sequences!r}")
-        if settings.do_sample and num_beams > 1:
-            raise ValueError(
-                f"do_sample=True with num_beams={num_beams} is not supported: choose sampling or beam search"
-            )
-        if not settings.do_sample and num_beams == 1 and num_return_sequences > 1:
-            raise ValueError(
-                f"greedy decoding returns one sequence per code, got num_return_sequences={num_return_sequences}; "
-                "use num_beams >= num_return_sequences or do_sample=True"
-            )
-        if num_beams > 1 and num_return_sequences > num_beams:
-            raise ValueError(f"num_return_sequences={num_return_sequences} must be <= num_beams={num_beams}")
-        if not settings.temperature > 0:  # also NaN
-            raise ValueError(f"temperature must be > 0, got {settings.temperature}")
-        if settings.top_p is not None and not 0.0 < settings.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {settings.top_p}")
-        max_new, min_new = settings.max_new_tokens, settings.min_new_tokens
-        limit = MAX_SENTENCE_LENGTH_LIMIT
-        if not 1 <= max_new <= limit or min_new < 0 or min_new > max_new:
-            raise ValueError(
-                f"need 1 <= max_new_tokens <= {limit} and 0 <= min_new_tokens <= max_new_tokens, got "
-                f"max_new_tokens={max_new}, min_new_tokens={min_new}"
-            )
-        if "user_set_attributes" in inspect.signature(settings.validate).parameters:
-            settings.validate(user_set_attributes=set(kwargs))  # warnings only for what this call set
-        else:
-            settings.validate()
-        return settings
 
     def _codes_to_decode(
         self,
@@ -1088,13 +806,13 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
                 raise ValueError(
                     f"input_ids must be an integer tensor of token ids, got {kind}; pass latent codes as latent=..."
                 )
-            if cfg.latent_size == 0:
+            if cfg.is_rnnlm:
                 raise ValueError(
                     "this model is an RNNLM (latent_size=0): it has no encoder, so input_ids cannot be "
                     "reconstructed; generate(num_samples=n) samples sentences"
                 )
             input_ids = input_ids.to(self.device)
-            attention_mask = self._check_inputs(
+            attention_mask = self.check_inputs(
                 input_ids, None if attention_mask is None else attention_mask.to(self.device)
             )
             mu, logvar = self._encode(input_ids, attention_mask)
@@ -1107,7 +825,7 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
                 raise ValueError("sample_latent=True samples the posterior of input_ids: pass input_ids")
             source = "latent"
         if latent is not None:
-            if cfg.latent_size == 0:
+            if cfg.is_rnnlm:
                 raise ValueError("latent was given but this model is an RNNLM (latent_size=0)")
             if not torch.is_tensor(latent) or not latent.is_floating_point():
                 kind = latent.dtype if torch.is_tensor(latent) else type(latent).__name__
@@ -1127,62 +845,9 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         num_samples = 1 if num_samples is None else num_samples
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-        if cfg.latent_size == 0:
+        if cfg.is_rnnlm:
             return None, num_samples
         return self.sample_prior(num_samples, generator=generator), num_samples
-
-    def _logits_processors(
-        self,
-        settings: GenerationConfig,
-        logits_processor: LogitsProcessorList | None,
-        forced_tokens: torch.Tensor | None,
-    ) -> tuple[LogitsProcessorList, LogitsProcessorList]:
-        """`transformers` logits processors for the settings (then `logits_processor`), and the sampling warpers."""
-        cfg = self.config
-        processors = LogitsProcessorList()
-        if settings.repetition_penalty is not None and settings.repetition_penalty != 1.0:
-            processors.append(RepetitionPenaltyLogitsProcessor(penalty=settings.repetition_penalty))
-        if settings.no_repeat_ngram_size:
-            processors.append(NoRepeatNGramLogitsProcessor(settings.no_repeat_ngram_size))
-        if settings.bad_words_ids:
-            bad_words = [[int(t) for t in word] for word in settings.bad_words_ids]
-            outside = [word for word in bad_words if any(not 0 <= t < cfg.vocab_size for t in word)]
-            if outside:
-                raise ValueError(f"bad_words_ids must be ids in [0, {cfg.vocab_size}), got {outside}")
-            if cfg.right_to_left:  # the searches run in the decoder's order
-                bad_words = [word[::-1] for word in bad_words]
-            processors.append(NoBadWordsLogitsProcessor(bad_words, eos_token_id=cfg.eos_token_id))
-        if settings.suppress_tokens:
-            suppressed = self._check_suppress_tokens(settings.suppress_tokens, forced_tokens)
-            processors.append(SuppressTokensLogitsProcessor(suppressed.tolist(), device=self.device))
-        if logits_processor is not None:
-            processors.extend(logits_processor)
-        warpers = LogitsProcessorList()
-        if settings.do_sample:
-            if settings.temperature != 1.0:
-                warpers.append(TemperatureLogitsWarper(settings.temperature))
-            if settings.top_k is not None and settings.top_k != 0:
-                warpers.append(TopKLogitsWarper(settings.top_k))
-            if settings.top_p is not None and settings.top_p < 1.0:
-                warpers.append(TopPLogitsWarper(settings.top_p))
-            if settings.min_p is not None:
-                warpers.append(MinPLogitsWarper(settings.min_p))
-            if settings.typical_p is not None and settings.typical_p < 1.0:
-                warpers.append(TypicalLogitsWarper(settings.typical_p))
-        return processors, warpers
-
-    def _check_suppress_tokens(self, suppress_tokens: list[int], forced_tokens: torch.Tensor | None) -> torch.Tensor:
-        cfg = self.config
-        ids = [int(t) for t in suppress_tokens]
-        bad = [t for t in ids if not 0 <= t < cfg.vocab_size]
-        if bad:
-            raise ValueError(f"suppress_tokens must be ids in [0, {cfg.vocab_size}), got {bad}")
-        if cfg.eos_token_id in ids:
-            raise ValueError(f"suppress_tokens may not contain the end-of-sentence id {cfg.eos_token_id}")
-        suppressed = torch.tensor(sorted(set(ids)), dtype=torch.long, device=self.device)
-        if forced_tokens is not None and bool(torch.isin(forced_tokens.to(self.device), suppressed).any()):
-            raise ValueError("forced_tokens pins a token that suppress_tokens forbids")
-        return suppressed
 
     def _generation_output(self, result: SearchResult, latent: torch.Tensor | None) -> SentenceVAEGenerationOutput:
         sequences = result.sequences.flatten(0, 1)

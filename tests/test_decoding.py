@@ -118,11 +118,10 @@ def test_beam_search_with_one_beam_is_greedy(tiny_model):
         model, latent = _model_and_latent(tiny_model, variant, batch=8)
         greedy = _generate(model, latent, 8, max_new_tokens=15)
         # beam_search driven directly (generate sends num_beams=1 to the greedy loop).
-        h, c = model._initial_state(latent, 8, model.device, model.dtype)
-        state = (h, c) if latent is None else (h, c, latent)
+        state = model.initial_decoder_state(latent, 8)
         cfg = model.config
         result = beam_search(
-            model._step,
+            model.decoder_step,
             state,
             8,
             1,

@@ -44,6 +44,8 @@ REMOTE_CODE = {
     "configuration_sentence_vae.py",
     "modeling_sentence_vae.py",
     "decoding.py",
+    "generation_settings.py",
+    "kernels.py",
     "latent.py",
     "tokenization_sentence_vae_fast.py",
 }

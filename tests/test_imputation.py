@@ -126,7 +126,7 @@ def test_right_to_left_rnnlm_picks_the_last_word_among_its_top_unconditional_cho
     cfg = model.config
     input_ids, attention_mask = random_batch(cfg, [4, 7, 2, 5], seed=5)
     unknown = suffix_unknown_mask(attention_mask, 0.01)  # exactly the final word
-    first, _ = model._step(torch.full((1,), cfg.bos_token_id), model._initial_state(None, 1, "cpu", torch.float32))
+    first, _ = model.decoder_step(torch.full((1,), cfg.bos_token_id), model.initial_decoder_state(None, 1))
     first[0, cfg.eos_token_id] = float("-inf")
     top = set(first[0].topk(2).indices.tolist())
     out = impute(model, input_ids, attention_mask, unknown, num_beams=2)

@@ -234,18 +234,17 @@ def test_tying_across_widths_goes_through_a_projection(tiny_model, random_batch)
     # logits = E (P h) + b, where h is the decoder LSTM's output
     hidden, _ = model.decoder(
         model._decoder_inputs(input_ids[:, :-1], latent),
-        tuple(s.unsqueeze(0) for s in model._initial_state(latent, 3, latent.device, latent.dtype)),
+        tuple(s.unsqueeze(0) for s in model.initial_decoder_state(latent)[:2]),
     )
     expected = model.output_projection(hidden) @ model.embed_tokens.weight.T + model._output_bias(
         torch.finfo(out.logits.dtype).min
     )
     torch.testing.assert_close(out.logits, expected)
-    # the fused training path (no logits) gives the same reconstruction
+    # the reconstruction does not depend on whether the logits are returned
     fused = model(input_ids, attention_mask, latent=latent, return_logits=False)
     torch.testing.assert_close(fused.reconstruction_per_sentence, out.reconstruction_per_sentence)
     # and so does decoding step by step
-    state = model._initial_state(latent, 3, latent.device, latent.dtype)
-    step_log_probs, _ = model._step(input_ids[:, 0], (*state, latent))
+    step_log_probs, _ = model.decoder_step(input_ids[:, 0], model.initial_decoder_state(latent))
     torch.testing.assert_close(step_log_probs, _step_view(model, out.logits[:, 0].log_softmax(-1)))
 
     # many rows fold P into the weight (the product stays H wide); a few rows project h instead
@@ -277,7 +276,7 @@ def test_latent_at_the_outputs_is_appended_to_every_decoder_state(tiny_model, ra
     input_ids, attention_mask = random_batch(model.config, [4, 2, 6])
     latent = torch.randn(3, latent_size)
     out = model(input_ids, attention_mask, latent=latent)
-    initial = tuple(s.unsqueeze(0) for s in model._initial_state(latent, 3, latent.device, latent.dtype))
+    initial = tuple(s.unsqueeze(0) for s in model.initial_decoder_state(latent)[:2])
     hidden, _ = model.decoder(model._decoder_inputs(input_ids[:, :-1], latent), initial)
     features = torch.cat([hidden, latent.unsqueeze(1).expand(-1, hidden.shape[1], -1)], -1)
     head = model.output_projection(features) if tied else features
@@ -286,8 +285,7 @@ def test_latent_at_the_outputs_is_appended_to_every_decoder_state(tiny_model, ra
     )
     fused = model(input_ids, attention_mask, latent=latent, return_logits=False)
     torch.testing.assert_close(fused.reconstruction_per_sentence, out.reconstruction_per_sentence)
-    state = model._initial_state(latent, 3, latent.device, latent.dtype)
-    step_log_probs, _ = model._step(input_ids[:, 0], (*state, latent))
+    step_log_probs, _ = model.decoder_step(input_ids[:, 0], model.initial_decoder_state(latent))
     torch.testing.assert_close(step_log_probs, _step_view(model, out.logits[:, 0].log_softmax(-1)))
 
     # the skip path carries gradient to z's weights in the output layer
@@ -370,14 +368,14 @@ def test_partial_keep_rate_drops_words_only_in_training(tiny_model, random_batch
 
 
 def test_weight_drop_masks_the_recurrent_weights_once_per_sequence():
-    from hf_sentence_vae.modeling_sentence_vae import _run_lstm
+    from hf_sentence_vae.kernels import run_lstm
 
     torch.manual_seed(0)
     lstm = torch.nn.LSTM(5, 6, batch_first=True)
     inputs, state = torch.randn(3, 7, 5), (torch.randn(1, 3, 6), torch.randn(1, 3, 6))
     undropped = lstm(inputs, state)[0].detach()
     torch.manual_seed(1)
-    outputs, (h, c) = _run_lstm(lstm, inputs, state, weight_drop=0.4)
+    outputs, (h, c) = run_lstm(lstm, inputs, state, weight_drop=0.4)
     torch.manual_seed(1)
     mask = F.dropout(torch.ones_like(lstm.weight_hh_l0), 0.4, training=True)  # the same draw
     assert 0 < int((mask == 0).sum()) < mask.numel()
@@ -563,6 +561,11 @@ def test_return_logits_paths_agree(tiny_model, random_batch, variant):
     assert torch.equal(with_logits.kl_per_sentence, without.kl_per_sentence)
     assert with_logits.num_tokens.item() == without.num_tokens.item() == 5 + 2 + 8 + 1 + 4 - 1
     assert with_logits.logits.shape == (4, input_ids.shape[1] - 1, model.config.vocab_size)
+    # the returned logits score the sentences as the loss does
+    targets = labels[:, 1:] if variant != "right_to_left" else model.to_decoder_order(labels, attention_mask)[:, 1:]
+    token_nll = -with_logits.logits.float().log_softmax(-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    from_logits = token_nll.masked_fill(targets == -100, 0.0).sum(-1)
+    torch.testing.assert_close(from_logits, with_logits.reconstruction_per_sentence)
 
 
 # ----------------------------------------------------------------------------- right-to-left

@@ -25,6 +25,8 @@ REMOTE_FILES = [
     "configuration_sentence_vae.py",
     "modeling_sentence_vae.py",
     "decoding.py",
+    "generation_settings.py",
+    "kernels.py",
     "latent.py",
     "tokenization_sentence_vae_fast.py",
 ]

@@ -1,0 +1,262 @@
+"""How `SentenceVAEModel.generate` reads its settings: a `transformers.GenerationConfig` resolved against the
+model's defaults and checked, and the `transformers` logits processors and sampling warpers it asks for.
+
+Only `torch` and `transformers` are imported, so this module travels with the model's remote code.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from typing import Any
+
+import torch
+from transformers import GenerationConfig
+from transformers.generation import (
+    LogitsProcessorList,
+    MinPLogitsWarper,
+    NoBadWordsLogitsProcessor,
+    NoRepeatNGramLogitsProcessor,
+    RepetitionPenaltyLogitsProcessor,
+    SuppressTokensLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+    TypicalLogitsWarper,
+)
+
+from .configuration_sentence_vae import MAX_SENTENCE_LENGTH_LIMIT, SentenceVAEConfig
+
+# `GenerationConfig` settings `generate` honours; any other one set to a value that would change decoding is refused.
+GENERATION_SETTINGS = {
+    "max_length",
+    "max_new_tokens",
+    "min_length",
+    "min_new_tokens",
+    "do_sample",
+    "num_beams",
+    "temperature",
+    "top_k",
+    "top_p",
+    "min_p",
+    "typical_p",
+    "repetition_penalty",
+    "no_repeat_ngram_size",
+    "bad_words_ids",
+    "suppress_tokens",
+    "length_penalty",
+    "num_return_sequences",
+    "output_scores",
+    "return_dict_in_generate",
+    "pad_token_id",
+    "bos_token_id",
+    "eos_token_id",
+    # No effect on a recurrent decoder whose state is its cache, or on a search that ends a row when all its beams
+    # have ended (transformers' `early_stopping=True`).
+    "use_cache",
+    "cache_implementation",
+    "early_stopping",
+}
+# Settings that change decoding in `transformers` and that `generate` does not implement: refused unless unset or
+# at a value without effect (None, False, 0, the `transformers` default; 1 for `guidance_scale`).
+UNSUPPORTED_SETTINGS = {
+    "max_time",
+    "stop_strings",
+    "top_h",
+    "epsilon_cutoff",
+    "eta_cutoff",
+    "encoder_repetition_penalty",
+    "encoder_no_repeat_ngram_size",
+    "renormalize_logits",
+    "forced_bos_token_id",
+    "forced_eos_token_id",
+    "remove_invalid_values",
+    "exponential_decay_length_penalty",
+    "begin_suppress_tokens",
+    "sequence_bias",
+    "token_healing",
+    "guidance_scale",
+    "watermarking_config",
+    "output_attentions",
+    "output_hidden_states",
+    "output_logits",
+    "prompt_lookup_num_tokens",
+    "penalty_alpha",
+    "dola_layers",
+    "diversity_penalty",
+    "num_beam_groups",
+    "constraints",
+    "force_words_ids",
+}
+
+
+def resolve_generation_config(
+    config: SentenceVAEConfig,
+    model_default: GenerationConfig | None,
+    generation_config: GenerationConfig | None,
+    kwargs: dict[str, Any],
+) -> GenerationConfig:
+    """The `GenerationConfig` a `generate` call runs with: `generation_config` (else the model's `model_default`),
+    its unset fields from `model_default`, then `kwargs`; checked against the model `config`, with the lengths
+    resolved."""
+    cfg = config
+    if generation_config is not None and not isinstance(generation_config, GenerationConfig):
+        raise ValueError(
+            f"generation_config must be a transformers.GenerationConfig, got {type(generation_config).__name__}"
+        )
+    model_default = model_default or GenerationConfig()
+    settings = copy.deepcopy(generation_config if generation_config is not None else model_default)
+    # What the caller chose (rather than the model's defaults).
+    explicit = set(kwargs)
+    if generation_config is not None:
+        explicit |= {key for key, value in vars(generation_config).items() if value is not None}
+        for key, value in model_default.to_dict().items():
+            if key in vars(settings) and getattr(settings, key) is None:
+                setattr(settings, key, value)
+    unknown = sorted(key for key in kwargs if key.startswith("_") or key not in vars(settings))
+    if unknown:
+        raise ValueError(
+            f"generate() got arguments it does not use: {unknown}. Decoding settings are GenerationConfig fields "
+            f"({', '.join(sorted(GENERATION_SETTINGS))}); sentences go in input_ids / attention_mask, codes "
+            "in latent"
+        )
+    for key, value in kwargs.items():
+        setattr(settings, key, value)
+    defaults_of = getattr(GenerationConfig, "_get_default_generation_params", None)  # transformers' own defaults
+    global_defaults = defaults_of() if defaults_of is not None else {}
+    refused = {}
+    for key in sorted(UNSUPPORTED_SETTINGS & set(vars(settings))):
+        value = getattr(settings, key)
+        inert = (
+            value is None
+            or value is False
+            or (isinstance(value, (int, float)) and value == 0)
+            or (key in global_defaults and value == global_defaults[key])
+            or (key == "guidance_scale" and value == 1)
+        )
+        if not inert:
+            refused[key] = value
+    if refused:
+        raise ValueError(
+            f"generate() does not support these generation settings: {refused}; it supports "
+            f"{', '.join(sorted(GENERATION_SETTINGS))}"
+        )
+    for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        value = getattr(settings, name)
+        values = value.tolist() if torch.is_tensor(value) else value
+        values = list(values) if isinstance(values, (list, tuple)) else [values]
+        if value is not None and values != [getattr(cfg, name)]:
+            raise ValueError(
+                f"generation setting {name}={value!r} differs from the model's {name}={getattr(cfg, name)}"
+            )
+
+    def pick(*values, default):
+        return next((v for v in values if v is not None), default)
+
+    settings.num_beams = pick(settings.num_beams, default=1)
+    settings.do_sample = bool(pick(settings.do_sample, default=False))
+    # Sampling and beam search exclude each other: one the caller asks for replaces the other from the defaults
+    # (a trained VAE's 5 beams, an RNNLM's sampling).
+    if settings.do_sample and "do_sample" in explicit and "num_beams" not in explicit:
+        settings.num_beams = 1
+    if settings.num_beams > 1 and "num_beams" in explicit and "do_sample" not in explicit:
+        settings.do_sample = False
+    settings.num_return_sequences = pick(settings.num_return_sequences, default=1)
+    settings.length_penalty = pick(settings.length_penalty, default=1.0)
+    settings.temperature = pick(settings.temperature, default=1.0)
+    settings.return_dict_in_generate = bool(settings.return_dict_in_generate)
+    settings.output_scores = bool(settings.output_scores)
+    # The sequences hold no prompt: max_length and max_new_tokens both count generated tokens.
+    settings.max_new_tokens = pick(settings.max_new_tokens, settings.max_length, default=cfg.max_sentence_length)
+    settings.min_new_tokens = pick(settings.min_new_tokens, settings.min_length, default=0)
+    num_beams, num_return_sequences = settings.num_beams, settings.num_return_sequences
+    if not isinstance(num_beams, int) or num_beams < 1:
+        raise ValueError(f"num_beams must be an integer >= 1, got {num_beams!r}")
+    if not isinstance(num_return_sequences, int) or num_return_sequences < 1:
+        raise ValueError(f"num_return_sequences must be an integer >= 1, got {num_return_sequences!r}")
+    if settings.do_sample and num_beams > 1:
+        raise ValueError(f"do_sample=True with num_beams={num_beams} is not supported: choose sampling or beam search")
+    if not settings.do_sample and num_beams == 1 and num_return_sequences > 1:
+        raise ValueError(
+            f"greedy decoding returns one sequence per code, got num_return_sequences={num_return_sequences}; "
+            "use num_beams >= num_return_sequences or do_sample=True"
+        )
+    if num_beams > 1 and num_return_sequences > num_beams:
+        raise ValueError(f"num_return_sequences={num_return_sequences} must be <= num_beams={num_beams}")
+    if not settings.temperature > 0:  # also NaN
+        raise ValueError(f"temperature must be > 0, got {settings.temperature}")
+    if settings.top_p is not None and not 0.0 < settings.top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {settings.top_p}")
+    max_new, min_new = settings.max_new_tokens, settings.min_new_tokens
+    limit = MAX_SENTENCE_LENGTH_LIMIT
+    if not 1 <= max_new <= limit or min_new < 0 or min_new > max_new:
+        raise ValueError(
+            f"need 1 <= max_new_tokens <= {limit} and 0 <= min_new_tokens <= max_new_tokens, got "
+            f"max_new_tokens={max_new}, min_new_tokens={min_new}"
+        )
+    if "user_set_attributes" in inspect.signature(settings.validate).parameters:
+        settings.validate(user_set_attributes=set(kwargs))  # warnings only for what this call set
+    else:
+        settings.validate()
+    return settings
+
+
+def build_logits_processors(
+    config: SentenceVAEConfig,
+    settings: GenerationConfig,
+    logits_processor: LogitsProcessorList | None,
+    forced_tokens: torch.Tensor | None,
+    device: torch.device,
+) -> tuple[LogitsProcessorList, LogitsProcessorList]:
+    """`transformers` logits processors for the resolved `settings` (then `logits_processor`), and the sampling
+    warpers, for a model with `config` on `device`."""
+    cfg = config
+    processors = LogitsProcessorList()
+    if settings.repetition_penalty is not None and settings.repetition_penalty != 1.0:
+        processors.append(RepetitionPenaltyLogitsProcessor(penalty=settings.repetition_penalty))
+    if settings.no_repeat_ngram_size:
+        processors.append(NoRepeatNGramLogitsProcessor(settings.no_repeat_ngram_size))
+    if settings.bad_words_ids:
+        bad_words = [[int(t) for t in word] for word in settings.bad_words_ids]
+        outside = [word for word in bad_words if any(not 0 <= t < cfg.vocab_size for t in word)]
+        if outside:
+            raise ValueError(f"bad_words_ids must be ids in [0, {cfg.vocab_size}), got {outside}")
+        if cfg.right_to_left:  # the searches run in the decoder's order
+            bad_words = [word[::-1] for word in bad_words]
+        processors.append(NoBadWordsLogitsProcessor(bad_words, eos_token_id=cfg.eos_token_id))
+    if settings.suppress_tokens:
+        suppressed = _check_suppress_tokens(cfg, settings.suppress_tokens, forced_tokens, device)
+        processors.append(SuppressTokensLogitsProcessor(suppressed.tolist(), device=device))
+    if logits_processor is not None:
+        processors.extend(logits_processor)
+    warpers = LogitsProcessorList()
+    if settings.do_sample:
+        if settings.temperature != 1.0:
+            warpers.append(TemperatureLogitsWarper(settings.temperature))
+        if settings.top_k is not None and settings.top_k != 0:
+            warpers.append(TopKLogitsWarper(settings.top_k))
+        if settings.top_p is not None and settings.top_p < 1.0:
+            warpers.append(TopPLogitsWarper(settings.top_p))
+        if settings.min_p is not None:
+            warpers.append(MinPLogitsWarper(settings.min_p))
+        if settings.typical_p is not None and settings.typical_p < 1.0:
+            warpers.append(TypicalLogitsWarper(settings.typical_p))
+    return processors, warpers
+
+
+def _check_suppress_tokens(
+    cfg: SentenceVAEConfig, suppress_tokens: list[int], forced_tokens: torch.Tensor | None, device: torch.device
+) -> torch.Tensor:
+    ids = [int(t) for t in suppress_tokens]
+    bad = [t for t in ids if not 0 <= t < cfg.vocab_size]
+    if bad:
+        raise ValueError(f"suppress_tokens must be ids in [0, {cfg.vocab_size}), got {bad}")
+    if cfg.eos_token_id in ids:
+        raise ValueError(f"suppress_tokens may not contain the end-of-sentence id {cfg.eos_token_id}")
+    suppressed = torch.tensor(sorted(set(ids)), dtype=torch.long, device=device)
+    if forced_tokens is not None and bool(torch.isin(forced_tokens.to(device), suppressed).any()):
+        raise ValueError("forced_tokens pins a token that suppress_tokens forbids")
+    return suppressed
+
+
+__all__ = ["GENERATION_SETTINGS", "UNSUPPORTED_SETTINGS", "build_logits_processors", "resolve_generation_config"]
