@@ -1,25 +1,10 @@
 """hf_sentence_vae: the sentence VAE of Bowman et al. (2016) as a Hugging Face transformers plugin."""
 
-import shutil
 from pathlib import Path
 
 from setuptools import find_packages, setup
-from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).parent
-
-
-class BuildPyWithModelCards(build_py):
-    """Copies the model-card templates of `model_cards/` into the built package (`hf_sentence_vae/model_cards/`),
-    so `render_model_card` finds them in a wheel install; an editable install reads `model_cards/` directly."""
-
-    def run(self):
-        super().run()
-        target = Path(self.build_lib) / "hf_sentence_vae" / "model_cards"
-        target.mkdir(parents=True, exist_ok=True)
-        for template in sorted((ROOT / "model_cards").glob("*.j2")):
-            shutil.copyfile(template, target / template.name)
-
 
 EXTRAS = {
     "train": ["accelerate>=1.0", "datasets>=3.0", "tqdm", "pyyaml", "matplotlib", "tensorboard"],
@@ -38,6 +23,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     packages=find_packages(include=["hf_sentence_vae", "hf_sentence_vae.*"]),
+    package_data={"hf_sentence_vae": ["templates/*.j2"]},  # the model card's template
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4,<=2.14.1",
@@ -46,7 +32,6 @@ setup(
         "safetensors>=0.4",
     ],
     extras_require=EXTRAS,
-    cmdclass={"build_py": BuildPyWithModelCards},
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",

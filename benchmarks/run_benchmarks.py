@@ -54,8 +54,8 @@ if str(HERE) not in sys.path:
 from baseline import StraightforwardVAE, straightforward_batches  # noqa: E402
 
 from hf_sentence_vae import SentenceVAEConfig, SentenceVAEModel, build_tokenizer  # noqa: E402
-from hf_sentence_vae.annealing import KLSchedule  # noqa: E402
 from hf_sentence_vae.data import TokenizedCorpus, bucketed_batches  # noqa: E402
+from hf_sentence_vae.rate_control import KLSchedule  # noqa: E402
 from hf_sentence_vae.training import TrainingConfig, bound_metrics, build_optimizer, evaluate_bound, step_noise  # noqa: E402
 
 SEED = 42

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .data import TokenizedCorpus
+
 DEFAULT_SPLIT = (0.8, 0.1, 0.1)
 DEFAULT_C_GRID = tuple(2.0**k for k in range(-6, 9))
 
@@ -269,27 +271,20 @@ def adversarial_evaluation(
 # --------------------------------------------------------------------------------------------- NLL under a scorer
 def sentence_nll(model, tokenizer, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
     """`-log p(x)` of each text (nats, whole sentence with its end token) under an RNNLM scorer, in input order."""
-    if model.config.latent_size != 0:
+    if not model.config.is_rnnlm:
         raise ValueError("the scorer must be an RNNLM (latent_size=0), whose log-likelihood is exact")
     if isinstance(texts, str):
         raise ValueError("texts must be a list of strings, not a single string")
-    encoded = tokenizer(list(texts))["input_ids"]
-    order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
+    corpus, _ = TokenizedCorpus.from_sentences(tokenizer, list(texts))
     nll = np.zeros(len(texts), dtype=np.float64)
-    pad = tokenizer.pad_token_id
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            for start in range(0, len(order), batch_size):
-                chunk = order[start : start + batch_size]
-                width = max(len(encoded[i]) for i in chunk)
-                ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-                for row, i in enumerate(chunk):
-                    ids[row, : len(encoded[i])] = torch.tensor(encoded[i])
-                ids = ids.to(model.device)
-                log_p = model.log_likelihood_given_latent(ids, ids.ne(pad), None)
-                nll[chunk] = -log_p.double().cpu().numpy()
+            for positions, batch in corpus.sorted_batches(batch_size):
+                ids = batch["input_ids"].to(model.device)
+                log_p = model.log_likelihood_given_latent(ids, batch["attention_mask"].to(model.device), None)
+                nll[positions] = -log_p.double().cpu().numpy()
     finally:
         model.train(was_training)
     return nll

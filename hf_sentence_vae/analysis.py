@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from .data import TokenizedCorpus
 from .latent import gaussian_log_density, interpolate, reparameterize, volume_preserving_stretch
 
 
@@ -23,8 +24,8 @@ def load_pretrained(model_name_or_path, tokenizer_name_or_path=None, device: str
     """Load a `save_pretrained` folder (model + tokenizer) for analysis: `(model, tokenizer)`, the model in
     eval mode on `device` (default: CUDA when available), its tokenizer checked against its config. A folder whose
     weights do not match its config, or a path that does not exist, raises one clear error
-    (`checkpointing.load_model_and_tokenizer`)."""
-    from .checkpointing import load_model_and_tokenizer
+    (`loading.load_model_and_tokenizer`)."""
+    from .loading import load_model_and_tokenizer
 
     return load_model_and_tokenizer(model_name_or_path, tokenizer_name_or_path, device)
 
@@ -86,19 +87,19 @@ def posterior_means(model, tokenizer, texts: Sequence[str], batch_size: int = 12
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if len(texts) == 0:
         raise ValueError("posterior_means got no texts")
-    lengths = [len(ids) for ids in tokenizer(list(texts))["input_ids"]]
-    order = sorted(range(len(texts)), key=lengths.__getitem__)
+    corpus, _ = TokenizedCorpus.from_sentences(tokenizer, list(texts))
     mu = torch.empty((len(texts), model.config.latent_size))
     logvar = torch.empty_like(mu)
     was_training = model.training
     model.eval()
     try:
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            m, lv = encode_texts(model, tokenizer, [texts[i] for i in chunk])
-            index = torch.tensor(chunk)
-            mu[index] = m.float().cpu()
-            logvar[index] = lv.float().cpu()
+        with torch.no_grad():
+            for positions, batch in corpus.sorted_batches(batch_size):
+                batch = {k: v.to(model.device) for k, v in batch.items()}
+                m, lv = model.encode(batch["input_ids"], batch["attention_mask"])
+                index = torch.from_numpy(positions)
+                mu[index] = m.float().cpu()
+                logvar[index] = lv.float().cpu()
     finally:
         model.train(was_training)
     return mu, logvar

@@ -1,53 +1,31 @@
-"""Command-line parsing shared by the scripts: every dataclass field becomes a `--flag` (its help and choices from
-the field's metadata, as `transformers.HfArgumentParser` reads them), and any flag can also come from a YAML or
-JSON file given with `--config` (flags on the command line win)."""
+"""Command-line parsing of dataclass options: `transformers.HfArgumentParser` plus the three things the scripts add.
+
+`HfArgumentParser` makes every dataclass field a `--flag` (its help from the field's metadata, its default shown).
+On top of it, [`ArgumentParser`]:
+
+- reads any flag from a YAML or JSON file given with `--config` (flags on the command line win; a key that is no
+  option is an error naming it);
+- lets `none` (or `null`, any case) unset an optional flag, as a config file's `null` does;
+- shows a field's `choices` as the flag's values without enforcing them: the dataclass (or the model config) checks
+  the value, so a bad one ends the run with the scripts' one-line error, naming the option, like any other
+  impossible setting. A boolean flag given alone means true.
+"""
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import types
 import typing
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from transformers import HfArgumentParser
+
 T = TypeVar("T")
-
-
-def _base_type(annotation: Any) -> Any:
-    """`int | None` -> int; `bool` -> bool; dicts and other containers -> None (not exposed)."""
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return _base_type(args[0]) if len(args) == 1 else str
-    if annotation in (int, float, str, bool):
-        return annotation
-    return None
-
-
-def _allows_none(annotation: Any) -> bool:
-    is_union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
-    return is_union and type(None) in typing.get_args(annotation)
-
-
-def _or_none(kind: type) -> typing.Callable[[str], Any]:
-    """A converter for an optional field: `none` or `null` (any case) unsets it, as a config file's `null` does."""
-
-    def convert(text: str) -> Any:
-        return None if text.lower() in ("none", "null") else kind(text)
-
-    convert.__name__ = kind.__name__  # argparse names the type in its error messages
-    return convert
-
-
-def _parse_bool(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("1", "true", "yes", "y", "on"):
-        return True
-    if lowered in ("0", "false", "no", "n", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {text!r}")
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -76,62 +54,78 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def _or_none(convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    """A converter for an optional field: `none` or `null` (any case) unsets it."""
+
+    def parse(text: str) -> Any:
+        return None if text.lower() in ("none", "null") else convert(text)
+
+    parse.__name__ = getattr(convert, "__name__", "value")  # argparse names the type in its error messages
+    return parse
+
+
+def _is_optional(annotation: Any) -> bool:
+    is_union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    return is_union and type(None) in typing.get_args(annotation)
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Every flag's help ends with its default; the description keeps its line breaks."""
 
 
-def build_parser(cls: type, description: str) -> argparse.ArgumentParser:
-    """An `argparse` parser with a `--flag` per field of the dataclass `cls` (dicts and other containers are not
-    exposed). Like `transformers.HfArgumentParser`, a field's `metadata` gives its `help` text and its `choices`
-    (shown as the flag's values; the dataclass validates them); the help shows each flag's default."""
-    parser = argparse.ArgumentParser(
-        description=description,
-        formatter_class=_HelpFormatter,
-        epilog="A flag whose default is None takes 'none' to unset a value that a --config file sets; a BOOL flag "
-        "given alone means true.",
-    )
-    parser.add_argument("--config", help="YAML or JSON file of flag values (command-line flags win)")
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        kind = _base_type(hints[f.name])
-        if kind is None:
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else None
-        help_text = f.metadata.get("help", "")
-        choices = f.metadata.get("choices")
-        optional = _allows_none(hints[f.name])
-        if kind is bool:
-            parser.add_argument(
-                f"--{f.name}",
-                type=_parse_bool,
-                nargs="?",
-                const=True,
-                default=default,
-                metavar="BOOL",
-                help=help_text,
-            )
-            continue
-        extra: dict[str, Any] = {}
+class ArgumentParser(HfArgumentParser):
+    """`HfArgumentParser` over one dataclass, with `--config FILE`, `none` for optional flags and choices that are
+    shown, not enforced (see the module docstring)."""
+
+    def __init__(self, dataclass_type: type, description: str = ""):
+        super().__init__(
+            dataclass_type,
+            description=description,
+            formatter_class=_HelpFormatter,
+            epilog="A flag whose default is None takes 'none' to unset a value that a --config file sets; a BOOL flag "
+            "given alone means true.",
+        )
+        self.add_argument("--config", help="YAML or JSON file of flag values (command-line flags win)")
+
+    @staticmethod
+    def _parse_dataclass_field(parser: argparse.ArgumentParser, field: dataclasses.Field) -> None:
+        optional = _is_optional(field.type)
+        metadata = dict(field.metadata)
+        choices = metadata.pop("choices", None)
         if choices is not None:
-            # Shown, not enforced here: the dataclass (or the model config) checks the value and names it, so a bad
-            # one ends the run with the scripts' one-line error like any other impossible setting.
-            extra["metavar"] = "{" + ",".join(str(c) for c in choices) + "}"
-        convert = _or_none(kind) if optional else kind
-        parser.add_argument(f"--{f.name}", type=convert, default=default, help=help_text, **extra)
-    return parser
+            metadata["metavar"] = "{" + ",".join(str(c) for c in choices) + "}"
+        shown = copy.copy(field)
+        shown.metadata = types.MappingProxyType(metadata)
+        HfArgumentParser._parse_dataclass_field(parser, shown)
+        action = parser._option_string_actions[f"--{field.name}"]
+        if optional and action.type is not None:
+            action.type = _or_none(action.type)
+        if field.type in (bool, bool | None):
+            action.nargs, action.const, action.metavar = "?", True, "BOOL"
+
+    def parse(self, argv: Sequence[str] | None = None) -> Any:
+        """Parse `argv` into the dataclass, with defaults from `--config` if given."""
+        known, _ = self.parse_known_args(argv)
+        if known.config:
+            values = load_config_file(known.config)
+            options = {f.name for dtype in self.dataclass_types for f in dataclasses.fields(dtype)}
+            unknown = sorted(set(values) - options)
+            if unknown:
+                raise ValueError(f"--config {known.config!r} has unknown option(s): {', '.join(unknown)}")
+            self.set_defaults(**values)
+        parsed, _, remaining = self.parse_args_into_dataclasses(
+            args=argv, look_for_args_file=False, return_remaining_strings=True
+        )
+        if remaining:
+            self.error(f"unrecognized arguments: {' '.join(remaining)}")
+        return parsed
 
 
-def parse_args(cls: type[T], argv: list[str] | None = None, description: str = "") -> T:
+def build_parser(cls: type, description: str) -> ArgumentParser:
+    """The parser of the dataclass `cls`: a `--flag` per field (see [`ArgumentParser`])."""
+    return ArgumentParser(cls, description)
+
+
+def parse_args(cls: type[T], argv: Sequence[str] | None = None, description: str = "") -> T:
     """Parse `argv` into an instance of the dataclass `cls`, with defaults from `--config` if given."""
-    parser = build_parser(cls, description)
-    known, _ = parser.parse_known_args(argv)
-    if known.config:
-        values = load_config_file(known.config)
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - fields)
-        if unknown:
-            raise ValueError(f"--config {known.config!r} has unknown option(s): {', '.join(unknown)}")
-        parser.set_defaults(**values)
-    args = vars(parser.parse_args(argv))
-    args.pop("config")
-    return cls(**args)
+    return build_parser(cls, description).parse(argv)

@@ -12,6 +12,25 @@ VARIANCE_PARAMETERIZATIONS = ("exp", "softplus")
 MAX_SENTENCE_LENGTH_LIMIT = 10_000
 # A Hub-ready folder's config.json declares the bundled `pipelines.py` under this key (see `hub.add_pipeline`).
 CUSTOM_PIPELINES_KEY = "custom_pipelines"
+# Fields set from the tokenizer (its vocabulary and special ids), not chosen as settings.
+TOKENIZER_FIELDS = ("vocab_size", "pad_token_id", "unk_token_id", "bos_token_id", "eos_token_id")
+# Fields that fix the weights' shapes or meaning: a saved model (or a checkpoint) cannot change them.
+ARCHITECTURE_FIELDS = (
+    "embedding_size",
+    "encoder_hidden_size",
+    "decoder_hidden_size",
+    "latent_size",
+    "bidirectional_encoder",
+    "num_highway_layers",
+    "latent_injection",
+    "variance_parameterization",
+    "posterior_mean_bn_scale",
+    "tie_word_embeddings",
+    "share_embeddings",
+    "right_to_left",
+)
+# The allowed values of the fields that have a fixed set of them.
+FIELD_CHOICES = {"latent_injection": LATENT_INJECTIONS, "variance_parameterization": VARIANCE_PARAMETERIZATIONS}
 
 
 class SentenceVAEConfig(PretrainedConfig):
@@ -108,8 +127,14 @@ class SentenceVAEConfig(PretrainedConfig):
     eos_token_id: int = 3
 
     def __post_init__(self, **kwargs):
-        _validate(self)
+        _check_fields(self)
         super().__post_init__(**kwargs)
+
+    def validate(self) -> None:
+        """Check every field (`transformers`' checks, then this model's): a `ValueError` naming the first impossible
+        field and its value. Run on construction; call it again after changing fields."""
+        super().validate()
+        _check_fields(self)
 
     def _remove_keys_not_serialized(self, d: dict) -> None:
         """`custom_pipelines` is never saved with the config: it names a `pipelines.py` that `save_pretrained` does
@@ -129,8 +154,14 @@ class SentenceVAEConfig(PretrainedConfig):
 
     @property
     def is_rnnlm(self) -> bool:
-        """True for the RNNLM baseline (`latent_size == 0`)."""
+        """True for the RNNLM baseline (`latent_size == 0`): no encoder, no latent code, no KL term."""
         return self.latent_size == 0
+
+    @classmethod
+    def settings(cls) -> tuple[str, ...]:
+        """The fields a user chooses (every field but those the tokenizer sets), in declaration order: what a
+        training run exposes as model flags."""
+        return tuple(name for name in cls.__annotations__ if name not in TOKENIZER_FIELDS)
 
 
 def _check(condition: bool, field: str, value, requirement: str) -> None:
@@ -146,7 +177,7 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _validate(config: SentenceVAEConfig) -> None:
+def _check_fields(config: SentenceVAEConfig) -> None:
     """Raise a `ValueError` naming the first impossible field."""
     for name in ("vocab_size", "embedding_size", "encoder_hidden_size", "decoder_hidden_size", "max_sentence_length"):
         value = getattr(config, name)
@@ -212,7 +243,7 @@ def _validate(config: SentenceVAEConfig) -> None:
         config.vocab_size,
         "must leave room for words besides the 4 specials",
     )
-    if config.latent_size == 0:
+    if config.is_rnnlm:
         _check(
             config.posterior_mean_bn_scale == 0.0,
             "posterior_mean_bn_scale",

@@ -1,8 +1,14 @@
-"""Corpora, tokenization and length-bucketed batching for training and evaluation.
+"""Text data: reading sentence files, tokenized corpora and their batches, for training and for evaluation.
 
-Text comes from local files (one sentence a line) or a Hub dataset through `datasets`; it is tokenized
-with `Dataset.map(batched=True)` (cached on disk by `datasets`), then held as one flat array of ids plus
-offsets (memory-mapped from the Arrow cache), from which padded batches are cut with array indexing.
+- Reading: [`iter_sentences`] is the one reader of sentence files (lazy, bounded memory, the file checked first by
+  [`check_text_file`]); [`read_sentences`], [`load_sentences`] and [`iter_kept_sentences`] are built on it.
+- Batching: a [`TokenizedCorpus`] holds sentences as one flat id array plus offsets and cuts padded batches by
+  index arrays; [`bucketed_batches`] orders them (length-bucketed and shuffled for training, sorted by length for
+  evaluation). [`stream_batches`] and [`length_sorted_batches`] batch any iterable of sentences through them, a
+  bounded pool at a time.
+- Training splits: local files (one sentence a line) or a Hub dataset through `datasets`, tokenized with
+  `Dataset.map(batched=True)` (cached on disk by `datasets`; [`load_text_splits`], [`tokenize_splits`]).
+- The demo corpus: WordNet's example sentences.
 """
 
 from __future__ import annotations
@@ -10,8 +16,9 @@ from __future__ import annotations
 import codecs
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +31,15 @@ logger = logging.get_logger(__name__)
 
 DEFAULT_WORDNET_DIR = "/usr/share/wordnet"
 _WORDNET_EXAMPLE = re.compile(r'"([^"]+)"')
+DEFAULT_POOL_BATCHES = 50
+# A sentence of 100,000 characters is ~20,000 words, far beyond any model's maximum length: the rest of a longer
+# line is skipped unread into memory.
+DEFAULT_MAX_LINE_CHARS = 100_000
+
+
+def truncate_ids(ids: list[int], max_length: int | None, eos: int) -> list[int]:
+    """An encoding of at most `max_length` ids: a longer one keeps its first ids and its `<eos>`."""
+    return ids[: max_length - 1] + [eos] if max_length is not None and len(ids) > max_length else ids
 
 
 # --------------------------------------------------------------------------- the built-in demo corpus
@@ -64,8 +80,8 @@ def split_corpus(lines: Sequence[str], validation_fraction: float = 0.05, seed: 
     return [lines[i] for i in order[cut:]], [lines[i] for i in order[:cut]]
 
 
-# --------------------------------------------------------------------------- loading text with datasets
-def _check_text_file(path: str, split: str, chunk_size: int = 1 << 20, label: str | None = None) -> None:
+# --------------------------------------------------------------------------- reading sentence files
+def check_text_file(path: str, split: str = "input", chunk_size: int = 1 << 20, label: str | None = None) -> None:
     """Fail early, naming the file (as `--{split}_file`, or `label`), when it is missing, empty or not UTF-8
     anywhere (the whole file is decoded incrementally in `chunk_size` pieces, ~1 s per GB; the error gives the
     byte offset and the line number)."""
@@ -99,6 +115,119 @@ def _check_text_file(path: str, split: str, chunk_size: int = 1 << 20, label: st
             newlines += chunk.count(b"\n")
 
 
+def iter_sentences(
+    path: str | os.PathLike,
+    max_sentences: int | None = None,
+    stats: dict | None = None,
+    label: str = "input file",
+    max_line_chars: int = DEFAULT_MAX_LINE_CHARS,
+) -> Iterator[str]:
+    """Lazily yield the non-blank lines of a UTF-8 text file (stripped), at most `max_sentences` of them.
+
+    The file is checked first (missing, a directory, empty, or not UTF-8 anywhere: one clear error naming it as
+    `label`, e.g. ``"--test_file"``, and the line). A byte-order mark at its start is dropped. Lines are split as
+    `datasets`' text loader and `open()` split them (universal newlines); a line longer than `max_line_chars`
+    characters is cut there (the rest is skipped in bounded pieces). If `stats` is a dict, it receives
+    `sentences`, `blank_lines` and `cut_lines` counts as reading proceeds."""
+    if max_sentences is not None and max_sentences < 1:
+        raise ValueError(f"max_sentences must be >= 1, got {max_sentences}")
+    if max_line_chars < 1:
+        raise ValueError(f"max_line_chars must be >= 1, got {max_line_chars}")
+    path = str(path)
+    check_text_file(path, label=label)  # now, not at the first next()
+    stats = {} if stats is None else stats
+    stats.update(sentences=0, blank_lines=0, cut_lines=0)
+    return _read_sentences(path, max_sentences, stats, max_line_chars)
+
+
+def _bounded_lines(handle, max_chars: int) -> Iterator[tuple[str, bool]]:
+    """`(line, cut)` for each line of a text handle, no line longer than `max_chars` characters held in memory."""
+    while True:
+        line = handle.readline(max_chars)
+        if not line:
+            return
+        cut = False
+        if len(line) == max_chars and not line.endswith("\n"):
+            rest = handle.readline(max_chars)
+            cut = rest not in ("", "\n")
+            while rest and not rest.endswith("\n"):  # skip the rest of the line, one bounded piece at a time
+                rest = handle.readline(max_chars)
+        yield line, cut
+
+
+def _read_sentences(path: str, max_sentences: int | None, stats: dict, max_line_chars: int) -> Iterator[str]:
+    with open(path, encoding="utf-8-sig") as handle:
+        for line, cut in _bounded_lines(handle, max_line_chars):
+            text = line.strip()
+            if not text:
+                stats["blank_lines"] += 1
+                continue
+            stats["sentences"] += 1
+            stats["cut_lines"] += int(cut)
+            yield text
+            if max_sentences is not None and stats["sentences"] >= max_sentences:
+                return
+
+
+def read_sentences(path: str | os.PathLike, max_sentences: int | None = None) -> tuple[list[str], int]:
+    """The non-blank lines of a text file (one sentence a line, stripped) and the number of blank lines skipped.
+
+    With `max_sentences`, only the first `max_sentences` non-blank lines are kept (see [`iter_sentences`])."""
+    stats: dict = {}
+    sentences = list(iter_sentences(path, max_sentences=max_sentences, stats=stats))
+    return sentences, stats["blank_lines"]
+
+
+def sentences_with_min_words(
+    sentences: Iterable[str], tokenizer, min_words: int = 1, chunk_size: int = 1024
+) -> Iterator[str]:
+    """The sentences of at least `min_words` words as `tokenizer` splits them (at least one in any case),
+    tokenized `chunk_size` at a time: lazy, for inputs of any size."""
+    iterator = iter(sentences)
+    minimum = max(min_words, 1)
+    while True:
+        chunk = list(islice(iterator, chunk_size))
+        if not chunk:
+            return
+        lengths = [len(ids) - 2 for ids in tokenizer(chunk, add_special_tokens=True)["input_ids"]]
+        yield from (text for text, n in zip(chunk, lengths) if n >= minimum)
+
+
+def load_sentences(
+    paths: str | os.PathLike | Sequence[str | os.PathLike],
+    tokenizer=None,
+    max_sentences: int | None = None,
+    min_words: int = 1,
+    label: str = "input file",
+) -> list[str]:
+    """The stripped non-blank lines of one or more text files (one sentence a line), keeping sentences of at
+    least `min_words` words (as `tokenizer` splits them, else on whitespace), the first `max_sentences`.
+
+    Reading is lazy and stops at the `max_sentences`-th kept sentence, so the first sentences of a large file cost
+    what they hold. Each file is checked first (missing, a directory, empty or not UTF-8: one clear error naming
+    it as `label`); see [`iter_kept_sentences`]."""
+    return list(islice(iter_kept_sentences(paths, tokenizer, min_words, label), max_sentences or None))
+
+
+def iter_kept_sentences(
+    paths: str | os.PathLike | Sequence[str | os.PathLike],
+    tokenizer=None,
+    min_words: int = 1,
+    label: str = "input file",
+) -> Iterator[str]:
+    """Lazily, the stripped non-blank lines of the files with at least `min_words` words (as `tokenizer` splits
+    them, else on whitespace), in order; files are read in bounded memory ([`iter_sentences`])."""
+    if isinstance(paths, str | os.PathLike):
+        paths = [paths]
+    readers = [iter_sentences(path, label=label) for path in paths]  # every file is checked before any is read
+    for sentences in readers:
+        if tokenizer is not None:
+            yield from sentences_with_min_words(sentences, tokenizer, min_words)
+        else:
+            yield from (s for s in sentences if len(s.split()) >= max(min_words, 1))
+
+
+# --------------------------------------------------------------------------- training splits with datasets
 def load_text_splits(
     train_file: str | None = None,
     validation_file: str | None = None,
@@ -140,7 +269,7 @@ def load_text_splits(
             splits[split] = dataset
     if files:
         for split, path in files.items():
-            _check_text_file(path, split)
+            check_text_file(path, split)
         # utf-8-sig: a byte-order mark at the start of a file (Windows editors write one) is not part of the first word.
         local = datasets.load_dataset("text", data_files=files, cache_dir=cache_dir, encoding="utf-8-sig")
         splits.update(local)
@@ -172,7 +301,7 @@ def tokenize_splits(splits, tokenizer, max_length: int, num_proc: int | None = N
         ids = tokenizer(batch["text"], add_special_tokens=True)["input_ids"]
         specials = special_token_string_counts(batch["text"], tokenizer)
         truncated = [len(x) > max_length for x in ids]
-        ids = [x[: max_length - 1] + [eos] if cut else x for x, cut in zip(ids, truncated)]
+        ids = [truncate_ids(x, max_length, eos) for x in ids]
         return {"input_ids": ids, "length": [len(x) for x in ids], "truncated": truncated, "specials": specials}
 
     tokenized = splits.map(encode, batched=True, remove_columns=["text"], num_proc=num_proc, desc="Tokenizing")
@@ -209,6 +338,26 @@ class TokenizedCorpus:
         return cls(values[start : int(offsets[-1])], offsets - start, pad_token_id)
 
     @classmethod
+    def from_sentences(
+        cls,
+        tokenizer,
+        sentences: Sequence[str],
+        max_length: int | None = None,
+        chunk_size: int = 1024,
+    ) -> tuple[TokenizedCorpus, int]:
+        """`(corpus, truncated)`: the sentences tokenized `chunk_size` at a time (the tokenizer's per-token bookkeeping
+        would take kilobytes per sentence for many at once; only the ids are kept), encodings longer than
+        `max_length` keeping their first ids and `<eos>` (`truncated` counts them)."""
+        encoded: list[list[int]] = []
+        for start in range(0, len(sentences), chunk_size):
+            encoded.extend(tokenizer(list(sentences[start : start + chunk_size]), add_special_tokens=True)["input_ids"])
+        truncated = 0
+        if max_length is not None:
+            truncated = sum(len(ids) > max_length for ids in encoded)
+            encoded = [truncate_ids(ids, max_length, tokenizer.eos_token_id) for ids in encoded]
+        return cls.from_lists(encoded, tokenizer.pad_token_id), truncated
+
+    @classmethod
     def from_lists(cls, sequences: Sequence[Sequence[int]], pad_token_id: int) -> TokenizedCorpus:
         lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
         offsets = np.concatenate([[0], np.cumsum(lengths)])
@@ -241,6 +390,13 @@ class TokenizedCorpus:
             "input_ids": torch.from_numpy(ids.astype(np.int64)),
             "attention_mask": torch.from_numpy(mask.astype(np.int64)),
         }
+
+    def sorted_batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+        """`(indices, batch)` covering every sentence once, shortest first (sentences of equal length in their
+        order), `batch_size` sentences a batch padded to its longest: little padding, and the results of a
+        per-sentence evaluation do not depend on it."""
+        for indices in bucketed_batches(self.lengths, batch_size, shuffle=False):
+            yield indices, self.batch(indices)
 
 
 def bucketed_batches(
@@ -279,5 +435,75 @@ def pad_fraction(lengths: np.ndarray, batches: Sequence[np.ndarray]) -> float:
 
 def iterate_batches(corpus: TokenizedCorpus, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
     """Evaluation batches in length order (little padding), covering every sentence once."""
-    for indices in bucketed_batches(corpus.lengths, batch_size, shuffle=False):
-        yield corpus.batch(indices)
+    for _, batch in corpus.sorted_batches(batch_size):
+        yield batch
+
+
+def stream_batches(
+    tokenizer,
+    sentences: Iterable[str],
+    batch_size: int,
+    pool_batches: int = DEFAULT_POOL_BATCHES,
+    max_length: int | None = None,
+    stats: dict | None = None,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Padded `{"input_ids", "attention_mask"}` batches from any iterable of sentences, holding at most
+    `pool_batches * batch_size` sentences at a time: each pool is tokenized into a [`TokenizedCorpus`] and cut into
+    batches in length order. With `max_length`, longer encodings keep their first ids and `<eos>` (as in training);
+    if `stats` is a dict, its `truncated_lines` counts them."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if pool_batches < 1:
+        raise ValueError(f"pool_batches must be >= 1, got {pool_batches}")
+    if max_length is not None and max_length < 3:
+        raise ValueError(f"max_length must be >= 3 (<bos>, a word, <eos>), got {max_length}")
+    stats = {} if stats is None else stats
+    stats["truncated_lines"] = 0
+    return _pooled_batches(tokenizer, iter(sentences), batch_size, pool_batches, max_length, stats)
+
+
+def _pooled_batches(tokenizer, iterator, batch_size, pool_batches, max_length, stats):
+    while pool := list(islice(iterator, pool_batches * batch_size)):
+        if any(not isinstance(text, str) for text in pool):
+            raise ValueError("stream_batches expects an iterable of str sentences")
+        corpus, truncated = TokenizedCorpus.from_sentences(tokenizer, pool, max_length, chunk_size=batch_size)
+        del pool
+        stats["truncated_lines"] += truncated
+        for _, batch in corpus.sorted_batches(batch_size):
+            yield batch
+
+
+def length_sorted_batches(tokenizer, sentences: Sequence[str], batch_size: int) -> list[dict[str, torch.Tensor]]:
+    """Tokenize sentences and group them by length into padded batches (less padding, same results).
+
+    Returns a list of `{"input_ids", "attention_mask"}` `(B, T)` tensors, shortest sentences first: the batches of
+    [`stream_batches`] with all the sentences in one pool."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if len(sentences) == 0:
+        raise ValueError("length_sorted_batches got no sentences")
+    corpus, _ = TokenizedCorpus.from_sentences(tokenizer, list(sentences), chunk_size=batch_size)
+    return [batch for _, batch in corpus.sorted_batches(batch_size)]
+
+
+__all__ = [
+    "DEFAULT_MAX_LINE_CHARS",
+    "DEFAULT_POOL_BATCHES",
+    "TokenizedCorpus",
+    "bucketed_batches",
+    "check_text_file",
+    "iter_kept_sentences",
+    "iter_sentences",
+    "iterate_batches",
+    "length_sorted_batches",
+    "load_sentences",
+    "load_text_splits",
+    "pad_fraction",
+    "read_sentences",
+    "read_wordnet_examples",
+    "sentences_with_min_words",
+    "split_corpus",
+    "stream_batches",
+    "tokenize_splits",
+    "truncate_ids",
+]

@@ -31,18 +31,6 @@ MSRP_HEADER = ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"]
 
 
 # --------------------------------------------------------------------------------------------- data
-def default_data_dir() -> Path | None:
-    """`$SENTENCE_VAE_DATA`, else `../shared/data` next to this repository, if it exists."""
-    candidates = []
-    if os.environ.get("SENTENCE_VAE_DATA"):
-        candidates.append(Path(os.environ["SENTENCE_VAE_DATA"]))
-    candidates.append(Path(__file__).resolve().parents[2] / "shared" / "data")
-    for candidate in candidates:
-        if candidate.is_dir():
-            return candidate
-    return None
-
-
 def _read_text(path: str | os.PathLike) -> str:
     raw = Path(path).read_bytes()
     try:
@@ -185,7 +173,7 @@ def embed(model, tokenizer, texts: Sequence[str], batch_size: int = 128, normali
     """`(N, Z)` posterior means of the (normalised) texts, as float64 numpy."""
     from .analysis import posterior_means
 
-    if model.config.latent_size == 0:
+    if model.config.is_rnnlm:
         raise ValueError("sentence embeddings need a VAE (latent_size > 0); this model is an RNNLM")
     mu, _ = posterior_means(model, tokenizer, normalize_texts(texts, tokenizer, normalize), batch_size=batch_size)
     return mu.double().numpy()
@@ -295,7 +283,6 @@ def evaluate_msrp(
 __all__ = [
     "MSRPData",
     "TRECData",
-    "default_data_dir",
     "embed",
     "evaluate_msrp",
     "evaluate_trec",

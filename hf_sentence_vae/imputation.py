@@ -17,18 +17,19 @@ increase S (the z step uses the recognition model's mode, not argmax_z of the jo
 approximate), so the best assignment seen so far is kept: the returned `step_scores` never decrease, and
 the returned sentences are the best ones found (the raw per-step scores are returned too).
 
-Only `torch` is imported.
+Only `torch` and `numpy` are imported.
 """
 
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
+from .data import TokenizedCorpus, iter_kept_sentences, load_sentences  # noqa: F401  (re-exported: their home was here)
 from .decoding import beam_search, reverse_tokens
 
 DEFAULT_RNNLM_BEAMS = 15
@@ -291,31 +292,24 @@ def impute_texts(
         raise ValueError("texts must be a list of strings, not a single string")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    encoded = tokenizer(list(texts))["input_ids"]
-    too_short = [i for i, ids in enumerate(encoded) if len(ids) < 3]
+    corpus, _ = TokenizedCorpus.from_sentences(tokenizer, list(texts))
+    too_short = np.flatnonzero(corpus.lengths < 3).tolist()
     if too_short:
         raise ValueError(f"texts {too_short[:5]} have no words to impute")
-    order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
     results: list[dict[str, object] | None] = [None] * len(texts)
-    batches = range(0, len(order), batch_size)
+    batches = corpus.sorted_batches(batch_size)
     if progress:
         from tqdm.auto import tqdm
 
-        batches = tqdm(batches, desc="impute", unit="batch")
-    pad = tokenizer.pad_token_id
-    for start in batches:
-        chunk = order[start : start + batch_size]
-        width = max(len(encoded[i]) for i in chunk)
-        input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        for row, i in enumerate(chunk):
-            input_ids[row, : len(encoded[i])] = torch.tensor(encoded[i])
-        attention_mask = input_ids.ne(pad)
-        input_ids, attention_mask = input_ids.to(model.device), attention_mask.to(model.device)
+        batches = tqdm(batches, total=-(-len(texts) // batch_size), desc="impute", unit="batch")
+    for positions, batch in batches:
+        input_ids, attention_mask = batch["input_ids"].to(model.device), batch["attention_mask"].bool().to(model.device)
         unknown = suffix_unknown_mask(attention_mask, fraction)
         out = impute(model, input_ids, attention_mask, unknown, num_beams, num_steps, allow_unk)
-        for row, i in enumerate(chunk):
-            n_words = len(encoded[i]) - 2
-            n_missing = int(unknown[row].sum())
+        num_words = attention_mask.sum(-1) - 2
+        num_missing = unknown.sum(-1)
+        for row, i in enumerate(positions.tolist()):
+            n_words, n_missing = int(num_words[row]), int(num_missing[row])
             true_words = _word_tokens(tokenizer, input_ids[row].tolist())
             new_words = _word_tokens(tokenizer, out.input_ids[row].tolist())
             keep = n_words - n_missing
@@ -329,44 +323,6 @@ def impute_texts(
                 "score": float(out.scores[row]),
             }
     return results  # type: ignore[return-value]
-
-
-def load_sentences(
-    paths: str | os.PathLike | Sequence[str | os.PathLike],
-    tokenizer=None,
-    max_sentences: int | None = None,
-    min_words: int = 1,
-    label: str = "input file",
-) -> list[str]:
-    """The stripped non-blank lines of one or more text files (one sentence a line), keeping sentences of at
-    least `min_words` words (as `tokenizer` splits them, else on whitespace), the first `max_sentences`.
-
-    Reading is lazy and stops at the `max_sentences`-th kept sentence, so the first sentences of a large file cost
-    what they hold. Each file is checked first (missing, a directory, empty or not UTF-8: one clear error naming
-    it as `label`); see [`iter_kept_sentences`]."""
-    from itertools import islice
-
-    return list(islice(iter_kept_sentences(paths, tokenizer, min_words, label), max_sentences or None))
-
-
-def iter_kept_sentences(
-    paths: str | os.PathLike | Sequence[str | os.PathLike],
-    tokenizer=None,
-    min_words: int = 1,
-    label: str = "input file",
-) -> Iterator[str]:
-    """Lazily, the stripped non-blank lines of the files with at least `min_words` words (as `tokenizer` splits
-    them, else on whitespace), in order; files are read in bounded memory (`streaming.iter_sentences`)."""
-    from .streaming import iter_sentences, sentences_with_min_words
-
-    if isinstance(paths, str | os.PathLike):
-        paths = [paths]
-    readers = [iter_sentences(path, label=label) for path in paths]  # every file is checked before any is read
-    for sentences in readers:
-        if tokenizer is not None:
-            yield from sentences_with_min_words(sentences, tokenizer, min_words)
-        else:
-            yield from (s for s in sentences if len(s.split()) >= max(min_words, 1))
 
 
 def missing_count(num_words: int, fraction: float = 0.2, min_missing: int = 1) -> int:

@@ -114,7 +114,7 @@ def latent_report(
         trec: `(train, test)` `TRECData` for the linear probe (skipped when None).
         seed: seeds the MI samples and the choice of homotopy pairs.
     """
-    if model.config.latent_size == 0:
+    if model.config.is_rnnlm:
         raise ValueError("the latent report needs a VAE (latent_size > 0); this model is an RNNLM")
     if len(sentences) < 2:
         raise ValueError(f"the latent report needs at least 2 sentences, got {len(sentences)}")

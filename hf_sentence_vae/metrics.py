@@ -24,15 +24,15 @@ Posterior diagnostics:
 - active units (Burda et al., 2016): dimension d is active when `Var_x(E_q[z_d | x]) > 0.01` over the whole
   dataset (unbiased variance, accumulated in float64 with Chan et al.'s parallel update).
 
-`evaluate_model` streams a dataset in batches and returns every field of `RESULT_FIELDS`. `ELBOMetric` and
-`PerplexityMetric` are `evaluate.Metric` wrappers (they work offline); `evaluate` is imported only when one
-of them is first accessed, since importing it takes seconds.
+`evaluate_model` streams a dataset in batches and returns every field of `RESULT_FIELDS` (read and batch a text
+file with `data.read_sentences` and `data.length_sorted_batches`, or stream one with `streaming.evaluate_file`).
+`ELBOMetric` and `PerplexityMetric` are `evaluate.Metric` wrappers (they work offline); `evaluate` is imported only
+when one of them is first accessed, since importing it takes seconds.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import torch
 from transformers.utils import logging
 
+from .data import length_sorted_batches, read_sentences  # noqa: F401  (re-exported: their home was here)
 from .latent import LOG_2PI, gaussian_log_density, reparameterize
 
 logger = logging.get_logger(__name__)
@@ -176,10 +177,6 @@ def _evaluation_mode(model: torch.nn.Module):
         model.train(was_training)
 
 
-def _latent_size(model) -> int:
-    return int(model.config.latent_size)
-
-
 # --------------------------------------------------------------------------------------------- the bound
 @dataclass
 class BoundTerms:
@@ -226,9 +223,9 @@ def elbo_terms(
 # --------------------------------------------------------------------------------------------- likelihoods
 def exact_log_likelihood(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """`log p(x)` per sentence `(B,)` (float64) for an RNNLM (`latent_size=0`), computed exactly."""
-    if _latent_size(model) != 0:
+    if not model.config.is_rnnlm:
         raise ValueError(
-            f"exact_log_likelihood needs an RNNLM (latent_size=0), got latent_size={_latent_size(model)}: "
+            f"exact_log_likelihood needs an RNNLM (latent_size=0), got latent_size={model.config.latent_size}: "
             "use importance_weighted_log_likelihood for a VAE"
         )
     with _evaluation_mode(model):
@@ -272,8 +269,8 @@ def importance_log_weights(
         posterior: `(mu, logvar)` of q(z|x) if already computed (otherwise the batch is encoded).
         generator: random generator for the samples.
     """
-    latent_size = _latent_size(model)
-    if latent_size == 0:
+    latent_size = int(model.config.latent_size)
+    if model.config.is_rnnlm:
         raise ValueError("importance_log_weights needs a VAE (latent_size > 0): use exact_log_likelihood for an RNNLM")
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
@@ -486,8 +483,9 @@ def evaluate_model(
 
     if not isinstance(iw_samples, int) or iw_samples < 0:
         raise ValueError(f"iw_samples must be a non-negative integer, got {iw_samples!r}")
-    latent_size = _latent_size(model)
-    use_iw = latent_size > 0 and iw_samples > 0
+    latent_size = int(model.config.latent_size)
+    is_rnnlm = model.config.is_rnnlm
+    use_iw = not is_rnnlm and iw_samples > 0
     device = model.device
     pad_token_id = model.config.pad_token_id
 
@@ -505,7 +503,7 @@ def evaluate_model(
             num_tokens += int(predicted_token_counts(attention_mask).sum())
             total_reconstruction += float(terms.reconstruction.sum())
             total_kl += float(terms.kl.sum())
-            if latent_size == 0:
+            if is_rnnlm:
                 continue
             total_mi += float(mutual_information(terms.mu, terms.logvar, generator=generator)) * input_ids.shape[0]
             moments.update(terms.mu)
@@ -534,7 +532,7 @@ def evaluate_model(
         active_unit_threshold=active_unit_threshold,
     )
     results.update(bound_summary(total_reconstruction, total_kl, num_sentences, num_tokens))
-    if latent_size == 0:
+    if is_rnnlm:
         # No latent: the single forward pass scored log p(x) exactly.
         estimator, best_total = "exact", total_reconstruction
         results.update(nll_summary(best_total, num_sentences, num_tokens, "nll_exact"))
@@ -554,47 +552,6 @@ def evaluate_model(
     results["nll_estimator"] = estimator
     results.update(nll_summary(best_total, num_sentences, num_tokens, "nll"))
     return results
-
-
-# --------------------------------------------------------------------------------------------- data for evaluation
-def read_sentences(path: str | os.PathLike, max_sentences: int | None = None) -> tuple[list[str], int]:
-    """The non-blank lines of a text file (one sentence a line, stripped) and the number of blank lines skipped.
-
-    With `max_sentences`, only the first `max_sentences` non-blank lines are kept.
-    """
-    if max_sentences is not None and max_sentences < 1:
-        raise ValueError(f"max_sentences must be >= 1, got {max_sentences}")
-    sentences: list[str] = []
-    blank = 0
-    with open(path, encoding="utf-8-sig") as handle:  # a byte-order mark is not part of the first sentence
-        for line in handle:
-            text = line.strip()
-            if not text:
-                blank += 1
-                continue
-            sentences.append(text)
-            if max_sentences is not None and len(sentences) >= max_sentences:
-                break
-    return sentences, blank
-
-
-def length_sorted_batches(tokenizer, sentences: Sequence[str], batch_size: int) -> list[dict[str, torch.Tensor]]:
-    """Tokenize sentences and group them by length into padded batches (less padding, same results).
-
-    Returns a list of `{"input_ids", "attention_mask"}` `(B, T)` tensors, shortest sentences first.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if len(sentences) == 0:
-        raise ValueError("length_sorted_batches got no sentences")
-    lengths = [len(ids) for ids in tokenizer(list(sentences))["input_ids"]]
-    order = sorted(range(len(sentences)), key=lengths.__getitem__)
-    batches = []
-    for start in range(0, len(order), batch_size):
-        chunk = [sentences[i] for i in order[start : start + batch_size]]
-        encoded = tokenizer(chunk, padding=True, return_tensors="pt")
-        batches.append({"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]})
-    return batches
 
 
 # --------------------------------------------------------------------------------------------- evaluate.Metric wrappers

@@ -141,13 +141,13 @@ class SentenceVAEPipeline(Pipeline):
         if seed is not None:
             generator = torch.Generator(device=model.device).manual_seed(seed)
             generate_kwargs["generator"] = generator
-        latent_size = model.config.latent_size
+        is_rnnlm = model.config.is_rnnlm
         if mode == "sample":
             n = model_inputs["num_samples"]
-            latent = model.sample_prior(n, generator=generator) if latent_size else None
+            latent = None if is_rnnlm else model.sample_prior(n, generator=generator)
             out = model.generate(latent=latent, num_samples=n, **generate_kwargs)
             return {"mode": mode, "sequences": out.sequences, "latent": latent}
-        if not latent_size:
+        if is_rnnlm:
             raise ValueError(f"this model is an RNNLM (latent_size=0): it has no latent space to {mode} with")
         mu, logvar = model.encode(model_inputs["input_ids"], model_inputs["attention_mask"])
         if mode == "homotopy":

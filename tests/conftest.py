@@ -188,3 +188,21 @@ def random_batch():
         return input_ids, attention_mask
 
     return make
+
+
+@pytest.fixture(scope="session", autouse=True)
+def package_under_test_is_this_checkout():
+    """Every `hf_sentence_vae` module the tests imported comes from this checkout: an installed copy elsewhere (an
+    editable install of another worktree) must not stand in for a module missing here."""
+    import sys
+
+    yield
+    package = REPO_ROOT / "hf_sentence_vae"
+    foreign = sorted(
+        name
+        for name, module in list(sys.modules.items())
+        if name.split(".")[0] == "hf_sentence_vae"
+        and getattr(module, "__file__", None)
+        and not Path(module.__file__).resolve().is_relative_to(package)
+    )
+    assert not foreign, f"modules imported from outside {package}: {foreign}"

@@ -38,6 +38,31 @@ def load_script(path: Path, module_name: str | None = None, register: bool = Fal
     return module
 
 
+# --------------------------------------------------------------------------- the scripts, driven one way
+def run_main(script, argv, capsys) -> tuple[int, str, str]:
+    """A script's one entry point, `main(argv) -> int`, in this process: `(exit status, stdout, stderr)`."""
+    capsys.readouterr()
+    status = script.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def main_json(script, argv, capsys) -> dict:
+    """`main(argv)` of a script that prints one JSON object: exit status 0, and the object."""
+    import json
+
+    status, out, err = run_main(script, argv, capsys)
+    assert status == 0, err[-3000:]
+    return json.loads(out)
+
+
+def main_error(script, argv, capsys, pattern: str) -> str:
+    """`main(argv)` of a script that must fail on its input: exit status 2 and one `error: ...` line matching
+    `pattern` (see `assert_one_error_line`); returns the line."""
+    status, _, err = run_main(script, argv, capsys)
+    return assert_one_error_line(status, err, pattern)
+
+
 # --------------------------------------------------------------------------- tiny runs and one-line CLI errors
 SIZES = dict(embedding_size=16, encoder_hidden_size=16, decoder_hidden_size=16, latent_size=4)
 WORDS = "the cat sat on mat dog ran to park a saw was green red and happy .".split()

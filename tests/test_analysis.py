@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from helpers import load_script
+from helpers import load_script, main_error, main_json, run_main
 
 from hf_sentence_vae import analysis
 
@@ -74,33 +74,39 @@ def test_pca_2d_recovers_the_main_axis():
     assert abs(correlation[0]) > 0.99
 
 
-def _run(script, command, saved_vae, tmp_path, *extra):
-    output = tmp_path / f"{command}.json"
-    argv = [command, "--model_name_or_path", str(saved_vae), "--device", "cpu", "--output_file", str(output)]
-    results = script.main(argv + list(extra))
-    assert json.loads(output.read_text(encoding="utf-8")) == json.loads(json.dumps(results))
-    return results
+@pytest.fixture
+def run_generate(capsys):
+    """`generate.py COMMAND --model_name_or_path FOLDER ... --output_file F`: its JSON, the same on stdout and in F."""
+
+    def run(script, command, saved_vae, tmp_path, *extra):
+        output = tmp_path / f"{command}.json"
+        argv = [command, "--model_name_or_path", str(saved_vae), "--device", "cpu", "--output_file", str(output)]
+        results = main_json(script, argv + list(extra), capsys)
+        assert json.loads(output.read_text(encoding="utf-8")) == results
+        return results
+
+    return run
 
 
-def test_generate_prior_and_stretched(generate_script, saved_vae, tmp_path):
-    prior = _run(generate_script, "prior", saved_vae, tmp_path, "--num_samples", "4")
+def test_generate_prior_and_stretched(generate_script, saved_vae, tmp_path, run_generate):
+    prior = run_generate(generate_script, "prior", saved_vae, tmp_path, "--num_samples", "4")
     assert len(prior["samples"]) == 4 and all(isinstance(s, str) for s in prior["samples"])
-    again = _run(generate_script, "prior", saved_vae, tmp_path, "--num_samples", "4")
+    again = run_generate(generate_script, "prior", saved_vae, tmp_path, "--num_samples", "4")
     assert again["samples"] == prior["samples"]  # seeded
-    no_unk = _run(generate_script, "prior", saved_vae, tmp_path, "--num_samples", "16", "--suppress_unk")
+    no_unk = run_generate(generate_script, "prior", saved_vae, tmp_path, "--num_samples", "16", "--suppress_unk")
     assert len(no_unk["samples"]) == 16 and not any("<unk>" in s for s in no_unk["samples"])
-    stretched = _run(generate_script, "stretched", saved_vae, tmp_path, "--num_samples", "3", "--c", "0.5")
+    stretched = run_generate(generate_script, "stretched", saved_vae, tmp_path, "--num_samples", "3", "--c", "0.5")
     assert len(stretched["samples"]) == 3 == len(stretched["unstretched_samples"])
     assert stretched["max_stretch"] >= 1.0 >= stretched["min_stretch"]
 
 
-def test_generate_posterior_and_homotopy(generate_script, saved_vae, tmp_path, tiny_sentences):
-    posterior = _run(
+def test_generate_posterior_and_homotopy(generate_script, saved_vae, tmp_path, tiny_sentences, run_generate):
+    posterior = run_generate(
         generate_script, "posterior", saved_vae, tmp_path, "--texts", *tiny_sentences[:2], "--num_samples", "2"
     )
     assert [row["input"] for row in posterior["rows"]] == tiny_sentences[:2]
     assert all(len(row["samples"]) == 2 for row in posterior["rows"])
-    between = _run(
+    between = run_generate(
         generate_script,
         "homotopy",
         saved_vae,
@@ -114,7 +120,7 @@ def test_generate_posterior_and_homotopy(generate_script, saved_vae, tmp_path, t
     )
     # every point of the path is shown, repeats included (--steps 7 gives 7 lines, not the distinct ones)
     assert len(between["paths"]) == 1 and len(between["paths"][0]) == 7
-    collapsed = _run(
+    collapsed = run_generate(
         generate_script,
         "homotopy",
         saved_vae,
@@ -128,17 +134,17 @@ def test_generate_posterior_and_homotopy(generate_script, saved_vae, tmp_path, t
         "--collapse_repeats",
     )
     assert collapsed["paths"] == [analysis.collapse_repeats(between["paths"][0])]
-    random_paths = _run(generate_script, "homotopy", saved_vae, tmp_path, "--random", "--num_paths", "2")
+    random_paths = run_generate(generate_script, "homotopy", saved_vae, tmp_path, "--random", "--num_paths", "2")
     assert len(random_paths["paths"]) == 2 and all(len(p) == 7 for p in random_paths["paths"])
     with pytest.raises(SystemExit):
         generate_script.main(["homotopy", "--model_name_or_path", str(saved_vae)])
 
 
-def test_generate_report(generate_script, saved_vae, tmp_path, tiny_sentences):
+def test_generate_report(generate_script, saved_vae, tmp_path, tiny_sentences, run_generate):
     texts = tmp_path / "texts.txt"
     texts.write_text("\n".join(tiny_sentences * 3) + "\n", encoding="utf-8")
     out = tmp_path / "report"
-    results = _run(
+    results = run_generate(
         generate_script,
         "report",
         saved_vae,
@@ -167,15 +173,16 @@ def test_generate_report(generate_script, saved_vae, tmp_path, tiny_sentences):
     assert len(results["posterior"]) == 2 and len(results["sentence_homotopies"]) == 1
 
 
-def test_generate_rejects_an_rnnlm(generate_script, tmp_path, tiny_model, tiny_tokenizer):
+def test_generate_rejects_an_rnnlm(generate_script, tmp_path, tiny_model, tiny_tokenizer, capsys):
     folder = tmp_path / "rnnlm"
     tiny_model(latent_size=0).save_pretrained(folder)
     tiny_tokenizer.save_pretrained(folder)
-    with pytest.raises(ValueError, match="RNNLM"):
-        generate_script.main(["prior", "--model_name_or_path", str(folder), "--device", "cpu"])
+    main_error(generate_script, ["prior", "--model_name_or_path", str(folder), "--device", "cpu"], capsys, "RNNLM")
 
 
-def test_generate_decodes_with_the_models_generation_config(generate_script, vae, tiny_tokenizer, tmp_path):
+def test_generate_decodes_with_the_models_generation_config(
+    generate_script, vae, tiny_tokenizer, tmp_path, run_generate
+):
     """The script decodes as the saved generation_config.json says (a trained model's beam search, <unk>
     suppressed), the command line overrides it, and the report names the decoding it used."""
     unk = tiny_tokenizer.unk_token_id
@@ -188,7 +195,7 @@ def test_generate_decodes_with_the_models_generation_config(generate_script, vae
     tiny_tokenizer.save_pretrained(folder)
 
     def prior(*extra) -> list[str]:
-        return _run(generate_script, "prior", folder, tmp_path, "--num_samples", "6", *extra)["samples"]
+        return run_generate(generate_script, "prior", folder, tmp_path, "--num_samples", "6", *extra)["samples"]
 
     def expected(**kwargs) -> list[str]:
         generator = torch.Generator().manual_seed(0)  # the script's --seed
@@ -205,14 +212,12 @@ def test_generate_decodes_with_the_models_generation_config(generate_script, vae
 def test_scripts_name_a_missing_model_folder(generate_script, repo_root, tmp_path, capsys):
     """A model path that does not exist is named as such in one line with exit status 2 (not a Hub "Repo id"
     traceback)."""
-    from hf_sentence_vae.script_runner import run_script
-
     missing = tmp_path / "runs" / "demo" / "run" / "best"
-    evaluate_script = load_script(repo_root / "train_scripts" / "evaluate.py")
-    for main, argv in (
-        (generate_script.main, ["prior", "--model_name_or_path", str(missing), "--device", "cpu"]),
-        (evaluate_script.main, ["--model_name_or_path", str(missing), "--test_file", str(tmp_path / "t.txt")]),
+    evaluate_script = load_script(repo_root / "train_scripts" / "evaluate_model.py")
+    for script, argv in (
+        (generate_script, ["prior", "--model_name_or_path", str(missing), "--device", "cpu"]),
+        (evaluate_script, ["--model_name_or_path", str(missing), "--test_file", str(tmp_path / "t.txt")]),
     ):
-        assert run_script(main, argv) == 2
-        err = capsys.readouterr().err
+        status, _, err = run_main(script, argv, capsys)
+        assert status == 2
         assert f"{str(missing)!r} does not exist" in err and "Repo id" not in err and "Traceback" not in err

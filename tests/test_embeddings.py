@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import load_script
+from helpers import load_script, main_json
 
 from hf_sentence_vae.embeddings import (
     MSRPData,
@@ -148,7 +148,7 @@ def test_evaluations_on_real_subsets(tiny_model, tiny_tokenizer, trec_dir, msrp_
 
 
 @pytest.mark.filterwarnings("ignore:The least populated class")
-def test_sentence_embeddings_script(repo_root, tmp_path, tiny_model, tiny_tokenizer, trec_dir, data_dir):
+def test_sentence_embeddings_script(repo_root, tmp_path, tiny_model, tiny_tokenizer, trec_dir, data_dir, capsys):
     script = load_script(repo_root / "train_scripts" / "sentence_embeddings.py")
     folder = tmp_path / "vae"
     tiny_model(initializer_range=0.5).save_pretrained(folder)
@@ -156,6 +156,6 @@ def test_sentence_embeddings_script(repo_root, tmp_path, tiny_model, tiny_tokeni
     output = tmp_path / "emb.json"
     argv = ["--model_name_or_path", str(folder), "--data_dir", str(data_dir), "--device", "cpu"]
     argv += ["--max_train", "100", "--max_test", "30", "--cv_folds", "3", "--output_file", str(output)]
-    results = script.main(argv)
+    results = main_json(script, argv, capsys)
     assert set(results) >= {"trec", "msrp", "corpus_note"}
     assert results["trec"]["num_test"] == 30 and output.is_file()

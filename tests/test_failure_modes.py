@@ -32,24 +32,20 @@ from helpers import (
     assert_one_error_line,
     flags,
     load_script,
+    main_error,
+    main_json,
     reset_accelerate,
     synthetic_lines,
 )
 
 from hf_sentence_vae import SentenceVAEConfig, SentenceVAEModel, build_tokenizer
-from hf_sentence_vae import checkpointing as checkpointing_module
-from hf_sentence_vae import training as training_module
-from hf_sentence_vae.checkpointing import (
-    MANIFEST_FILE,
-    TRAINING_STATE_DIR,
-    CheckpointError,
-    OutputDirInUseError,
-    checkpoint_problem,
-    load_pretrained_model,
-    write_manifest,
-)
-from hf_sentence_vae.script_runner import run_script
+from hf_sentence_vae import files as files_module
+from hf_sentence_vae.files import OutputDirInUseError
+from hf_sentence_vae.loading import CheckpointError, load_pretrained_model
 from hf_sentence_vae.training import STATE_FILE, Trainer, TrainingConfig, list_checkpoints, resolve_checkpoint, train
+from hf_sentence_vae.training import checkpointing as checkpointing_module
+from hf_sentence_vae.training import trainer as trainer_module
+from hf_sentence_vae.training.checkpointing import MANIFEST_FILE, TRAINING_STATE_DIR, checkpoint_problem, write_manifest
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -61,10 +57,14 @@ SCRIPTS = REPO / "train_scripts"
 @pytest.fixture(scope="module")
 def scripts() -> dict:
     """The scripts imported as modules (their `main` runs in this process, through `run_script` for the CLI path)."""
-    return {name: load_script(SCRIPTS / f"{name}.py", f"{name}_failure_modes") for name in ("train", *INFERENCE)}
+    return {
+        name: load_script(SCRIPTS / f"{SCRIPT_FILES.get(name, name)}.py", f"{name}_failure_modes")
+        for name in ("train", *INFERENCE)
+    }
 
 
 INFERENCE = ("evaluate", "generate", "impute")
+SCRIPT_FILES = {"evaluate": "evaluate_model"}
 
 
 @pytest.fixture(scope="module")
@@ -103,10 +103,8 @@ def _train_cli(scripts, capsys, argv: list[str], pattern: str) -> str:
 
 
 def _script_cli(scripts, capsys, name: str, argv: list[str], pattern: str) -> str:
-    """`<name>.py argv` as its `__main__` runs it (through `run_script`): status 2, one `error:` line."""
-    capsys.readouterr()
-    status = run_script(scripts[name].main, argv)
-    return assert_one_error_line(status, capsys.readouterr().err, pattern)
+    """`<name>.py argv` through its `main`: status 2, one `error:` line."""
+    return main_error(scripts[name], argv, capsys, pattern)
 
 
 def _nothing_trained(out: Path) -> None:
@@ -201,24 +199,28 @@ def _specials_file(tmp_path: Path) -> Path:
     return path
 
 
-def test_evaluate_gives_finite_figures_on_special_token_strings(scripts, model_folder, tmp_path):
+def test_evaluate_gives_finite_figures_on_special_token_strings(scripts, model_folder, tmp_path, capsys):
     """A `<pad>` target had probability zero: the bound was infinite. Now the line scores as its `<unk>` version."""
     path = _specials_file(tmp_path)
     common = ["--model_name_or_path", str(model_folder), "--iw_samples", "2", "--no_progress"]
-    results = scripts["evaluate"].main([*common, "--test_file", str(path)])
+    results = main_json(scripts["evaluate"], [*common, "--test_file", str(path)], capsys)
     assert math.isfinite(results["nll_bound"]) and math.isfinite(results["nll_iw"])
-    as_unk = scripts["evaluate"].main([*common, "--test_file", str(tmp_path / "unks.txt")])
+    as_unk = main_json(scripts["evaluate"], [*common, "--test_file", str(tmp_path / "unks.txt")], capsys)
     assert results["nll_bound"] == pytest.approx(as_unk["nll_bound"], rel=1e-6)
 
 
-def test_impute_and_generate_accept_special_token_strings(scripts, model_folder, tmp_path):
+def test_impute_and_generate_accept_special_token_strings(scripts, model_folder, tmp_path, capsys):
     path = _specials_file(tmp_path)
-    summary = scripts["impute"].main(
-        ["--model_name_or_path", str(model_folder), "--test_file", str(path), "--num_beams", "2", "--num_steps", "1"]
+    summary = main_json(
+        scripts["impute"],
+        ["--model_name_or_path", str(model_folder), "--test_file", str(path), "--num_beams", "2", "--num_steps", "1"],
+        capsys,
     )
     assert summary["num_sentences"] == 20 and math.isfinite(summary["mean_score"])
-    rows = scripts["generate"].main(
-        ["posterior", "--model_name_or_path", str(model_folder), "--texts", "the <pad> cat", "--input_file", str(path)]
+    rows = main_json(
+        scripts["generate"],
+        ["posterior", "--model_name_or_path", str(model_folder), "--texts", "the <pad> cat", "--input_file", str(path)],
+        capsys,
     )["rows"]
     assert rows[0]["input"] == "the <pad> cat" and len(rows) == 11
 
@@ -376,7 +378,7 @@ def sized_files(tmp_path_factory) -> dict[str, Path]:
 
 
 def _script_argv(name: str, model: Path, path: Path) -> list[str]:
-    script = str(SCRIPTS / f"{name}.py")
+    script = str(SCRIPTS / f"{SCRIPT_FILES.get(name, name)}.py")
     if name == "evaluate":
         return [script, "--model_name_or_path", str(model), "--test_file", str(path), "--iw_samples", "0",
                 "--batch_size", "256", "--no_progress"]  # fmt: skip
@@ -588,18 +590,18 @@ def test_a_full_disk_while_checkpointing(scripts, capsys, small_data, tmp_path, 
     import errno
 
     out = tmp_path / "run"
-    original = training_module.save_training_state
+    original = trainer_module.save_training_state
 
     def failing(folder, *args, **kwargs):
         if Path(folder).parent.name == ".tmp-checkpoint-4":
             if how == "oserror":
                 raise OSError(errno.ENOSPC, "No space left on device", str(Path(folder) / "optimizer.pt"))
             full = SimpleNamespace(total=1 << 30, used=1 << 30, free=0)
-            monkeypatch.setattr(checkpointing_module.shutil, "disk_usage", lambda _: full)
+            monkeypatch.setattr(files_module.shutil, "disk_usage", lambda _: full)
             raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
         return original(folder, *args, **kwargs)
 
-    monkeypatch.setattr(training_module, "save_training_state", failing)
+    monkeypatch.setattr(trainer_module, "save_training_state", failing)
     argv = _argv(small_data, out, max_train_steps=6, checkpointing_steps=2)
     line = _train_cli(scripts, capsys, argv, r"No space left on device.* while writing .*checkpoint-4")
     assert line.endswith("free some space; continue with --resume_from_checkpoint latest")
@@ -679,7 +681,7 @@ def test_inference_scripts_report_a_missing_model_path(scripts, capsys, small_da
 def test_a_missing_model_path_through_a_real_process(small_data):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.pop("SENTENCE_VAE_TRACEBACK", None)
-    command = [sys.executable, str(SCRIPTS / "evaluate.py"), "--model_name_or_path", "runs/no_such_model"]
+    command = [sys.executable, str(SCRIPTS / "evaluate_model.py"), "--model_name_or_path", "runs/no_such_model"]
     proc = subprocess.run(
         [*command, "--test_file", small_data["validation_file"]], capture_output=True, text=True, env=env, timeout=120
     )

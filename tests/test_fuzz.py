@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from hf_sentence_vae import build_tokenizer
-from hf_sentence_vae.data import TokenizedCorpus, _check_text_file, load_text_splits, tokenize_splits
+from hf_sentence_vae.data import TokenizedCorpus, check_text_file, load_text_splits, tokenize_splits
 from hf_sentence_vae.tokenization_sentence_vae_fast import SPECIAL_TOKENS
 
 # The whitespace the tokenizer splits on: Rust's `char::is_whitespace` (the Unicode White_Space property). Python's
@@ -246,7 +246,7 @@ def test_utf8_check_agrees_with_python_anywhere_in_the_file(prefix, middle, suff
         except UnicodeDecodeError as err:
             expected = (data[: err.start].count(b"\n") + 1, err.start)
         try:
-            _check_text_file(str(path), "train", chunk_size=chunk_size)
+            check_text_file(str(path), "train", chunk_size=chunk_size)
             got = None
         except ValueError as err:
             if not data:

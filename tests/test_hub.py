@@ -25,13 +25,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import reset_accelerate
+from helpers import load_script, reset_accelerate, run_main
 from huggingface_hub import ModelCard, ModelCardData, metadata_load
 from huggingface_hub.repocard_data import model_index_to_eval_results
 from transformers import AutoModel, AutoTokenizer, pipeline
 
 import hf_sentence_vae
-from hf_sentence_vae import hub
+from hf_sentence_vae import hub, model_card
 from hf_sentence_vae.hub import HubPushError
 from hf_sentence_vae.pipelines import TASK, SentenceVAEPipeline
 
@@ -171,7 +171,7 @@ def test_card_metadata_parses_and_validates(run_dir):
     assert "pipeline_tag" not in metadata and "text-generation" not in metadata["tags"]
     assert {"sentence-vae", "vae", "custom_code"} <= set(metadata["tags"])
     # no license was chosen for this run: the metadata says "other" and the card says so in words
-    assert metadata["license"] == "other" and hub.NO_LICENSE_NOTE in card.text
+    assert metadata["license"] == "other" and model_card.NO_LICENSE_NOTE in card.text
     assert card.text.lstrip().startswith("# Sentence VAE: tiny-vae\n")  # the run's name, not "best" or "run"
     assert metadata["language"] == "en"
     assert metadata["metrics"] == ["perplexity"]
@@ -188,7 +188,7 @@ def test_card_metadata_parses_and_validates(run_dir):
     name, eval_results = model_index_to_eval_results(index)
     assert name == "tiny-vae" and len(eval_results) == 8
     assert card.data.eval_results == eval_results
-    hub.check_card(path.read_text())
+    model_card.check_card(path.read_text())
 
 
 def test_card_numbers_equal_the_run_metrics(run_dir):
@@ -203,13 +203,13 @@ def test_card_numbers_equal_the_run_metrics(run_dir):
         assert result.metric_value == pytest.approx(want, rel=1e-5, abs=1e-9)
     # the results table, row by row
     for split in ("validation", "test"):
-        cells = [hub._fmt_result(results[f"{split}_{key}"]) for key in ("loss", "reconstruction", "kl", "ppl")]
+        cells = [model_card._fmt_result(results[f"{split}_{key}"]) for key in ("loss", "reconstruction", "kl", "ppl")]
         assert f"| {split} | " + " | ".join(cells) + " |" in text
     # the best validation bound is the best evaluation logged in metrics.jsonl, and the final one re-evaluates it
     best = min(r["validation_loss"] for r in records if "validation_loss" in r)
     assert results["best_validation_loss"] == best
     assert results["validation_loss"] == pytest.approx(best, rel=1e-6)
-    assert f"Best validation bound during training: {hub._fmt_result(best)}." in text
+    assert f"Best validation bound during training: {model_card._fmt_result(best)}." in text
     assert f"(step {results['global_step']}, best validation step {results['best_step']})" in text
     # the training configuration and the command that produced the numbers
     command = _code_blocks(text, "bash")[0]
@@ -232,9 +232,9 @@ def test_card_numbers_equal_the_run_metrics(run_dir):
 def test_card_samples_are_decoded_from_this_model(run_dir, best_model):
     model, tokenizer = best_model
     prior, path = _card_samples((run_dir / "best" / "README.md").read_text())
-    expected = hub.decode_card_samples(model, tokenizer)
-    assert prior == expected["prior"] and len(prior) == hub.CARD_NUM_SAMPLES
-    assert path == expected["homotopy"] and len(path) == hub.CARD_HOMOTOPY_STEPS
+    expected = model_card.decode_card_samples(model, tokenizer)
+    assert prior == expected["prior"] and len(prior) == model_card.CARD_NUM_SAMPLES
+    assert path == expected["homotopy"] and len(path) == model_card.CARD_HOMOTOPY_STEPS
     assert len(set(prior)) > 1 and all(prior), "the tiny model should give varied, non-empty sentences"
     # ... and they are what the card's own snippet prints (same seed, same calls).
     snippet = _code_blocks((run_dir / "best" / "README.md").read_text(), "python")[-1]
@@ -260,22 +260,22 @@ def test_card_states_the_license_chosen_at_training_time(tmp_path, tiny_model, t
     (tmp_path / "training_config.json").write_text(
         json.dumps({"train_file": "/data/corpus/train.txt", "output_dir": "/home/me/runs/my-vae", "license": "mit"})
     )
-    card = hub.render_model_card(tmp_path)
-    assert card.data.license == "mit" and hub.NO_LICENSE_NOTE not in card.text
+    card = model_card.render_model_card(tmp_path)
+    assert card.data.license == "mit" and model_card.NO_LICENSE_NOTE not in card.text
     assert card.text.lstrip().startswith("# Sentence VAE: my-vae\n")
     assert "/data/corpus" not in card.text and "/home/me" not in card.text
-    assert hub.render_model_card(tmp_path, license="cc-by-4.0", write=False).data.license == "cc-by-4.0"
+    assert model_card.render_model_card(tmp_path, license="cc-by-4.0", write=False).data.license == "cc-by-4.0"
     with pytest.raises(ValueError, match="license"):
-        hub.render_model_card(tmp_path, license="Apache 2", write=False)
+        model_card.render_model_card(tmp_path, license="Apache 2", write=False)
 
 
 def test_card_datasets_name_hub_ids_only(tmp_path):
     local = tmp_path / "my_dataset"
     local.mkdir()
-    assert hub._dataset_info({"dataset_name": str(local)}, None) == (None, "text", "local dataset my_dataset")
-    assert hub._dataset_info({"dataset_name": "someone/sentences"}, None)[0] == "someone/sentences"
-    assert hub._dataset_info({"train_file": "/data/ptb/ptb.train.txt"}, None)[0] == hub.PTB_DATASET_ID
-    assert hub._dataset_info({"train_file": "/data/mine/train.txt"}, None)[0] is None
+    assert model_card._dataset_info({"dataset_name": str(local)}, None) == (None, "text", "local dataset my_dataset")
+    assert model_card._dataset_info({"dataset_name": "someone/sentences"}, None)[0] == "someone/sentences"
+    assert model_card._dataset_info({"train_file": "/data/ptb/ptb.train.txt"}, None)[0] == model_card.PTB_DATASET_ID
+    assert model_card._dataset_info({"train_file": "/data/mine/train.txt"}, None)[0] is None
 
 
 def test_card_names_a_projected_tied_output_layer(tmp_path, tiny_model, tiny_tokenizer):
@@ -352,7 +352,7 @@ def test_staged_folder_holds_exactly_the_hub_files(staged, run_dir):
     assert (staged / "results.json").read_bytes() == (run_dir / "results.json").read_bytes()
     text = (staged / "README.md").read_text()
     assert f'AutoModel.from_pretrained("{REPO_ID}", trust_remote_code=True)' in text
-    assert hub.PATH_PLACEHOLDER not in text
+    assert model_card.PATH_PLACEHOLDER not in text
     # the same samples as the card written at training time: rendering is deterministic
     assert _card_samples(text) == _card_samples((run_dir / "best" / "README.md").read_text())
     with pytest.raises(HubPushError, match="not empty"):
@@ -712,27 +712,30 @@ class FakeHub:
         self.thread.join(timeout=5)
 
 
-def _push_env(**extra) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_TOKEN", "HF_ENDPOINT")}
-    env.update(extra)
-    return env
+@pytest.fixture
+def push_script(monkeypatch):
+    """`push_to_hub.py`, its `main(argv)` run in this process with the Hub reachable (offline mode off) and the
+    token in `HF_TOKEN`; the endpoint is given with `--endpoint`."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    return load_script(PUSH_SCRIPT)
 
 
-def test_push_command_to_a_fake_hub_uploads_exactly_the_hub_files(run_dir, staged, tmp_path):
+def test_push_command_to_a_fake_hub_uploads_exactly_the_hub_files(run_dir, staged, tmp_path, push_script, capsys):
     staging = tmp_path / "staging"
     with FakeHub() as fake:
         started = time.perf_counter()
-        result = subprocess.run(
-            [sys.executable, str(PUSH_SCRIPT), str(run_dir), "--repo_id", REPO_ID, "--private", "--license", LICENSE]
-            + ["--revision", "experiment-1", "--staging_dir", str(staging), "--commit_message", "tiny run"],
-            env=_push_env(HF_ENDPOINT=fake.endpoint, HF_TOKEN=TOKEN),
-            capture_output=True,
-            text=True,
-            timeout=120,
+        status, out, err = run_main(
+            push_script,
+            [run_dir, "--repo_id", REPO_ID, "--private", "--license", LICENSE, "--endpoint", fake.endpoint]
+            + ["--revision", "experiment-1", "--staging_dir", staging, "--commit_message", "tiny run"],
+            capsys,
         )
         elapsed = time.perf_counter() - started
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    assert result.stdout.strip().endswith("/commit/" + "a" * 40)
+    assert status == 0, out[-3000:] + err[-5000:]
+    assert out.strip().endswith("/commit/" + "a" * 40)
     assert elapsed < 60
     assert fake.created == [
         {"name": "tiny-sentence-vae", "organization": "me", "visibility": "private", "type": "model"}
@@ -753,7 +756,7 @@ def test_push_command_to_a_fake_hub_uploads_exactly_the_hub_files(run_dir, stage
     assert all(r["auth"] == f"Bearer {TOKEN}" for r in repo_requests), repo_requests  # HF_TOKEN was used
 
 
-def test_push_command_to_an_unreachable_endpoint_fails_fast_and_clearly(run_dir, tmp_path):
+def test_push_command_to_an_unreachable_endpoint_fails_fast_and_clearly(run_dir, tmp_path, push_script, capsys):
     """An endpoint that accepts connections but never answers (the hard case: no connection error)."""
     black_hole = socket.socket()
     black_hole.bind(("127.0.0.1", 0))
@@ -761,22 +764,19 @@ def test_push_command_to_an_unreachable_endpoint_fails_fast_and_clearly(run_dir,
     endpoint = f"http://127.0.0.1:{black_hole.getsockname()[1]}"
     try:
         started = time.perf_counter()
-        result = subprocess.run(
-            [sys.executable, str(PUSH_SCRIPT), str(run_dir), "--repo_id", REPO_ID, "--timeout", "3"]
-            + ["--license", LICENSE],
-            env=_push_env(HF_ENDPOINT=endpoint, HF_TOKEN=TOKEN),
-            capture_output=True,
-            text=True,
-            timeout=60,
+        status, out, err = run_main(
+            push_script,
+            [run_dir, "--repo_id", REPO_ID, "--timeout", "3", "--license", LICENSE, "--endpoint", endpoint],
+            capsys,
         )
         elapsed = time.perf_counter() - started
     finally:
         black_hole.close()
-    assert result.returncode == 1, result.stdout + result.stderr
+    assert status == 1, out + err
     assert elapsed < 30
-    assert f"cannot reach the Hub endpoint {endpoint}" in result.stderr
-    assert "timed out" in result.stderr and REPO_ID in result.stderr
-    assert "Traceback" not in result.stderr
+    assert f"cannot reach the Hub endpoint {endpoint}" in err
+    assert "timed out" in err and REPO_ID in err
+    assert "Traceback" not in err
 
 
 def test_push_folder_refuses_early_with_clear_messages(staged, monkeypatch):
@@ -800,25 +800,19 @@ def test_push_folder_refuses_early_with_clear_messages(staged, monkeypatch):
         hub.push_folder(staged, REPO_ID, token=TOKEN)
 
 
-def test_a_push_needs_a_license(run_dir, staged, tmp_path, monkeypatch):
+def test_a_push_needs_a_license(run_dir, staged, tmp_path, push_script, capsys):
     """Without --license (and none chosen at training time) the command refuses, naming the flag; a folder whose
     card says no license was chosen is refused by push_folder before anything is created."""
     with FakeHub() as fake:
-        result = subprocess.run(
-            [sys.executable, str(PUSH_SCRIPT), str(run_dir), "--repo_id", REPO_ID],
-            env=_push_env(HF_ENDPOINT=fake.endpoint, HF_TOKEN=TOKEN),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert result.returncode == 1 and "--license" in result.stderr and "Traceback" not in result.stderr
+        status, _, err = run_main(push_script, [run_dir, "--repo_id", REPO_ID, "--endpoint", fake.endpoint], capsys)
+        assert status == 1 and "--license" in err and "Traceback" not in err
         unlicensed = hub.stage_folder(run_dir, tmp_path / "unlicensed", repo_id=REPO_ID)
         assert metadata_load(unlicensed / "README.md")["license"] == "other"
         with pytest.raises(HubPushError, match="no license was chosen"):
             hub.push_folder(unlicensed, REPO_ID, token=TOKEN, endpoint=fake.endpoint)
     assert fake.created == [] and fake.commits == []
     assert metadata_load(staged / "README.md")["license"] == LICENSE
-    assert hub.NO_LICENSE_NOTE not in (staged / "README.md").read_text()
+    assert model_card.NO_LICENSE_NOTE not in (staged / "README.md").read_text()
 
 
 def test_preflight_checks_the_repository_id_and_the_accounts_namespace(monkeypatch):
@@ -846,8 +840,8 @@ def test_a_failed_upload_deletes_the_repository_it_created(staged, monkeypatch):
 
 
 def test_built_package_carries_the_model_card_template(repo_root, tmp_path):
-    """`setup.py build_py` (what a wheel build runs) copies model_cards/*.j2 into the package, and the built
-    package's hub module uses that copy rather than a repository checkout."""
+    """`setup.py build_py` (what a wheel build runs) copies the template into the built package as package data, and
+    the built package's card module uses that copy rather than a repository checkout."""
     import subprocess
     import sys
 
@@ -858,9 +852,9 @@ def test_built_package_carries_the_model_card_template(repo_root, tmp_path):
         check=True,
         capture_output=True,
     )
-    packaged = build / "hf_sentence_vae" / "model_cards" / "sentence_vae.md.j2"
-    assert packaged.read_text() == (repo_root / "model_cards" / "sentence_vae.md.j2").read_text()
-    probe = "import hf_sentence_vae.hub as h; print(h.__file__); print(h.TEMPLATE_PATH)"
+    packaged = build / "hf_sentence_vae" / "templates" / "sentence_vae.md.j2"
+    assert packaged.read_text() == (repo_root / "hf_sentence_vae" / "templates" / "sentence_vae.md.j2").read_text()
+    probe = "import hf_sentence_vae.model_card as m; print(m.__file__); print(m.TEMPLATE_PATH)"
     out = subprocess.run(
         [sys.executable, "-c", probe],
         cwd=tmp_path,

@@ -9,7 +9,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from helpers import load_script
+from helpers import load_script, main_json
 
 from hf_sentence_vae.adversarial import (
     adversarial_error,
@@ -51,7 +51,7 @@ def _random_unknowns(attention_mask, seed, rate=0.5):
 
 
 def _latent(model, input_ids, attention_mask):
-    if model.config.latent_size == 0:
+    if model.config.is_rnnlm:
         return None
     return model.encode(input_ids, attention_mask)[0]
 
@@ -280,10 +280,11 @@ def saved_models(tmp_path, tiny_model, tiny_tokenizer):
     return paths
 
 
-def test_impute_script(repo_root, saved_models, tmp_path):
+def test_impute_script(repo_root, saved_models, tmp_path, capsys):
     script = _load_script(repo_root, "impute")
     output = tmp_path / "out" / "imputations.jsonl"
-    summary = script.main(
+    summary = main_json(
+        script,
         [
             "--model_name_or_path",
             str(saved_models["vae"]),
@@ -299,18 +300,20 @@ def test_impute_script(repo_root, saved_models, tmp_path):
             "cpu",
             "--output_file",
             str(output),
-        ]
+        ],
+        capsys,
     )
     records = [json.loads(line) for line in output.read_text().splitlines()]
     assert len(records) == 12 == summary["num_sentences"]
     assert summary["model_type"] == "vae" and summary["right_to_left"] and summary["num_steps"] == 2
 
 
-def test_adversarial_eval_script(repo_root, saved_models, tmp_path):
+def test_adversarial_eval_script(repo_root, saved_models, tmp_path, capsys):
     script = _load_script(repo_root, "adversarial_eval")
     output = tmp_path / "adv.json"
     markdown = tmp_path / "adv.md"
-    results = script.main(
+    results = main_json(
+        script,
         [
             "--vae_model",
             str(saved_models["vae"]),
@@ -342,7 +345,8 @@ def test_adversarial_eval_script(repo_root, saved_models, tmp_path):
             str(output),
             "--markdown_file",
             str(markdown),
-        ]
+        ],
+        capsys,
     )
     assert json.loads(output.read_text())["num_sentences"] == 30
     for name in ("vae", "rnnlm"):
@@ -355,7 +359,8 @@ def test_adversarial_eval_script(repo_root, saved_models, tmp_path):
     text = markdown.read_text()
     assert "| Model | Adv. Err. unigram (%)" in text and "Books Corpus" in text
     # Reusing saved imputations gives the same discriminator results.
-    again = script.main(
+    again = main_json(
+        script,
         [
             "--vae_imputations",
             str(tmp_path / "imp" / "vae_imputations.jsonl"),
@@ -367,6 +372,7 @@ def test_adversarial_eval_script(repo_root, saved_models, tmp_path):
             "2",
             "--device",
             "cpu",
-        ]
+        ],
+        capsys,
     )
     assert again["models"]["vae"]["unigram"] == results["models"]["vae"]["unigram"]

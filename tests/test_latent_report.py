@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from helpers import load_script
+from helpers import load_script, main_json
 
 from hf_sentence_vae.analysis import decode, posterior_means
 from hf_sentence_vae.latent import gaussian_kl
@@ -91,7 +91,9 @@ def test_latent_report_refuses_an_rnnlm_and_bad_settings(tiny_model, tiny_tokeni
         latent_report(vae, tiny_tokenizer, tiny_sentences, homotopy_steps=1)
 
 
-def test_latent_report_script_writes_json_and_markdown(tiny_model, tiny_tokenizer, tiny_sentences, repo_root, tmp_path):
+def test_latent_report_script_writes_json_and_markdown(
+    tiny_model, tiny_tokenizer, tiny_sentences, repo_root, tmp_path, capsys
+):
     model = tiny_model(vocab_size=len(tiny_tokenizer))
     model.save_pretrained(tmp_path / "model")
     tiny_tokenizer.save_pretrained(tmp_path / "model")
@@ -102,8 +104,9 @@ def test_latent_report_script_writes_json_and_markdown(tiny_model, tiny_tokenize
         "--homotopy_pairs", "2", "--homotopy_steps", "3", "--num_beams", "2",
         "--output_file", str(tmp_path / "r.json"), "--markdown_file", str(tmp_path / "r.md"),
     ]  # fmt: skip
-    assert script.main(argv) == 0
+    printed = main_json(script, argv, capsys)
     report = json.loads((tmp_path / "r.json").read_text())
+    assert report == printed
     assert report["num_sentences"] == len(tiny_sentences) and "reconstruction_beam2" in report
     assert (tmp_path / "r.md").read_text().startswith("# Latent report")
 

@@ -1,4 +1,4 @@
-"""Tests of `hf_sentence_vae.metrics` and `train_scripts/evaluate.py`.
+"""Tests of `hf_sentence_vae.metrics` and `train_scripts/evaluate_model.py`.
 
 Self-contained (own fixtures). The estimators are checked against known answers: a 1-D latent model whose
 marginal likelihood is computed by quadrature on a fine grid, constructed posteriors with known mutual
@@ -8,15 +8,15 @@ information and active units, and closed-form perplexities.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import load_script, main_json
 
 for _name, _value in {
     "HF_HUB_OFFLINE": "1",
@@ -35,7 +35,7 @@ from hf_sentence_vae import (  # noqa: E402
 from hf_sentence_vae.latent import gaussian_log_density  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "train_scripts" / "evaluate.py"
+SCRIPT = REPO / "train_scripts" / "evaluate_model.py"
 
 
 def _data_dir() -> Path:
@@ -422,7 +422,7 @@ def test_metric_wrappers_work_offline(monkeypatch, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------- the script
-def test_evaluate_script_prints_every_field(tmp_path):
+def test_evaluate_script_prints_every_field(tmp_path, capsys, caplog):
     ptb = _data_dir() / "ptb"
     if not (ptb / "ptb.train.txt").exists() or not (ptb / "ptb.valid.txt").exists():
         pytest.skip(f"PTB data not found under {ptb} (set SENTENCE_VAE_DATA)")
@@ -453,17 +453,14 @@ def test_evaluate_script_prints_every_field(tmp_path):
     test_file = tmp_path / "test.txt"
     test_file.write_text("\n   \n" + "".join(valid), encoding="utf-8")  # two blank lines first
     output_file = tmp_path / "out" / "results.json"
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, str(SCRIPT), "--model_name_or_path", str(model_dir), "--test_file", str(test_file)]
-    command += ["--iw_samples", "5", "--batch_size", "8", "--max_sentences", "20", "--seed", "3"]
-    command += ["--output_file", str(output_file)]
-    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    printed = json.loads(done.stdout)
+    argv = ["--model_name_or_path", model_dir, "--test_file", test_file, "--iw_samples", "5", "--batch_size", "8"]
+    argv += ["--max_sentences", "20", "--seed", "3", "--output_file", output_file]
+    with caplog.at_level(logging.INFO, logger="evaluate_model"):
+        printed = main_json(load_script(SCRIPT), argv, capsys)
     assert json.loads(output_file.read_text()) == printed
     assert set(metrics.RESULT_FIELDS) <= set(printed)
     assert printed["num_sentences"] == 20 and printed["blank_lines_skipped"] == 2
-    assert "2 blank lines skipped" in done.stderr
+    assert "2 blank lines skipped" in caplog.text
     assert printed["nll_estimator"] == "importance_weighted" and printed["iw_samples"] == 5
     for field in metrics.RESULT_FIELDS:
         if field.startswith(("nll_exact", "ppl_exact")):

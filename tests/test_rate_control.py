@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from hf_sentence_vae.annealing import KLTargetController
 from hf_sentence_vae.configuration_sentence_vae import SentenceVAEConfig
 from hf_sentence_vae.latent import gaussian_kl
+from hf_sentence_vae.rate_control import KLTargetController
 
 
 # --------------------------------------------------------------------------- the KL-target controller

@@ -36,17 +36,17 @@ from helpers import (
     synthetic_lines,
 )
 
-from hf_sentence_vae import training as training_module
-from hf_sentence_vae.checkpointing import (
-    MANIFEST_FILE,
-    TRAINING_STATE_DIR,
-    CheckpointError,
-    checkpoint_problem,
-    safe_torch_load,
-    safetensors_problem,
-)
+from hf_sentence_vae.loading import CheckpointError, safetensors_problem
 from hf_sentence_vae.modeling_sentence_vae import SentenceVAEModel
 from hf_sentence_vae.training import STATE_FILE, Trainer, TrainingConfig, list_checkpoints, resolve_checkpoint, train
+from hf_sentence_vae.training import checkpointing as checkpointing_module
+from hf_sentence_vae.training import trainer as trainer_module
+from hf_sentence_vae.training.checkpointing import (
+    MANIFEST_FILE,
+    TRAINING_STATE_DIR,
+    checkpoint_problem,
+    safe_torch_load,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -518,18 +518,18 @@ def test_crash_inside_checkpointing_then_resume_matches_the_uninterrupted_run(
     latest checkpoint, and resuming gives the uninterrupted run's results. Resuming uses neither Accelerate's
     `load_state` nor its unpickling of custom objects."""
     reference_dir, reference_results = reference
-    name, action = {
-        "before_manifest": ("write_manifest", _crash_before_manifest),
-        "before_rename": ("replace_dir", _crash_before_rename),
-        "while_pruning": ("remove_dir", _crash_while_pruning),
-        "while_replacing_best": ("replace_dir", _crash_while_replacing_best({})),
+    module, name, action = {
+        "before_manifest": (checkpointing_module, "write_manifest", _crash_before_manifest),
+        "before_rename": (trainer_module, "replace_dir", _crash_before_rename),
+        "while_pruning": (checkpointing_module, "remove_dir", _crash_while_pruning),
+        "while_replacing_best": (trainer_module, "replace_dir", _crash_while_replacing_best({})),
     }[point]
     out = tmp_path / "run"
     limit = {"save_total_limit": 2} if point == "while_pruning" else {}
     config = TrainingConfig(**ptb_run_data, output_dir=str(out), **RUN, **limit)
-    original = getattr(training_module, name)
+    original = getattr(module, name)
     with monkeypatch.context() as patch:
-        patch.setattr(training_module, name, lambda *args: action(original, *args))
+        patch.setattr(module, name, lambda *args: action(original, *args))
         with pytest.raises(_Crash):
             _train(config)
     if point == "while_replacing_best":
@@ -766,7 +766,7 @@ def test_every_torch_load_is_weights_only_and_nothing_is_unpickled():
     """In the package and the scripts: every `torch.load` passes `weights_only=True`, nothing passes
     `weights_only=False`, and neither `pickle.load` nor Accelerate's `save_state`/`load_state`/
     `register_for_checkpointing` (which unpickle registered objects with weights_only=False) is used."""
-    sources = [*PACKAGE.glob("*.py"), *(REPO / "train_scripts").glob("*.py")]
+    sources = [*PACKAGE.rglob("*.py"), *(REPO / "train_scripts").glob("*.py")]
     for path in sources:
         tree = ast.parse(path.read_text(), filename=str(path))
         for call in (n for n in ast.walk(tree) if isinstance(n, ast.Call)):

@@ -18,11 +18,11 @@ import pytest
 import torch
 from helpers import head_lines, load_script, reset_accelerate
 
-from hf_sentence_vae.annealing import KLSchedule, cyclical_weight, linear_weight, sigmoid_weight
 from hf_sentence_vae.cli import parse_args
 from hf_sentence_vae.configuration_sentence_vae import SentenceVAEConfig
 from hf_sentence_vae.data import load_text_splits
 from hf_sentence_vae.latent import gaussian_kl
+from hf_sentence_vae.rate_control import KLSchedule, cyclical_weight, linear_weight, sigmoid_weight
 from hf_sentence_vae.training import (
     STATE_FILE,
     Trainer,
@@ -118,7 +118,7 @@ def tiny_run(data: dict[str, str], output_dir: Path, **overrides) -> TrainingCon
 
 # --------------------------------------------------------------------------- KL schedules
 def test_sigmoid_schedule_values():
-    schedule = KLSchedule("sigmoid", slope=0.0025, midpoint=2500)
+    schedule = KLSchedule("sigmoid", kl_sigmoid_slope=0.0025, kl_sigmoid_midpoint=2500)
     assert schedule(2500) == pytest.approx(0.5)
     assert schedule(0) == pytest.approx(1 / (1 + math.exp(6.25)))
     assert schedule(0) < 0.002
@@ -133,15 +133,15 @@ def test_sigmoid_schedule_values():
 
 
 def test_linear_schedule_values():
-    schedule = KLSchedule("linear", warmup_steps=100)
+    schedule = KLSchedule("linear", kl_warmup_steps=100)
     assert [schedule(t) for t in (0, 25, 50, 100, 101, 10_000)] == pytest.approx([0, 0.25, 0.5, 1, 1, 1])
-    started = KLSchedule("linear", warmup_steps=100, start=0.2)
+    started = KLSchedule("linear", kl_warmup_steps=100, kl_start=0.2)
     assert [started(t) for t in (0, 50, 100, 200)] == pytest.approx([0.2, 0.6, 1.0, 1.0])
     assert linear_weight(5, 10) == pytest.approx(0.5)
 
 
 def test_cyclical_schedule_resets_each_cycle_and_holds_one_in_the_second_half():
-    schedule = KLSchedule("cyclical", cycles=4, ratio=0.5, total_steps=100)  # cycles of 25 steps
+    schedule = KLSchedule("cyclical", kl_cycles=4, kl_cycle_ratio=0.5, total_steps=100)  # cycles of 25 steps
     for cycle in range(4):
         begin = 25 * cycle
         assert schedule(begin) == 0.0, f"cycle {cycle} does not restart at 0"
@@ -153,31 +153,31 @@ def test_cyclical_schedule_resets_each_cycle_and_holds_one_in_the_second_half():
         assert all(schedule(begin + i) == 1.0 for i in range(13, 25))
     assert cyclical_weight(99, 100, 4, 0.5) == 1.0
     # ratio 1: a sawtooth over the whole cycle
-    saw = KLSchedule("cyclical", cycles=2, ratio=1.0, total_steps=20)
+    saw = KLSchedule("cyclical", kl_cycles=2, kl_cycle_ratio=1.0, total_steps=20)
     assert [saw(t) for t in (0, 5, 9, 10, 15)] == pytest.approx([0, 0.5, 0.9, 0, 0.5])
 
 
 def test_constant_schedule():
-    assert KLSchedule("constant", value=0.3)(0) == 0.3
-    assert KLSchedule("constant", value=0.3)(10**6) == 0.3
+    assert KLSchedule("constant", kl_constant=0.3)(0) == 0.3
+    assert KLSchedule("constant", kl_constant=0.3)(10**6) == 0.3
     assert KLSchedule("constant")(5) == 1.0
 
 
 @pytest.mark.parametrize(
     "kwargs, words",
     [
-        (dict(name="exponential"), "kl_schedule"),
-        (dict(name="sigmoid", slope=0.0), "kl_sigmoid_slope"),
-        (dict(name="sigmoid", slope=-1.0), "kl_sigmoid_slope"),
-        (dict(name="linear", warmup_steps=0), "kl_warmup_steps"),
-        (dict(name="cyclical", cycles=0, total_steps=10), "kl_cycles"),
-        (dict(name="cyclical", ratio=0.0, total_steps=10), "kl_cycle_ratio"),
-        (dict(name="cyclical", ratio=1.5, total_steps=10), "kl_cycle_ratio"),
-        (dict(name="cyclical", total_steps=None), "total_steps"),
-        (dict(name="cyclical", cycles=4, total_steps=3), "total_steps"),
-        (dict(name="linear", start=1.5), "kl_start"),
-        (dict(name="linear", start=-0.1), "kl_start"),
-        (dict(name="constant", value=-1.0), "kl_constant"),
+        (dict(kl_schedule="exponential"), "kl_schedule"),
+        (dict(kl_schedule="sigmoid", kl_sigmoid_slope=0.0), "kl_sigmoid_slope"),
+        (dict(kl_schedule="sigmoid", kl_sigmoid_slope=-1.0), "kl_sigmoid_slope"),
+        (dict(kl_schedule="linear", kl_warmup_steps=0), "kl_warmup_steps"),
+        (dict(kl_schedule="cyclical", kl_cycles=0, total_steps=10), "kl_cycles"),
+        (dict(kl_schedule="cyclical", kl_cycle_ratio=0.0, total_steps=10), "kl_cycle_ratio"),
+        (dict(kl_schedule="cyclical", kl_cycle_ratio=1.5, total_steps=10), "kl_cycle_ratio"),
+        (dict(kl_schedule="cyclical", total_steps=None), "total_steps"),
+        (dict(kl_schedule="cyclical", kl_cycles=4, total_steps=3), "total_steps"),
+        (dict(kl_schedule="linear", kl_start=1.5), "kl_start"),
+        (dict(kl_schedule="linear", kl_start=-0.1), "kl_start"),
+        (dict(kl_schedule="constant", kl_constant=-1.0), "kl_constant"),
     ],
 )
 def test_invalid_schedule_parameters_raise(kwargs, words):
@@ -290,7 +290,7 @@ def test_training_on_ptb_reduces_the_bound_and_keeps_kl_alive(ptb_dir, tmp_path)
     assert last["validation_kl"] > 0.1, evals
     assert results["validation_kl"] > 0.1
 
-    schedule = KLSchedule("sigmoid", slope=0.02, midpoint=400)
+    schedule = KLSchedule("sigmoid", kl_sigmoid_slope=0.02, kl_sigmoid_midpoint=400)
     records = _train_records(config.output_dir)
     for record in records:
         assert record["kl_weight"] == pytest.approx(schedule(record["step"] - 1))
@@ -377,7 +377,7 @@ def test_encoder_warm_start_trains_an_autoencoder_then_reinitialises_the_decoder
 def test_kl_target_drives_the_kl_weight(small_ptb, tmp_path):
     """Each step's KL weight is the controller's answer to the KL of the steps before (replayed here from the log,
     one record per step); a target far above the KL keeps the weight at 0, one at 0 makes it rise."""
-    from hf_sentence_vae.annealing import KLTargetController
+    from hf_sentence_vae.rate_control import KLTargetController
 
     for target, name in ((0.0, "low"), (1e4, "high")):
         config = tiny_run(
@@ -1002,7 +1002,7 @@ def test_push_to_hub_is_checked_before_training(small_ptb, tmp_path, monkeypatch
     with pytest.raises(ValueError, match="--license"):
         tiny_run(small_ptb, tmp_path / "run", push_to_hub=True, hub_model_id="me/vae")
     config = tiny_run(small_ptb, tmp_path / "run", push_to_hub=True, hub_model_id="me/vae", license="mit")
-    monkeypatch.setattr("hf_sentence_vae.training.load_text_splits", _never_called)
+    monkeypatch.setattr("hf_sentence_vae.training.trainer.load_text_splits", _never_called)
     started = time.perf_counter()
     with pytest.raises(HubPushError, match="me/vae.*offline"):
         _train(config)

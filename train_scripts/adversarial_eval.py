@@ -23,6 +23,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -30,14 +31,16 @@ import torch
 
 from hf_sentence_vae.adversarial import adversarial_evaluation, sentence_nll
 from hf_sentence_vae.analysis import load_pretrained
-from hf_sentence_vae.imputation import impute_texts, load_sentences
-from hf_sentence_vae.script_runner import run_script
+from hf_sentence_vae.data import load_sentences
+from hf_sentence_vae.imputation import impute_texts
+from hf_sentence_vae.script_runner import add_common_arguments, emit_json, run_script, write_text
 
 logger = logging.getLogger("adversarial_eval")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser, model=None)
     parser.add_argument("--vae_model", default=None, help="save_pretrained folder of the VAE (right to left)")
     parser.add_argument("--rnnlm_model", default=None, help="save_pretrained folder of the RNNLM (right to left)")
     parser.add_argument("--scorer_model", default=None, help="separately trained RNNLM scoring the completions")
@@ -58,11 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lstm_learning_rate", type=float, default=1e-3)
     parser.add_argument("--lstm_max_epochs", type=int, default=30)
     parser.add_argument("--lstm_patience", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--num_examples", type=int, default=10)
     parser.add_argument("--imputations_dir", default=None, help="also save each model's imputations (JSONL)")
-    parser.add_argument("--output_file", default=None, help="write the JSON results here")
     parser.add_argument("--markdown_file", default=None, help="write a Table-4-style markdown report here")
     args = parser.parse_args(argv)
     if not (args.vae_model or args.vae_imputations or args.rnnlm_model or args.rnnlm_imputations):
@@ -114,9 +114,9 @@ def markdown_report(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> dict:
+def evaluate(argv: Sequence[str] | None = None) -> dict:
+    """Impute and evaluate as the arguments say; prints (and writes) the results and returns them."""
     args = parse_args(argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     records: dict[str, list[dict]] = {}
     labels: dict[str, str] = {}
@@ -134,9 +134,9 @@ def main(argv: list[str] | None = None) -> dict:
             continue
         model, tokenizer = load_pretrained(model_path, device=device)
         expected = "rnnlm" if name == "rnnlm" else "vae"
-        actual = "rnnlm" if model.config.latent_size == 0 else "vae"
+        actual = "rnnlm" if model.config.is_rnnlm else "vae"
         if actual != expected:
-            raise SystemExit(f"error: --{name}_model {model_path} is a {actual}, not a {expected}")
+            raise ValueError(f"--{name}_model {model_path} is a {actual}, not a {expected}")
         if not model.config.right_to_left:
             logger.warning("--%s_model decodes left to right; the paper imputes with right-to-left models", name)
         sentences = load_sentences(args.test_file, tokenizer, args.max_sentences, args.min_words)
@@ -165,17 +165,16 @@ def main(argv: list[str] | None = None) -> dict:
         del model
         if args.imputations_dir:
             out = Path(args.imputations_dir) / f"{name}_imputations.jsonl"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text("".join(json.dumps(r) + "\n" for r in records[name]), encoding="utf-8")
+            write_text(out, "".join(json.dumps(r) + "\n" for r in records[name]))
 
     if len(records) == 2 and [r["original"] for r in records["vae"]] != [r["original"] for r in records["rnnlm"]]:
-        raise SystemExit("error: the two models' imputations are not of the same sentences (tokenizers differ?)")
+        raise ValueError("the two models' imputations are not of the same sentences (tokenizers differ?)")
 
     scorer = scorer_tokenizer = None
     if args.scorer_model:
         scorer, scorer_tokenizer = load_pretrained(args.scorer_model, device=device)
-        if scorer.config.latent_size != 0:
-            raise SystemExit(f"error: --scorer_model {args.scorer_model} must be an RNNLM (latent_size=0)")
+        if not scorer.config.is_rnnlm:
+            raise ValueError(f"--scorer_model {args.scorer_model} must be an RNNLM (latent_size=0)")
     any_records = next(iter(records.values()))
     results: dict = {
         "test_files": [str(p) for p in args.test_file or []],
@@ -214,18 +213,17 @@ def main(argv: list[str] | None = None) -> dict:
         if scorer is not None:
             entry["scorer_nll"] = float(np.mean(sentence_nll(scorer, scorer_tokenizer, imputed_texts, args.batch_size)))
         results["models"][name] = entry
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.output_file:
-        Path(args.output_file).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output_file).write_text(text + "\n", encoding="utf-8")
-        logger.info("wrote %s", args.output_file)
+    emit_json(results, args.output_file)
     if args.markdown_file:
-        Path(args.markdown_file).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.markdown_file).write_text(markdown_report(results), encoding="utf-8")
+        write_text(args.markdown_file, markdown_report(results))
         logger.info("wrote %s", args.markdown_file)
     return results
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run as the flags say; returns the process's exit status (see `hf_sentence_vae.script_runner`)."""
+    return run_script(evaluate, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(run_script(main))
+    sys.exit(main())

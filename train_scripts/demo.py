@@ -13,12 +13,14 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from hf_sentence_vae import analysis
-from hf_sentence_vae.data import DEFAULT_WORDNET_DIR, read_wordnet_examples, split_corpus
+from hf_sentence_vae.data import DEFAULT_WORDNET_DIR, load_sentences, read_wordnet_examples, split_corpus
+from hf_sentence_vae.script_runner import run_script
 from hf_sentence_vae.training import TrainingConfig, train
 
 RECONSTRUCT = [
@@ -30,7 +32,7 @@ RECONSTRUCT = [
 HOMOTOPY = ("he was lost in thought", "the children played in the park")
 
 
-def parse(argv):
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--output_dir", default="runs/demo")
     parser.add_argument("--corpus_file", help="one sentence a line; default: WordNet's example sentences")
@@ -49,14 +51,14 @@ def parse(argv):
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+def demo(argv: Sequence[str] | None = None) -> None:
+    """Train and show the demo model as the arguments say."""
     args = parse(argv)
     out = Path(args.output_dir)
     data = out / "data"
     data.mkdir(parents=True, exist_ok=True)
     if args.corpus_file:
-        lines = [line.strip() for line in open(args.corpus_file, encoding="utf-8") if line.strip()]
+        lines = load_sentences(args.corpus_file, label="--corpus_file")
     else:
         lines = read_wordnet_examples(args.wordnet_dir)
     train_lines, valid_lines = split_corpus(lines, validation_fraction=0.05, seed=args.seed)
@@ -118,7 +120,11 @@ def main(argv=None) -> int:
     text = "\n".join(report)
     (out / "demo_outputs.md").write_text(text, encoding="utf-8")
     sys.stdout.write(text + f"\nWritten to {out / 'demo_outputs.md'}\n\n" + next_steps(best) + "\n")
-    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the demo; returns the process's exit status (see `hf_sentence_vae.script_runner`)."""
+    return run_script(demo, argv)
 
 
 def next_steps(best: Path) -> str:
@@ -131,7 +137,7 @@ def next_steps(best: Path) -> str:
             f"  python train_scripts/generate.py prior --model_name_or_path {quoted} --num_samples 10",
             f"  python train_scripts/generate.py homotopy --model_name_or_path {quoted} \\",
             '      --start "he was lost in thought" --end "the children played in the park" --steps 7',
-            f"  python train_scripts/evaluate.py --model_name_or_path {quoted} --test_file {best.parent / 'data' / 'valid.txt'}",
+            f"  python train_scripts/evaluate_model.py --model_name_or_path {quoted} --test_file {best.parent / 'data' / 'valid.txt'}",
             '  python -c "from transformers import pipeline; import hf_sentence_vae; '
             f"print(pipeline('sentence-vae', model='{quoted}')('the children played in the park'))\"",
         ]

@@ -32,6 +32,7 @@ import logging
 import math
 import random
 import sys
+from collections.abc import Sequence
 from itertools import islice
 from pathlib import Path
 
@@ -39,17 +40,14 @@ import torch
 
 from hf_sentence_vae import analysis
 from hf_sentence_vae.configuration_sentence_vae import MAX_SENTENCE_LENGTH_LIMIT
-from hf_sentence_vae.imputation import iter_kept_sentences, load_sentences
-from hf_sentence_vae.script_runner import run_script
+from hf_sentence_vae.data import iter_kept_sentences, load_sentences
+from hf_sentence_vae.script_runner import add_common_arguments, emit_json, run_script
 
 logger = logging.getLogger("generate")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model_name_or_path", required=True, help="save_pretrained folder (model + tokenizer)")
-    parser.add_argument("--tokenizer_name_or_path", default=None, help="default: --model_name_or_path")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    add_common_arguments(parser, model="save_pretrained folder (model + tokenizer)")
     parser.add_argument("--max_new_tokens", type=int, default=None, help="default: the config's maximum")
     parser.add_argument(
         "--num_beams",
@@ -63,10 +61,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     unk.add_argument(
         "--allow_unk", action="store_true", help="let <unk> be generated even where the generation_config suppresses it"
     )
-    parser.add_argument("--output_file", default=None, help="also write the JSON here")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -377,21 +374,23 @@ COMMANDS = {
 }
 
 
-def main(argv: list[str] | None = None) -> dict:
+def generate(argv: Sequence[str] | None = None) -> dict:
+    """Run the subcommand the arguments name; prints (and writes) its JSON and returns it."""
     args = parse_args(argv)
     model, tokenizer = analysis.load_pretrained(args.model_name_or_path, args.tokenizer_name_or_path, args.device)
-    if model.config.latent_size == 0:
+    if model.config.is_rnnlm:
         raise ValueError("this model is an RNNLM (latent_size=0): it has no latent space to explore")
     generator = torch.Generator(device=model.device).manual_seed(args.seed)
     with torch.no_grad():
         results = COMMANDS[args.command](model, tokenizer, args, generator)
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.output_file:
-        Path(args.output_file).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output_file).write_text(text + "\n", encoding="utf-8")
+    emit_json(results, args.output_file)
     return results
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run as the flags say; returns the process's exit status (see `hf_sentence_vae.script_runner`)."""
+    return run_script(generate, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(run_script(main))
+    sys.exit(main())

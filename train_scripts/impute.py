@@ -25,6 +25,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from itertools import islice
 from pathlib import Path
 
@@ -32,17 +33,17 @@ import numpy as np
 import torch
 
 from hf_sentence_vae.analysis import load_pretrained
-from hf_sentence_vae.imputation import impute_texts, iter_kept_sentences
-from hf_sentence_vae.script_runner import run_script
+from hf_sentence_vae.data import iter_kept_sentences
+from hf_sentence_vae.imputation import DEFAULT_ICM_STEPS, DEFAULT_RNNLM_BEAMS, DEFAULT_VAE_BEAMS, impute_texts
+from hf_sentence_vae.script_runner import add_common_arguments, emit_json, run_script
 
 logger = logging.getLogger("impute")
 POOL_BATCHES = 50  # sentences imputed (and sorted by length) at a time: POOL_BATCHES * --batch_size
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model_name_or_path", required=True, help="save_pretrained folder (model + tokenizer)")
-    parser.add_argument("--tokenizer_name_or_path", default=None, help="default: --model_name_or_path")
+    add_common_arguments(parser, model="save_pretrained folder (model + tokenizer)", seed=False, output_file=False)
     parser.add_argument("--test_file", required=True, help="text file, one sentence a line")
     parser.add_argument("--max_sentences", type=int, default=None, help="the first N sentences only")
     parser.add_argument("--min_words", type=int, default=1, help="skip sentences with fewer words")
@@ -51,7 +52,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num_steps", type=int, default=None, help="ICM steps for a VAE (default 3)")
     parser.add_argument("--forbid_unk", action="store_true", help="never impute <unk>")
     parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--num_examples", type=int, default=10, help="examples in the printed summary")
     parser.add_argument("--output_file", default=None, help="JSONL of the imputations")
     parser.add_argument("--summary_file", default=None, help="also write the JSON summary here")
@@ -97,7 +97,7 @@ class Tally:
         n, cfg = max(self.n, 1), model.config
         return {
             **settings,
-            "model_type": "rnnlm" if cfg.latent_size == 0 else "vae",
+            "model_type": "rnnlm" if cfg.is_rnnlm else "vae",
             "right_to_left": bool(cfg.right_to_left),
             "num_sentences": self.n,
             "mean_missing_words": self.missing / n,
@@ -110,7 +110,8 @@ class Tally:
         }
 
 
-def main(argv: list[str] | None = None) -> dict:
+def impute(argv: Sequence[str] | None = None) -> dict:
+    """Impute as the arguments say; writes the records, prints (and writes) the summary and returns it."""
     args = parse_args(argv)
     model, tokenizer = load_pretrained(args.model_name_or_path, args.tokenizer_name_or_path, args.device)
     if not model.config.right_to_left:
@@ -149,22 +150,24 @@ def main(argv: list[str] | None = None) -> dict:
         raise ValueError(f"no sentences with >= {args.min_words} words in {args.test_file}")
     if args.output_file:
         logger.info("wrote %s", args.output_file)
+    is_rnnlm = model.config.is_rnnlm
     settings = {
         "model_name_or_path": str(args.model_name_or_path),
         "test_file": str(args.test_file),
         "fraction": args.fraction,
-        "num_beams": args.num_beams or (15 if model.config.latent_size == 0 else 5),
-        "num_steps": None if model.config.latent_size == 0 else (args.num_steps or 3),
+        "num_beams": args.num_beams or (DEFAULT_RNNLM_BEAMS if is_rnnlm else DEFAULT_VAE_BEAMS),
+        "num_steps": None if is_rnnlm else (args.num_steps or DEFAULT_ICM_STEPS),
         "forbid_unk": args.forbid_unk,
     }
     summary = tally.summary(model, settings, time.time() - start)
-    text = json.dumps(summary, indent=2)
-    print(text)
-    if args.summary_file:
-        Path(args.summary_file).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.summary_file).write_text(text + "\n", encoding="utf-8")
+    emit_json(summary, args.summary_file)
     return summary
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """Impute as the flags say; returns the process's exit status (see `hf_sentence_vae.script_runner`)."""
+    return run_script(impute, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(run_script(main))
+    sys.exit(main())

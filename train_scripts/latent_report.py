@@ -16,12 +16,13 @@ probe (TREC question-type accuracy of posterior means). Prints one JSON object; 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from hf_sentence_vae.analysis import load_pretrained
+from hf_sentence_vae.data import read_sentences
+from hf_sentence_vae.embeddings import TREC_FILES, read_trec
 from hf_sentence_vae.latent_report import (
     DEFAULT_HOMOTOPY_PAIRS,
     DEFAULT_HOMOTOPY_STEPS,
@@ -29,39 +30,32 @@ from hf_sentence_vae.latent_report import (
     latent_report,
     render_markdown,
 )
-from hf_sentence_vae.metrics import read_sentences
-
-logger = logging.getLogger("latent_report")
+from hf_sentence_vae.script_runner import add_common_arguments, emit_json, run_script, write_text
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model_name_or_path", required=True, help="save_pretrained folder of a VAE")
+    add_common_arguments(parser, model="save_pretrained folder of a VAE")
     parser.add_argument("--test_file", required=True, help="text file, one sentence a line")
     parser.add_argument("--trec_dir", default=None, help="folder with train_5500.label and TREC_10.label (probe)")
     parser.add_argument("--max_sentences", type=int, default=None, help="the first N sentences only")
     parser.add_argument("--num_beams", type=int, default=DEFAULT_NUM_BEAMS, help="beam width of the reconstructions")
     parser.add_argument("--homotopy_pairs", type=int, default=DEFAULT_HOMOTOPY_PAIRS, help="random sentence pairs")
     parser.add_argument("--homotopy_steps", type=int, default=DEFAULT_HOMOTOPY_STEPS, help="points per homotopy")
-    parser.add_argument("--seed", type=int, default=0, help="seeds MI samples and the homotopy pairs")
-    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    parser.add_argument("--output_file", default=None, help="also write the JSON here")
     parser.add_argument("--markdown_file", default=None, help="also write a markdown page here")
     parser.add_argument("--title", default=None, help="title of the markdown page (default: the model path)")
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
+def report(argv: Sequence[str] | None = None) -> dict:
+    """Measure as the arguments say; prints (and writes) the report and returns it."""
     args = parse_args(argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    model, tokenizer = load_pretrained(args.model_name_or_path, device=args.device)
+    model, tokenizer = load_pretrained(args.model_name_or_path, args.tokenizer_name_or_path, args.device)
     sentences, _ = read_sentences(args.test_file, max_sentences=args.max_sentences)
     trec = None
     if args.trec_dir:
-        from hf_sentence_vae.embeddings import TREC_FILES, read_trec
-
         trec = tuple(read_trec(Path(args.trec_dir) / name) for name in TREC_FILES)
-    report = latent_report(
+    results = latent_report(
         model,
         tokenizer,
         sentences,
@@ -71,17 +65,17 @@ def main(argv: list[str] | None = None) -> int:
         trec=trec,
         seed=args.seed,
     )
-    report.update(model_name_or_path=str(args.model_name_or_path), test_file=str(args.test_file))
-    text = json.dumps(report, indent=2)
-    sys.stdout.write(text + "\n")
-    if args.output_file:
-        Path(args.output_file).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output_file).write_text(text + "\n", encoding="utf-8")
+    results.update(model_name_or_path=str(args.model_name_or_path), test_file=str(args.test_file))
+    emit_json(results, args.output_file)
     if args.markdown_file:
-        Path(args.markdown_file).parent.mkdir(parents=True, exist_ok=True)
         title = args.title or f"Latent report: {args.model_name_or_path} on {Path(args.test_file).name}"
-        Path(args.markdown_file).write_text(render_markdown(report, title) + "\n", encoding="utf-8")
-    return 0
+        write_text(args.markdown_file, render_markdown(results, title) + "\n")
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run as the flags say; returns the process's exit status (see `hf_sentence_vae.script_runner`)."""
+    return run_script(report, argv)
 
 
 if __name__ == "__main__":

@@ -26,10 +26,17 @@ import argparse
 import logging
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
+from hf_sentence_vae.hub import HubPushError, preflight, push_folder, resolve_model_folder, stage_folder
+from hf_sentence_vae.model_card import resolve_license
+from hf_sentence_vae.script_runner import run_script
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+logger = logging.getLogger("push_to_hub")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", help="run folder (with best/) or saved model folder")
     parser.add_argument("--repo_id", required=True, help="user/name or org/name")
@@ -56,55 +63,46 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
+def push(argv: Sequence[str] | None = None) -> None:
+    """Stage (and unless `--dry_run`, push) as the arguments say; prints the staging folder or the commit URL."""
     args = parse_args(argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    log = logging.getLogger("push_to_hub")
-    from hf_sentence_vae.hub import (
-        HubPushError,
-        preflight,
-        push_folder,
-        resolve_license,
-        resolve_model_folder,
-        stage_folder,
-    )
-
+    model_dir, run_dir = resolve_model_folder(args.source)
     try:
-        model_dir, run_dir = resolve_model_folder(args.source)
-        try:
-            license = resolve_license(model_dir, args.license)  # noqa: A001
-        except ValueError as err:
-            raise HubPushError(str(err)) from None
-        if license is None and not args.dry_run and not args.keep_card:
-            raise HubPushError(
-                f"no license chosen for {args.source}: pass --license (a Hub license id, e.g. apache-2.0, mit, cc-by-4.0)"
-            )
-        endpoint, token = (None, args.token)
-        if not args.dry_run:  # fail fast, before staging renders anything
-            endpoint, token = preflight(args.repo_id, args.token, args.endpoint, args.timeout, what=args.source)
-        with tempfile.TemporaryDirectory(prefix="sentence_vae_push_") as tmp:
-            staging = Path(args.staging_dir) if args.staging_dir else Path(tmp) / "repo"
-            stage_folder(args.source, staging, repo_id=args.repo_id, render_card=not args.keep_card, license=license)
-            names = sorted(p.name for p in staging.iterdir())
-            log.info("staged %s (run %s) in %s: %s", model_dir, run_dir, staging, ", ".join(names))
-            if args.dry_run:
-                print(staging)
-                return 0
-            url = push_folder(
-                staging,
-                args.repo_id,
-                token=token,
-                private=args.private,
-                revision=args.revision,
-                commit_message=args.commit_message,
-                endpoint=endpoint,
-                timeout=args.timeout,
-            )
-    except HubPushError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(url)
-    return 0
+        license = resolve_license(model_dir, args.license)  # noqa: A001
+    except ValueError as err:
+        raise HubPushError(str(err)) from None
+    if license is None and not args.dry_run and not args.keep_card:
+        raise HubPushError(
+            f"no license chosen for {args.source}: pass --license (a Hub license id, e.g. apache-2.0, mit, cc-by-4.0)"
+        )
+    endpoint, token = (None, args.token)
+    if not args.dry_run:  # fail fast, before staging renders anything
+        endpoint, token = preflight(args.repo_id, args.token, args.endpoint, args.timeout, what=args.source)
+    with tempfile.TemporaryDirectory(prefix="sentence_vae_push_") as tmp:
+        staging = Path(args.staging_dir) if args.staging_dir else Path(tmp) / "repo"
+        stage_folder(args.source, staging, repo_id=args.repo_id, render_card=not args.keep_card, license=license)
+        names = sorted(p.name for p in staging.iterdir())
+        logger.info("staged %s (run %s) in %s: %s", model_dir, run_dir, staging, ", ".join(names))
+        if args.dry_run:
+            sys.stdout.write(f"{staging}\n")
+            return
+        url = push_folder(
+            staging,
+            args.repo_id,
+            token=token,
+            private=args.private,
+            revision=args.revision,
+            commit_message=args.commit_message,
+            endpoint=endpoint,
+            timeout=args.timeout,
+        )
+    sys.stdout.write(f"{url}\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Push as the flags say; returns the process's exit status: 1 when the push fails or is refused (see
+    `hf_sentence_vae.script_runner` for the others)."""
+    return run_script(push, argv, error_status={HubPushError: 1})
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ cross-validation on the training set.
         [--data_dir ../shared/data] [--tasks trec msrp] [--normalize auto] [--cv_folds 10] \
         [--output_file results/embeddings.json]
 
---data_dir (default: $SENTENCE_VAE_DATA, else ../shared/data next to the repository) holds
+--data_dir (default: $SENTENCE_VAE_DATA) holds
 trec/{train_5500,TREC_10}.label and msrp/msr_paraphrase_{train,test}.txt. With a Penn Treebank tokenizer
 the texts are lower-cased, numbers mapped to N and punctuation dropped (`--normalize auto`); the JSON reports
 the share of test words still out of the model's vocabulary. Prints one JSON object.
@@ -15,10 +15,11 @@ the share of test words still out of the model's vocabulary. Prints one JSON obj
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from hf_sentence_vae.analysis import load_pretrained
@@ -26,22 +27,20 @@ from hf_sentence_vae.embeddings import (
     MSRP_FILES,
     NORMALIZATIONS,
     TREC_FILES,
-    default_data_dir,
     evaluate_msrp,
     evaluate_trec,
     read_msrp,
     read_trec,
 )
-from hf_sentence_vae.script_runner import run_script
+from hf_sentence_vae.script_runner import add_common_arguments, emit_json, run_script
 
 logger = logging.getLogger("sentence_embeddings")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model_name_or_path", required=True, help="save_pretrained folder of a VAE")
-    parser.add_argument("--tokenizer_name_or_path", default=None, help="default: --model_name_or_path")
-    parser.add_argument("--data_dir", default=None, help="default: $SENTENCE_VAE_DATA or ../shared/data")
+    add_common_arguments(parser, model="save_pretrained folder of a VAE")
+    parser.add_argument("--data_dir", default=os.environ.get("SENTENCE_VAE_DATA"), help="default: $SENTENCE_VAE_DATA")
     parser.add_argument("--tasks", nargs="+", choices=("trec", "msrp"), default=["trec", "msrp"])
     parser.add_argument("--normalize", choices=NORMALIZATIONS, default="auto")
     parser.add_argument("--cv_folds", type=int, default=10)
@@ -49,24 +48,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max_train", type=int, default=None, help="use the first N training examples (smoke)")
     parser.add_argument("--max_test", type=int, default=None, help="use the first N test examples (smoke)")
     parser.add_argument("--batch_size", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    parser.add_argument("--output_file", default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
     if args.cv_folds < 2:
         parser.error(f"--cv_folds must be >= 2, got {args.cv_folds}")
     return args
 
 
-def main(argv: list[str] | None = None) -> dict:
+def evaluate(argv: Sequence[str] | None = None) -> dict:
+    """Evaluate the embeddings as the arguments say; prints (and writes) the results and returns them."""
     args = parse_args(argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
-    if data_dir is None or not data_dir.is_dir():
-        raise SystemExit("error: no data directory: pass --data_dir or set SENTENCE_VAE_DATA")
+    if not args.data_dir:
+        raise ValueError("no data directory: pass --data_dir or set SENTENCE_VAE_DATA")
+    data_dir = Path(args.data_dir)
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"--data_dir {str(data_dir)!r} is not a folder")
     model, tokenizer = load_pretrained(args.model_name_or_path, args.tokenizer_name_or_path, args.device)
-    if model.config.latent_size == 0:
-        raise SystemExit("error: sentence embeddings need a VAE (latent_size > 0); this model is an RNNLM")
+    if model.config.is_rnnlm:
+        raise ValueError("sentence embeddings need a VAE (latent_size > 0); this model is an RNNLM")
     common = dict(
         normalize=args.normalize,
         cv_folds=args.cv_folds,
@@ -86,24 +84,25 @@ def main(argv: list[str] | None = None) -> dict:
         start = time.time()
         if task == "trec":
             train, test = (read_trec(data_dir / "trec" / name) for name in TREC_FILES)
-            evaluate = evaluate_trec
+            task_evaluation = evaluate_trec
         else:
             train, test = (read_msrp(data_dir / "msrp" / name) for name in MSRP_FILES)
-            evaluate = evaluate_msrp
+            task_evaluation = evaluate_msrp
         if args.max_train:
             train = train.subset(args.max_train)
         if args.max_test:
             test = test.subset(args.max_test)
         logger.info("%s: %d train, %d test", task, len(train), len(test))
-        results[task] = evaluate(model, tokenizer, train, test, **common)
+        results[task] = task_evaluation(model, tokenizer, train, test, **common)
         results[task]["seconds"] = round(time.time() - start, 2)
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.output_file:
-        Path(args.output_file).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output_file).write_text(text + "\n", encoding="utf-8")
+    emit_json(results, args.output_file)
     return results
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run as the flags say; returns the process's exit status (see `hf_sentence_vae.script_runner`)."""
+    return run_script(evaluate, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(run_script(main))
+    sys.exit(main())

@@ -17,20 +17,21 @@ instead. With several processes only the main one logs progress.
 
 import logging
 import sys
+from collections.abc import Sequence
 
 from hf_sentence_vae.cli import parse_args
 from hf_sentence_vae.script_runner import run_script
 from hf_sentence_vae.training import TrainingConfig, train
 
 
-def _train(argv: list[str]) -> dict:
+def _train(argv: Sequence[str] | None) -> dict:
     config = parse_args(TrainingConfig, argv, description=__doc__)
     results = train(config)
     logging.getLogger("train").info("final metrics: %s", results)
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Train as the flags say; returns the process's exit status (see `hf_sentence_vae.script_runner`)."""
     return run_script(_train, argv, resume_hint="continue with --resume_from_checkpoint latest")
 
