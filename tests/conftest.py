@@ -206,3 +206,141 @@ def package_under_test_is_this_checkout():
         and not Path(module.__file__).resolve().is_relative_to(package)
     )
     assert not foreign, f"modules imported from outside {package}: {foreign}"
+
+
+# --------------------------------------------------------------------------- tiny runs shared by the test modules
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory) -> dict[str, str]:
+    """A synthetic corpus (no PTB needed): 64 training and 16 validation sentences of `helpers.WORDS`."""
+    from helpers import synthetic_lines
+
+    folder = tmp_path_factory.mktemp("corpus")
+    for split, n, seed in (("train", 64, 0), ("validation", 16, 1)):
+        (folder / f"{split}.txt").write_text("\n".join(synthetic_lines(n, seed)) + "\n", encoding="utf-8")
+    return {"train_file": str(folder / "train.txt"), "validation_file": str(folder / "validation.txt")}
+
+
+@pytest.fixture(scope="module")
+def pretrained(small_data, tmp_path_factory) -> Path:
+    """The `best/` folder (model + tokenizer) of a 2-step run on `small_data`."""
+    from helpers import tiny_config, train_run
+
+    out = tmp_path_factory.mktemp("pretrained") / "run"
+    train_run(tiny_config(small_data, out))
+    return out / "best"
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory) -> Path:
+    """A saved tiny VAE over `helpers.WORDS` (max_sentence_length 30) with its tokenizer."""
+    import torch
+    from helpers import SIZES, WORDS
+
+    from hf_sentence_vae import SentenceVAEConfig, SentenceVAEModel, build_tokenizer
+
+    folder = tmp_path_factory.mktemp("words_model") / "model"
+    tokenizer = build_tokenizer([" ".join(WORDS)])
+    torch.manual_seed(0)
+    config = SentenceVAEConfig(vocab_size=len(tokenizer), word_keep_rate=1.0, max_sentence_length=30, **SIZES)
+    SentenceVAEModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def checkpointed(small_data, tmp_path_factory) -> Path:
+    """A finished 6-step run with checkpoints at steps 2, 4 and 6 (copy it before damaging anything)."""
+    from helpers import tiny_config, train_run
+
+    from hf_sentence_vae.training import list_checkpoints
+
+    out = tmp_path_factory.mktemp("checkpointed") / "run"
+    train_run(tiny_config(small_data, out, max_train_steps=6, checkpointing_steps="2", logging_steps=1))
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+    return out
+
+
+SCRIPT_NAMES = ("train", "evaluate_model", "generate", "impute")
+
+
+@pytest.fixture(scope="module")
+def scripts(request) -> dict:
+    """`train_scripts/{train,evaluate_model,generate,impute}.py` imported as modules (their `main(argv) -> int` runs
+    in this process), by name; `evaluate` is `evaluate_model`."""
+    from helpers import SCRIPTS, load_script
+
+    suffix = request.module.__name__.rsplit(".", 1)[-1]
+    loaded = {name: load_script(SCRIPTS / f"{name}.py", f"{name}_{suffix}") for name in SCRIPT_NAMES}
+    loaded["evaluate"] = loaded["evaluate_model"]
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def train_script(scripts):
+    """`train_scripts/train.py` imported as a module."""
+    return scripts["train"]
+
+
+# --------------------------------------------------------------------------- a finished tiny run (model card, Hub, pipeline)
+@pytest.fixture(scope="module")
+def tiny_text_dir(tmp_path_factory, tiny_sentences) -> Path:
+    """`TINY_SENTENCES` as train.txt (six times), valid.txt and test.txt."""
+    folder = tmp_path_factory.mktemp("tiny_text")
+    (folder / "train.txt").write_text("\n".join(tiny_sentences * 6) + "\n")
+    (folder / "valid.txt").write_text("\n".join(tiny_sentences[:4]) + "\n")
+    (folder / "test.txt").write_text("\n".join(tiny_sentences[2:]) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_text_dir, tmp_path_factory) -> Path:
+    """A finished tiny training run: best/ (with its card), metrics.jsonl, results.json, training_curves.png."""
+    from helpers import train_tiny_run
+
+    out = tmp_path_factory.mktemp("hub_run") / "tiny-vae"
+    train_tiny_run(tiny_text_dir, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def staged(run_dir, tmp_path_factory) -> Path:
+    """What `push_to_hub.py --license apache-2.0` would upload for the run, rendered for `helpers.REPO_ID`."""
+    from helpers import LICENSE, REPO_ID
+
+    from hf_sentence_vae import hub
+
+    return hub.stage_folder(run_dir, tmp_path_factory.mktemp("staged") / "repo", repo_id=REPO_ID, license=LICENSE)
+
+
+@pytest.fixture(scope="module")
+def best_model(run_dir):
+    """The run's `best/` model (in eval mode) and tokenizer."""
+    from transformers import AutoModel, AutoTokenizer
+
+    model = AutoModel.from_pretrained(run_dir / "best").eval()
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "best")
+    return model, tokenizer
+
+
+@pytest.fixture
+def saved_models(tmp_path, tiny_model, tiny_tokenizer):
+    """Saved tiny models for the imputation scripts (a right-to-left VAE and RNNLM, and a left-to-right RNNLM scorer,
+    initialised at 0.5), and a test file of 40 sentences of the tiny vocabulary."""
+    import random
+
+    paths = {}
+    for name, overrides in {
+        "vae": dict(right_to_left=True),
+        "rnnlm": dict(latent_size=0, right_to_left=True),
+        "scorer": dict(latent_size=0),
+    }.items():
+        folder = tmp_path / name
+        tiny_model(initializer_range=0.5, **overrides).save_pretrained(folder)
+        tiny_tokenizer.save_pretrained(folder)
+        paths[name] = folder
+    rng = random.Random(0)
+    words = [w for w in tiny_tokenizer.get_vocab() if not w.startswith("<")]
+    lines = [" ".join(rng.choices(words, k=rng.randint(2, 7))) for _ in range(40)]
+    paths["test_file"] = tmp_path / "test.txt"
+    paths["test_file"].write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return paths

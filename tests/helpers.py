@@ -94,3 +94,158 @@ def assert_one_error_line(status: int, err: str, pattern: str) -> str:
     assert "Traceback" not in err, err[-3000:]
     assert re.search(pattern, errors[0]), errors[0]
     return errors[0]
+
+
+# --------------------------------------------------------------------------- tiny training runs
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = REPO / "train_scripts"
+TRAIN_SCRIPT = SCRIPTS / "train.py"
+
+
+def tiny_settings(data: dict, out: Path, **overrides) -> dict:
+    """The options of a 2-step run of a tiny model (`SIZES`, sentences of at most 30 ids, batches of 8) on `data`
+    into `out`, with `overrides`."""
+    settings = dict(**data, output_dir=str(out), **SIZES, max_length=30, per_device_train_batch_size=8)
+    settings.update(max_train_steps=2, disable_tqdm=True)
+    settings.update(overrides)
+    return settings
+
+
+def tiny_config(data: dict, out: Path, **overrides):
+    """`tiny_settings` as a `TrainingConfig`."""
+    from hf_sentence_vae.training import TrainingConfig
+
+    return TrainingConfig(**tiny_settings(data, out, **overrides))
+
+
+def tiny_argv(data: dict, out: Path, **overrides) -> list[str]:
+    """`tiny_settings` as `train.py` flags."""
+    settings = tiny_settings(data, out, **overrides)
+    return flags({k: ("true" if v is True else v) for k, v in settings.items()})
+
+
+def train_run(config) -> dict:
+    """`train(config)` in this process, after any earlier run's Accelerate state is forgotten."""
+    from hf_sentence_vae.training import train
+
+    reset_accelerate()
+    return train(config)
+
+
+def read_records(output_dir) -> list[dict]:
+    """The records of a run's `metrics.jsonl`."""
+    import json
+
+    path = Path(output_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def nothing_trained(out: Path) -> None:
+    """No training record and no checkpoint in `out`."""
+    from hf_sentence_vae.training import list_checkpoints
+
+    assert not (out / "metrics.jsonl").exists()
+    assert not list_checkpoints(out)
+
+
+def copy_run(run: Path, tmp_path: Path) -> Path:
+    """A copy of a run folder to damage."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(run, out)
+    return out
+
+
+def cli_error(script, capsys, argv, pattern: str) -> str:
+    """`script.main(argv)` in this process: status 2 and one `error:` line matching `pattern`; returns the line."""
+    return main_error(script, argv, capsys, pattern)
+
+
+def train_cli_error(train_script, capsys, argv, pattern: str) -> str:
+    """`train.py argv` in this process (its Accelerate state reset first): status 2, one `error:` line."""
+    reset_accelerate()
+    return main_error(train_script, argv, capsys, pattern)
+
+
+def child_env() -> dict[str, str]:
+    """The environment of a script run as a real process: one thread, no traceback switch."""
+    import os
+
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    env.pop("SENTENCE_VAE_TRACEBACK", None)
+    return env
+
+
+def train_subprocess(argv: list[str], timeout: float = 180):
+    """`python train_scripts/train.py argv` as a real process (`subprocess.CompletedProcess`)."""
+    import subprocess
+
+    return subprocess.run(
+        [sys.executable, str(TRAIN_SCRIPT), *argv],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=timeout,
+        cwd=str(REPO),
+    )
+
+
+def assert_process_error_line(proc, pattern: str) -> None:
+    """A finished process: status 2, no traceback, and a last stderr line `error: ...` matching `pattern`."""
+    import re
+
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and re.search(pattern, last), proc.stderr[-3000:]
+
+
+# --------------------------------------------------------------------------- a finished tiny run for the Hub tests
+REPO_ID = "me/tiny-sentence-vae"
+TOKEN = "hf_test_token_123"
+LICENSE = "apache-2.0"
+
+
+def train_tiny_run(data_dir: Path, output_dir: Path, **overrides) -> dict:
+    """40 steps of a tiny VAE on the tiny corpus in `data_dir` (train/valid/test.txt), into `output_dir`."""
+    kwargs = dict(
+        train_file=str(data_dir / "train.txt"),
+        validation_file=str(data_dir / "valid.txt"),
+        test_file=str(data_dir / "test.txt"),
+        output_dir=str(output_dir),
+        **SIZES,
+        word_keep_rate=0.8,
+        per_device_train_batch_size=6,
+        per_device_eval_batch_size=8,
+        learning_rate=2e-2,
+        max_train_steps=40,
+        logging_steps=5,
+        eval_steps=10,
+        kl_schedule="constant",
+        kl_constant=0.05,  # a small KL weight keeps the tiny latent space in use: varied samples
+        disable_tqdm=True,
+        seed=7,
+    )
+    kwargs.update(overrides)
+    from hf_sentence_vae.training import TrainingConfig
+
+    return train_run(TrainingConfig(**kwargs))
+
+
+def code_blocks(text: str, language: str) -> list[str]:
+    """The fenced code blocks of `language` in a markdown text."""
+    import re
+
+    return re.findall(rf"```{language}\n(.*?)```", text, re.S)
+
+
+def card_samples(text: str) -> tuple[list[str], list[str]]:
+    """(prior samples, homotopy decodes) as a model card's text blocks list them."""
+    import re
+
+    blocks = code_blocks(text, "text")
+    prior = [re.sub(r"^\d+\. ?", "", line) for line in blocks[0].splitlines()]
+    path = [re.sub(r"^a=\d\.\d\d  ?", "", line) for line in blocks[1].splitlines()] if len(blocks) > 1 else []
+    return prior, path

@@ -5,10 +5,23 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import (
+    SIZES,
+    WORDS,
+    assert_process_error_line,
+    nothing_trained,
+    reset_accelerate,
+    synthetic_lines,
+    tiny_argv,
+    tiny_config,
+    train_cli_error,
+    train_subprocess,
+)
 
 from hf_sentence_vae.data import (
     TokenizedCorpus,
@@ -20,6 +33,7 @@ from hf_sentence_vae.data import (
     split_corpus,
     tokenize_splits,
 )
+from hf_sentence_vae.training import Trainer, TrainingConfig
 
 REAL_WORDNET = "/usr/share/wordnet"
 
@@ -338,3 +352,132 @@ def test_read_wordnet_examples_from_the_real_files():
     assert "I can breathe better when the air is clean" in examples
     assert all(e and '"' not in e and e == " ".join(e.split()) for e in examples)
     assert not any("PRINCETON" in e for e in examples)
+
+
+# --------------------------------------------------------------------------- bad training data, one clear error each (through train.py)
+def test_missing_data_file(train_script, capsys, small_data, tmp_path):
+    data = dict(small_data, train_file=str(tmp_path / "nope.txt"))
+    train_cli_error(
+        train_script, capsys, tiny_argv(data, tmp_path / "run"), r"--train_file '.*nope\.txt' does not exist"
+    )
+    nothing_trained(tmp_path / "run")
+
+
+def test_data_file_that_is_a_directory(train_script, capsys, small_data, tmp_path):
+    data = dict(small_data, validation_file=str(tmp_path))
+    train_cli_error(train_script, capsys, tiny_argv(data, tmp_path / "run"), r"--validation_file .* is a directory")
+
+
+def test_empty_data_file(train_script, capsys, small_data, tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    data = dict(small_data, train_file=str(tmp_path / "empty.txt"))
+    train_cli_error(train_script, capsys, tiny_argv(data, tmp_path / "run"), r"--train_file .*empty\.txt' is empty")
+    nothing_trained(tmp_path / "run")
+
+
+def test_blank_only_data_file(train_script, capsys, small_data, tmp_path):
+    (tmp_path / "blank.txt").write_text("\n  \n\t\n\r\n")
+    data = dict(small_data, validation_file=str(tmp_path / "blank.txt"))
+    train_cli_error(train_script, capsys, tiny_argv(data, tmp_path / "run"), "validation split has no non-blank lines")
+
+
+def test_blank_lines_are_skipped_and_counted(small_data, tmp_path, caplog):
+    lines = synthetic_lines(40)
+    text = "\n\n".join(lines[:10]) + "\n   \n\t\n" + "\n".join(lines[10:]) + "\n"  # 9 + 2 blank lines
+    (tmp_path / "train.txt").write_text(text, encoding="utf-8")
+    config = TrainingConfig(
+        **dict(small_data, train_file=str(tmp_path / "train.txt")), output_dir=str(tmp_path / "o"), **SIZES
+    )
+    reset_accelerate()
+    with caplog.at_level(logging.WARNING):
+        trainer = Trainer(config)
+    assert len(trainer.corpora["train"]) == 40
+    assert "train: skipped 11 blank line(s)" in caplog.text
+
+
+def test_non_utf8_bytes_beyond_the_first_mebibyte(train_script, capsys, small_data, tmp_path):
+    """The whole file is checked, not a sample: a latin-1 byte after 1.6 MB is reported with its line."""
+    good = ("\n".join(synthetic_lines(200)) + "\n").encode("utf-8")
+    repeats = (1_600_000 // len(good)) + 1
+    bad = good * repeats + "the caf\u00e9 was open .\n".encode("latin-1") + good
+    (tmp_path / "late.txt").write_bytes(bad)
+    data = dict(small_data, train_file=str(tmp_path / "late.txt"))
+    line = 200 * repeats + 1
+    train_cli_error(
+        train_script,
+        capsys,
+        tiny_argv(data, tmp_path / "run"),
+        rf"--train_file .*late\.txt' is not valid UTF-8: line {line}, byte {len(good) * repeats + 7}",
+    )
+    nothing_trained(tmp_path / "run")
+
+
+def test_non_utf8_file_through_a_real_process(small_data, tmp_path):
+    """End to end: the process exits with status 2 and a one-line message, no traceback."""
+    (tmp_path / "latin.txt").write_bytes("le caf\u00e9 .\n".encode("latin-1") * 5)
+    data = dict(small_data, train_file=str(tmp_path / "latin.txt"))
+    proc = train_subprocess(tiny_argv(data, tmp_path / "run"))
+    assert_process_error_line(proc, r"latin\.txt' is not valid UTF-8: line 1, byte 6")
+    nothing_trained(tmp_path / "run")
+
+
+def test_over_long_lines_are_truncated_and_counted(small_data, tmp_path, caplog):
+    lines = synthetic_lines(30)
+    lines[3] = " ".join(WORDS[i % len(WORDS)] for i in range(20_000))  # one enormous line
+    lines[7] = " ".join(["cat"] * 40)
+    (tmp_path / "train.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    data = dict(small_data, train_file=str(tmp_path / "train.txt"))
+    config = TrainingConfig(**data, output_dir=str(tmp_path / "o"), **SIZES, max_length=30)
+    reset_accelerate()
+    with caplog.at_level(logging.WARNING):
+        trainer = Trainer(config)
+    assert "train: truncated 2 line(s) longer than max_length=30 tokens" in caplog.text
+    assert trainer.truncated["train"] == 2
+    corpus = trainer.corpora["train"]
+    assert int(corpus.lengths.max()) == 30
+    assert corpus.ids[corpus.offsets[4] - 1] == trainer.tokenizer.eos_token_id  # truncated rows keep their <eos>
+
+
+def test_special_token_strings_in_the_text_become_unk(small_data, tmp_path, caplog):
+    """A literal `<pad>` or `<bos>` in a sentence would be an unpredictable target (an infinite loss)."""
+    lines = synthetic_lines(30)
+    lines[0] = "the <pad> cat sat ."
+    lines[1] = "a dog<bos>ran <eos> home ."
+    (tmp_path / "train.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    data = dict(small_data, train_file=str(tmp_path / "train.txt"))
+    config = TrainingConfig(**data, output_dir=str(tmp_path / "o"), **SIZES)
+    reset_accelerate()
+    with caplog.at_level(logging.WARNING):
+        trainer = Trainer(config)
+    assert "train: replaced 3 special-token string(s)" in caplog.text
+    tokenizer, corpus = trainer.tokenizer, trainer.corpora["train"]
+    specials = {tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id}
+    for row in range(len(corpus)):
+        inner = corpus.ids[corpus.offsets[row] + 1 : corpus.offsets[row + 1] - 1]
+        assert not specials.intersection(inner.tolist())
+    batch = corpus.batch(torch.arange(4).numpy())
+    assert torch.isfinite(trainer.model(**batch, return_logits=False).loss)
+
+
+def test_text_column_that_does_not_exist(train_script, capsys, tmp_path):
+    folder = tmp_path / "csv_dataset"
+    folder.mkdir()
+    rows = ["sentence,label"] + [f"{line},{i % 2}" for i, line in enumerate(synthetic_lines(12))]
+    (folder / "data.csv").write_text("\n".join(rows) + "\n")
+    argv = tiny_argv({}, tmp_path / "run", dataset_name=str(folder), text_column="text")
+    train_cli_error(train_script, capsys, argv, r"--text_column 'text' is not a column .*sentence")
+    nothing_trained(tmp_path / "run")
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_word(small_data, tmp_path):
+    text = "\ufeff" + Path(small_data["train_file"]).read_text(encoding="utf-8")
+    (tmp_path / "bom.txt").write_text(text, encoding="utf-8")
+    reset_accelerate()
+    trainer = Trainer(tiny_config(dict(small_data, train_file=str(tmp_path / "bom.txt")), tmp_path / "run"))
+    trainer.close()
+    assert not [word for word in trainer.tokenizer.get_vocab() if "\ufeff" in word]
+    from hf_sentence_vae.metrics import read_sentences
+    from hf_sentence_vae.streaming import iter_sentences
+
+    first = text[1:].split("\n", 1)[0]
+    assert next(iter_sentences(tmp_path / "bom.txt")) == first == read_sentences(tmp_path / "bom.txt")[0][0]

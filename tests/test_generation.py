@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModel, GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from hf_sentence_vae import SentenceVAEGenerationOutput
+from hf_sentence_vae import SentenceVAEGenerationOutput, SentenceVAEModel
 from hf_sentence_vae.latent import reparameterize
 from hf_sentence_vae.training import READABLE_NUM_BEAMS, readable_generation_config
 
@@ -279,3 +279,25 @@ def test_trained_models_decode_with_readable_defaults(tiny_config):
     assert readable_generation_config(tiny_config(), unk_in_corpus=False).suppress_tokens is None
     rnnlm = readable_generation_config(tiny_config(latent_size=0), unk_in_corpus=True)
     assert rnnlm.do_sample and rnnlm.num_beams is None  # one sentence per beam search without z: sample instead
+
+
+# --------------------------------------------------------------------------- impossible settings and codes
+def test_generation_rejects_top_p_zero_and_non_finite_latents(model_folder):
+    from transformers import AutoTokenizer, pipeline
+
+    import hf_sentence_vae.pipelines  # noqa: F401
+
+    model = SentenceVAEModel.from_pretrained(model_folder)
+    with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\], got 0"):
+        model.generate(num_samples=2, do_sample=True, top_p=0.0)
+    with pytest.raises(ValueError, match="temperature must be > 0, got nan"):
+        model.generate(num_samples=2, do_sample=True, temperature=float("nan"))
+    latent = torch.zeros(2, 4)
+    latent[1, 2] = float("nan")
+    with pytest.raises(ValueError, match="latent holds NaN or infinite values"):
+        model.generate(latent=latent)
+    with pytest.raises(ValueError, match=r"max_new_tokens <= 10000"):
+        model.generate(num_samples=1, max_new_tokens=10**12)
+    pipe = pipeline("sentence-vae", model=model, tokenizer=AutoTokenizer.from_pretrained(model_folder), device="cpu")
+    with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\]"):
+        pipe(2, do_sample=True, top_p=0.0)

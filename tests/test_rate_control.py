@@ -10,7 +10,7 @@ import torch
 
 from hf_sentence_vae.configuration_sentence_vae import SentenceVAEConfig
 from hf_sentence_vae.latent import gaussian_kl
-from hf_sentence_vae.rate_control import KLTargetController
+from hf_sentence_vae.rate_control import KLSchedule, KLTargetController, cyclical_weight, linear_weight, sigmoid_weight
 
 
 # --------------------------------------------------------------------------- the KL-target controller
@@ -150,3 +150,103 @@ def test_reinitialize_decoder_redraws_the_decoder_and_keeps_the_encoder(tiny_mod
     again.reinitialize_decoder(seed=7)
     for (name, a), (_, b) in zip(model.named_parameters(), again.named_parameters()):
         assert torch.equal(a, b), name  # the same seed draws the same weights (same process, same ops)
+
+
+# --------------------------------------------------------------------------- KL-weight schedules and free bits
+def test_sigmoid_schedule_values():
+    schedule = KLSchedule("sigmoid", kl_sigmoid_slope=0.0025, kl_sigmoid_midpoint=2500)
+    assert schedule(2500) == pytest.approx(0.5)
+    assert schedule(0) == pytest.approx(1 / (1 + math.exp(6.25)))
+    assert schedule(0) < 0.002
+    assert schedule(10_000) > 0.9999
+    assert schedule(2500 + 400) == pytest.approx(1 / (1 + math.exp(-1.0)))
+    # symmetric around the midpoint, monotone, and no overflow far away
+    assert schedule(2000) + schedule(3000) == pytest.approx(1.0)
+    values = [schedule(t) for t in range(0, 6000, 50)]
+    assert values == sorted(values)
+    assert sigmoid_weight(-(10**7), 1.0, 0.0) == 0.0
+    assert sigmoid_weight(10**7, 1.0, 0.0) == 1.0
+
+
+def test_linear_schedule_values():
+    schedule = KLSchedule("linear", kl_warmup_steps=100)
+    assert [schedule(t) for t in (0, 25, 50, 100, 101, 10_000)] == pytest.approx([0, 0.25, 0.5, 1, 1, 1])
+    started = KLSchedule("linear", kl_warmup_steps=100, kl_start=0.2)
+    assert [started(t) for t in (0, 50, 100, 200)] == pytest.approx([0.2, 0.6, 1.0, 1.0])
+    assert linear_weight(5, 10) == pytest.approx(0.5)
+
+
+def test_cyclical_schedule_resets_each_cycle_and_holds_one_in_the_second_half():
+    schedule = KLSchedule("cyclical", kl_cycles=4, kl_cycle_ratio=0.5, total_steps=100)  # cycles of 25 steps
+    for cycle in range(4):
+        begin = 25 * cycle
+        assert schedule(begin) == 0.0, f"cycle {cycle} does not restart at 0"
+        assert schedule(begin + 5) == pytest.approx(5 / 12.5)
+        assert schedule(begin + 10) == pytest.approx(10 / 12.5)
+        # rising half strictly increasing, second half exactly 1
+        rising = [schedule(begin + i) for i in range(14)]
+        assert rising == sorted(rising) and rising[-1] == 1.0
+        assert all(schedule(begin + i) == 1.0 for i in range(13, 25))
+    assert cyclical_weight(99, 100, 4, 0.5) == 1.0
+    # ratio 1: a sawtooth over the whole cycle
+    saw = KLSchedule("cyclical", kl_cycles=2, kl_cycle_ratio=1.0, total_steps=20)
+    assert [saw(t) for t in (0, 5, 9, 10, 15)] == pytest.approx([0, 0.5, 0.9, 0, 0.5])
+
+
+def test_constant_schedule():
+    assert KLSchedule("constant", kl_constant=0.3)(0) == 0.3
+    assert KLSchedule("constant", kl_constant=0.3)(10**6) == 0.3
+    assert KLSchedule("constant")(5) == 1.0
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        (dict(kl_schedule="exponential"), "kl_schedule"),
+        (dict(kl_schedule="sigmoid", kl_sigmoid_slope=0.0), "kl_sigmoid_slope"),
+        (dict(kl_schedule="sigmoid", kl_sigmoid_slope=-1.0), "kl_sigmoid_slope"),
+        (dict(kl_schedule="linear", kl_warmup_steps=0), "kl_warmup_steps"),
+        (dict(kl_schedule="cyclical", kl_cycles=0, total_steps=10), "kl_cycles"),
+        (dict(kl_schedule="cyclical", kl_cycle_ratio=0.0, total_steps=10), "kl_cycle_ratio"),
+        (dict(kl_schedule="cyclical", kl_cycle_ratio=1.5, total_steps=10), "kl_cycle_ratio"),
+        (dict(kl_schedule="cyclical", total_steps=None), "total_steps"),
+        (dict(kl_schedule="cyclical", kl_cycles=4, total_steps=3), "total_steps"),
+        (dict(kl_schedule="linear", kl_start=1.5), "kl_start"),
+        (dict(kl_schedule="linear", kl_start=-0.1), "kl_start"),
+        (dict(kl_schedule="constant", kl_constant=-1.0), "kl_constant"),
+    ],
+)
+def test_invalid_schedule_parameters_raise(kwargs, words):
+    with pytest.raises(ValueError, match=words):
+        KLSchedule(**kwargs)
+
+
+def test_free_bits_floor_in_the_loss_and_its_gradient(tiny_model, random_batch):
+    """loss - reconstruction == sum_d max(lambda, batch-mean KL_d) with kl_weight 1; clamped dimensions send no
+    KL gradient to the posterior (only the reconstruction does)."""
+    model = tiny_model(seed=1, train=True, latent_size=6)
+    input_ids, attention_mask = random_batch(model.config, [3, 5, 7, 4])
+    noise = torch.randn(4, 6, generator=torch.Generator().manual_seed(0))
+    plain = model(input_ids, attention_mask, latent_noise=noise, return_logits=False)
+    per_dim = gaussian_kl(plain.mu.double(), plain.logvar.double()).mean(0).detach()
+    for lam in (0.0, float(per_dim.median()), float(per_dim.max()) * 3):
+        out = model(input_ids, attention_mask, kl_weight=1.0, free_bits=lam, latent_noise=noise, return_logits=False)
+        expected = torch.clamp(per_dim, min=lam).sum()
+        term = float((out.loss - out.reconstruction_loss).detach())
+        assert term == pytest.approx(float(expected), rel=1e-5, abs=1e-6)
+        assert float(out.kl.detach()) == pytest.approx(
+            float(plain.kl.detach()), rel=1e-6
+        )  # the reported KL stays the true KL
+
+    # Above every dimension's KL, the KL term is constant: the gradient is the reconstruction's alone.
+    lam = float(per_dim.max()) * 3
+    model.zero_grad()
+    model(input_ids, attention_mask, free_bits=lam, latent_noise=noise, return_logits=False).loss.backward()
+    with_floor = model.posterior.weight.grad.clone()
+    model.zero_grad()
+    model(input_ids, attention_mask, latent_noise=noise, return_logits=False).reconstruction_loss.backward()
+    reconstruction_only = model.posterior.weight.grad.clone()
+    torch.testing.assert_close(with_floor, reconstruction_only)
+    model.zero_grad()
+    model(input_ids, attention_mask, latent_noise=noise, return_logits=False).loss.backward()
+    assert not torch.allclose(model.posterior.weight.grad, reconstruction_only)

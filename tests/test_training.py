@@ -7,8 +7,8 @@ well under a minute or two on two shared CPU cores.
 
 from __future__ import annotations
 
-import dataclasses
 import json
+import logging
 import math
 import shutil
 import time
@@ -16,13 +16,23 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import head_lines, load_script, reset_accelerate
+from helpers import (
+    assert_process_error_line,
+    head_lines,
+    load_script,
+    nothing_trained,
+    read_records,
+    reset_accelerate,
+    tiny_argv,
+    tiny_config,
+    train_cli_error,
+    train_run,
+    train_subprocess,
+)
 
-from hf_sentence_vae.cli import parse_args
-from hf_sentence_vae.configuration_sentence_vae import SentenceVAEConfig
+from hf_sentence_vae import SentenceVAEModel
 from hf_sentence_vae.data import load_text_splits
-from hf_sentence_vae.latent import gaussian_kl
-from hf_sentence_vae.rate_control import KLSchedule, cyclical_weight, linear_weight, sigmoid_weight
+from hf_sentence_vae.rate_control import KLSchedule
 from hf_sentence_vae.training import (
     STATE_FILE,
     Trainer,
@@ -35,6 +45,7 @@ from hf_sentence_vae.training import (
     train,
     update_weight_average,
 )
+from hf_sentence_vae.training.checkpointing import checkpoint_problem
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -117,104 +128,9 @@ def tiny_run(data: dict[str, str], output_dir: Path, **overrides) -> TrainingCon
 
 
 # --------------------------------------------------------------------------- KL schedules
-def test_sigmoid_schedule_values():
-    schedule = KLSchedule("sigmoid", kl_sigmoid_slope=0.0025, kl_sigmoid_midpoint=2500)
-    assert schedule(2500) == pytest.approx(0.5)
-    assert schedule(0) == pytest.approx(1 / (1 + math.exp(6.25)))
-    assert schedule(0) < 0.002
-    assert schedule(10_000) > 0.9999
-    assert schedule(2500 + 400) == pytest.approx(1 / (1 + math.exp(-1.0)))
-    # symmetric around the midpoint, monotone, and no overflow far away
-    assert schedule(2000) + schedule(3000) == pytest.approx(1.0)
-    values = [schedule(t) for t in range(0, 6000, 50)]
-    assert values == sorted(values)
-    assert sigmoid_weight(-(10**7), 1.0, 0.0) == 0.0
-    assert sigmoid_weight(10**7, 1.0, 0.0) == 1.0
-
-
-def test_linear_schedule_values():
-    schedule = KLSchedule("linear", kl_warmup_steps=100)
-    assert [schedule(t) for t in (0, 25, 50, 100, 101, 10_000)] == pytest.approx([0, 0.25, 0.5, 1, 1, 1])
-    started = KLSchedule("linear", kl_warmup_steps=100, kl_start=0.2)
-    assert [started(t) for t in (0, 50, 100, 200)] == pytest.approx([0.2, 0.6, 1.0, 1.0])
-    assert linear_weight(5, 10) == pytest.approx(0.5)
-
-
-def test_cyclical_schedule_resets_each_cycle_and_holds_one_in_the_second_half():
-    schedule = KLSchedule("cyclical", kl_cycles=4, kl_cycle_ratio=0.5, total_steps=100)  # cycles of 25 steps
-    for cycle in range(4):
-        begin = 25 * cycle
-        assert schedule(begin) == 0.0, f"cycle {cycle} does not restart at 0"
-        assert schedule(begin + 5) == pytest.approx(5 / 12.5)
-        assert schedule(begin + 10) == pytest.approx(10 / 12.5)
-        # rising half strictly increasing, second half exactly 1
-        rising = [schedule(begin + i) for i in range(14)]
-        assert rising == sorted(rising) and rising[-1] == 1.0
-        assert all(schedule(begin + i) == 1.0 for i in range(13, 25))
-    assert cyclical_weight(99, 100, 4, 0.5) == 1.0
-    # ratio 1: a sawtooth over the whole cycle
-    saw = KLSchedule("cyclical", kl_cycles=2, kl_cycle_ratio=1.0, total_steps=20)
-    assert [saw(t) for t in (0, 5, 9, 10, 15)] == pytest.approx([0, 0.5, 0.9, 0, 0.5])
-
-
-def test_constant_schedule():
-    assert KLSchedule("constant", kl_constant=0.3)(0) == 0.3
-    assert KLSchedule("constant", kl_constant=0.3)(10**6) == 0.3
-    assert KLSchedule("constant")(5) == 1.0
-
-
-@pytest.mark.parametrize(
-    "kwargs, words",
-    [
-        (dict(kl_schedule="exponential"), "kl_schedule"),
-        (dict(kl_schedule="sigmoid", kl_sigmoid_slope=0.0), "kl_sigmoid_slope"),
-        (dict(kl_schedule="sigmoid", kl_sigmoid_slope=-1.0), "kl_sigmoid_slope"),
-        (dict(kl_schedule="linear", kl_warmup_steps=0), "kl_warmup_steps"),
-        (dict(kl_schedule="cyclical", kl_cycles=0, total_steps=10), "kl_cycles"),
-        (dict(kl_schedule="cyclical", kl_cycle_ratio=0.0, total_steps=10), "kl_cycle_ratio"),
-        (dict(kl_schedule="cyclical", kl_cycle_ratio=1.5, total_steps=10), "kl_cycle_ratio"),
-        (dict(kl_schedule="cyclical", total_steps=None), "total_steps"),
-        (dict(kl_schedule="cyclical", kl_cycles=4, total_steps=3), "total_steps"),
-        (dict(kl_schedule="linear", kl_start=1.5), "kl_start"),
-        (dict(kl_schedule="linear", kl_start=-0.1), "kl_start"),
-        (dict(kl_schedule="constant", kl_constant=-1.0), "kl_constant"),
-    ],
-)
-def test_invalid_schedule_parameters_raise(kwargs, words):
-    with pytest.raises(ValueError, match=words):
-        KLSchedule(**kwargs)
 
 
 # --------------------------------------------------------------------------- free bits
-def test_free_bits_floor_in_the_loss_and_its_gradient(tiny_model, random_batch):
-    """loss - reconstruction == sum_d max(lambda, batch-mean KL_d) with kl_weight 1; clamped dimensions send no
-    KL gradient to the posterior (only the reconstruction does)."""
-    model = tiny_model(seed=1, train=True, latent_size=6)
-    input_ids, attention_mask = random_batch(model.config, [3, 5, 7, 4])
-    noise = torch.randn(4, 6, generator=torch.Generator().manual_seed(0))
-    plain = model(input_ids, attention_mask, latent_noise=noise, return_logits=False)
-    per_dim = gaussian_kl(plain.mu.double(), plain.logvar.double()).mean(0).detach()
-    for lam in (0.0, float(per_dim.median()), float(per_dim.max()) * 3):
-        out = model(input_ids, attention_mask, kl_weight=1.0, free_bits=lam, latent_noise=noise, return_logits=False)
-        expected = torch.clamp(per_dim, min=lam).sum()
-        term = float((out.loss - out.reconstruction_loss).detach())
-        assert term == pytest.approx(float(expected), rel=1e-5, abs=1e-6)
-        assert float(out.kl.detach()) == pytest.approx(
-            float(plain.kl.detach()), rel=1e-6
-        )  # the reported KL stays the true KL
-
-    # Above every dimension's KL, the KL term is constant: the gradient is the reconstruction's alone.
-    lam = float(per_dim.max()) * 3
-    model.zero_grad()
-    model(input_ids, attention_mask, free_bits=lam, latent_noise=noise, return_logits=False).loss.backward()
-    with_floor = model.posterior.weight.grad.clone()
-    model.zero_grad()
-    model(input_ids, attention_mask, latent_noise=noise, return_logits=False).reconstruction_loss.backward()
-    reconstruction_only = model.posterior.weight.grad.clone()
-    torch.testing.assert_close(with_floor, reconstruction_only)
-    model.zero_grad()
-    model(input_ids, attention_mask, latent_noise=noise, return_logits=False).loss.backward()
-    assert not torch.allclose(model.posterior.weight.grad, reconstruction_only)
 
 
 # --------------------------------------------------------------------------- helpers of the loop
@@ -684,181 +600,6 @@ def test_no_data_at_all_is_refused():
 
 
 # --------------------------------------------------------------------------- the command line
-def test_cli_reads_yaml_and_flags_override(tmp_path):
-    config_file = tmp_path / "run.yaml"
-    config_file.write_text(
-        "train_file: train.txt\n"
-        "validation_file: valid.txt\n"
-        "learning_rate: 1e-3\n"  # YAML 1.1 reads this as a string: it must still become a float
-        "latent_size: 8\n"
-        "bidirectional_encoder: true\n"
-        "kl_schedule: linear\n"
-        "checkpointing_steps: 100\n"
-    )
-    config = parse_args(TrainingConfig, ["--config", str(config_file)])
-    assert config.train_file == "train.txt" and config.validation_file == "valid.txt"
-    assert config.learning_rate == 1e-3 and isinstance(config.learning_rate, float)
-    assert config.latent_size == 8 and config.bidirectional_encoder is True
-    assert config.kl_schedule == "linear"
-    assert str(config.checkpointing_steps) == "100"
-    assert config.per_device_train_batch_size == 32  # untouched default
-
-    config = parse_args(
-        TrainingConfig,
-        [
-            "--config",
-            str(config_file),
-            "--learning_rate",
-            "0.01",
-            "--latent_size",
-            "4",
-            "--bidirectional_encoder",
-            "no",
-        ],
-    )
-    assert config.learning_rate == 0.01 and config.latent_size == 4 and config.bidirectional_encoder is False
-    assert config.train_file == "train.txt"
-
-
-def test_cli_reads_json_and_flags_override(tmp_path):
-    config_file = tmp_path / "run.json"
-    config_file.write_text(json.dumps({"train_file": "a.txt", "seed": 7, "free_bits": 0.25, "disable_tqdm": True}))
-    config = parse_args(TrainingConfig, ["--config", str(config_file), "--seed", "9"])
-    assert (config.train_file, config.seed, config.free_bits, config.disable_tqdm) == ("a.txt", 9, 0.25, True)
-
-
-def test_cli_none_unsets_an_optional_flag_set_by_the_config(tmp_path, capsys):
-    """`--ema_decay none` undoes a config file's `ema_decay: 0.999` (BENCHMARKS.md's run-18 speed commands pass
-    `--ema_decay none`); a non-optional flag still rejects the word, naming its type."""
-    config_file = tmp_path / "run.yaml"
-    config_file.write_text("train_file: a.txt\nema_decay: 0.999\nmax_train_steps: 10\n")
-    assert parse_args(TrainingConfig, ["--config", str(config_file)]).ema_decay == 0.999
-    config = parse_args(
-        TrainingConfig, ["--config", str(config_file), "--ema_decay", "None", "--max_train_steps", "null"]
-    )
-    assert config.ema_decay is None and config.max_train_steps is None
-    assert parse_args(TrainingConfig, ["--config", str(config_file), "--ema_decay", "0.99"]).ema_decay == 0.99
-    with pytest.raises(SystemExit):
-        parse_args(TrainingConfig, ["--config", str(config_file), "--learning_rate", "none"])
-    assert "invalid float value: 'none'" in capsys.readouterr().err
-
-
-def test_every_model_flag_reaches_the_model_config():
-    from hf_sentence_vae.training import MODEL_FIELDS
-
-    defaults = SentenceVAEConfig()
-    assert all(hasattr(defaults, name) for name in MODEL_FIELDS)
-    flags = ["--decoder_weight_drop", "0.3", "--dropout", "0.1", "--embedding_dropout", "0.2", "--locked_dropout"]
-    config = parse_args(TrainingConfig, ["--train_file", "a.txt", *flags])
-    model_config = SentenceVAEConfig(vocab_size=12, **config.model_overrides())
-    assert (model_config.decoder_weight_drop, model_config.dropout) == (0.3, 0.1)
-    assert (model_config.embedding_dropout, model_config.locked_dropout) == (0.2, True)
-    assert set(MODEL_FIELDS) <= {f.name for f in dataclasses.fields(TrainingConfig)}
-
-
-@pytest.mark.parametrize("path", sorted((REPO / "train_scripts" / "configs").glob("*.yaml")), ids=lambda p: p.stem)
-def test_shipped_configs_parse_and_build_valid_models(path):
-    """Every experiment config in train_scripts/configs/ parses (no misspelt key) and gives a valid model config,
-    reads PTB from the shared data folder, and writes into its own run folder."""
-    config = parse_args(TrainingConfig, ["--config", str(path)])
-    model_config = SentenceVAEConfig(vocab_size=10002, **config.model_overrides())
-    assert config.train_file.endswith("ptb.train.txt") and config.output_dir.startswith("runs/")
-    assert (model_config.latent_size == 0) == ("rnnlm" in path.stem)
-    assert (model_config.word_keep_rate == 0.0) == ("inputless" in path.stem)
-
-
-def test_paper_configs_have_table_11_sizes():
-    """The four Table-2 configs carry the paper's tuned sizes and the sigmoid KL schedule for the VAEs."""
-    configs = {
-        stem: parse_args(TrainingConfig, ["--config", str(REPO / "train_scripts" / "configs" / f"ptb_{stem}.yaml")])
-        for stem in ("vae_standard", "rnnlm_standard")
-    }
-    vae, rnnlm = configs["vae_standard"], configs["rnnlm_standard"]
-    assert (vae.embedding_size, vae.decoder_hidden_size, vae.latent_size) == (353, 191, 13)
-    assert (rnnlm.embedding_size, rnnlm.decoder_hidden_size, rnnlm.latent_size) == (464, 337, 0)
-    assert vae.kl_schedule == "sigmoid"
-
-
-def test_cli_unknown_key_in_config_file_is_named(tmp_path):
-    config_file = tmp_path / "bad.yaml"
-    config_file.write_text("train_file: a.txt\nlearning_rat: 0.1\nlatent_dim: 3\n")
-    with pytest.raises(ValueError, match="learning_rat, latent_dim|latent_dim, learning_rat"):
-        parse_args(TrainingConfig, ["--config", str(config_file)])
-    with pytest.raises(FileNotFoundError, match="missing.yaml"):
-        parse_args(TrainingConfig, ["--config", str(tmp_path / "missing.yaml")])
-    listing = tmp_path / "list.yaml"
-    listing.write_text("- a\n- b\n")
-    with pytest.raises(ValueError, match="mapping"):
-        parse_args(TrainingConfig, ["--config", str(listing)])
-
-
-def test_cli_boolean_flags_and_unknown_flags():
-    base = ["--train_file", "a.txt"]
-    config = parse_args(TrainingConfig, base)
-    assert config.disable_tqdm is False and config.bidirectional_encoder is None
-    config = parse_args(TrainingConfig, [*base, "--disable_tqdm", "--bidirectional_encoder", "false"])
-    assert config.disable_tqdm is True and config.bidirectional_encoder is False
-    config = parse_args(TrainingConfig, [*base, "--with_tracking", "yes", "--tie_word_embeddings", "1"])
-    assert config.with_tracking is True and config.tie_word_embeddings is True
-    config = parse_args(TrainingConfig, [*base, "--push_to_hub", "--hub_model_id", "me/vae", "--license", "mit"])
-    assert config.push_to_hub is True and config.license == "mit"
-    with pytest.raises(ValueError, match="hub_model_id"):
-        parse_args(TrainingConfig, [*base, "--push_to_hub"])
-    with pytest.raises(SystemExit):
-        parse_args(TrainingConfig, [*base, "--disable_tqdm", "maybe"])
-    with pytest.raises(SystemExit):
-        parse_args(TrainingConfig, [*base, "--no_such_flag", "1"])
-    with pytest.raises(ValueError, match="optimizer"):
-        parse_args(TrainingConfig, [*base, "--optimizer", "lbfgs"])
-    with pytest.raises(ValueError, match="lr_scheduler_type"):
-        parse_args(TrainingConfig, [*base, "--lr_scheduler_type", "exponential"])
-    for bad in ("1.0", "0", "-0.5"):
-        with pytest.raises(ValueError, match=f"ema_decay must be in \\(0, 1\\).*{bad}"):
-            parse_args(TrainingConfig, [*base, "--ema_decay", bad])
-
-
-def test_every_train_flag_has_help_default_and_choices(capsys):
-    """`train.py --help` describes every flag (HfArgumentParser-style metadata on the TrainingConfig fields):
-    a help text, its default, and the allowed values of the flags that have a fixed set of them."""
-    import argparse
-
-    from hf_sentence_vae.cli import build_parser
-
-    parser = build_parser(TrainingConfig, "")
-    flags = [a for a in parser._actions if not isinstance(a, argparse._HelpAction)]
-    exposed = {f.name for f in dataclasses.fields(TrainingConfig)} - {"extra"}
-    assert {a.dest for a in flags} == exposed | {"config"}
-    for action in flags:
-        assert action.help and len(action.help) > 10, action.dest
-    text = parser.format_help()
-    options = text[text.index("options:") :]
-    for action in flags:
-        entry = options[options.index("  " + action.option_strings[0] + " ") :]
-        entry = entry[: entry.index("\n  --", 1)] if "\n  --" in entry[1:] else entry
-        assert "(default:" in entry, action.dest
-    for name, values in {
-        "optimizer": ("adam", "adamw", "sgd"),
-        "mixed_precision": ("no", "bf16", "fp16"),
-        "kl_schedule": ("sigmoid", "linear", "cyclical", "constant"),
-        "text_mode": ("pretokenized", "raw"),
-        "on_nonfinite_loss": ("error", "skip"),
-        "latent_injection": ("initial_state", "initial_state_and_inputs", "initial_state_inputs_and_outputs"),
-        "report_to": ("all", "tensorboard"),
-        "lr_scheduler_type": ("constant", "linear", "cosine"),
-    }.items():
-        field = next(f for f in dataclasses.fields(TrainingConfig) if f.name == name)
-        assert set(values) <= set(field.metadata["choices"]), name
-        assert f"--{name} {{" + ",".join(field.metadata["choices"]) + "}" in text, name
-    # an optional choice can still be unset
-    base = ["--train_file", "x.txt"]
-    assert parse_args(TrainingConfig, [*base, "--latent_injection", "none"]).latent_injection is None
-    assert parse_args(TrainingConfig, [*base, "--license", "mit"]).license == "mit"
-    with pytest.raises(ValueError, match="license"):
-        parse_args(TrainingConfig, [*base, "--license", "Apache 2"])
-    train_script = _load_train_script()
-    with pytest.raises(SystemExit):
-        train_script.main(["--help"])
-    assert "--kl_target_ki" in capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------- run artifacts
@@ -1063,3 +804,153 @@ def test_bf16_mixed_precision_runs_under_autocast_and_tracks_fp32(small_ptb, tmp
     for a, b in zip(got, want):
         assert a["loss"] == pytest.approx(b["loss"], rel=0.02)
     assert bf16["validation_loss"] == pytest.approx(fp32["validation_loss"], rel=0.02)
+
+
+# --------------------------------------------------------------------------- impossible settings and runs that cannot train
+@pytest.mark.parametrize(
+    "overrides, pattern",
+    [
+        ({"latent_size": -1}, r"invalid latent_size=-1: must be a non-negative integer"),
+        ({"dropout": 1.5}, r"invalid dropout=1.5"),
+        ({"word_keep_rate": 2}, r"invalid word_keep_rate=2"),
+        ({"latent_injection": "inputs"}, r"invalid latent_injection='inputs'"),
+        ({"per_device_train_batch_size": 0}, r"per_device_train_batch_size must be >= 1"),
+        ({"learning_rate": -1}, r"learning_rate must be a finite number > 0"),
+        ({"max_length": 2}, r"max_length must be >= 3"),
+        ({"checkpointing_steps": "often"}, r"checkpointing_steps must be a positive integer or 'epoch'"),
+        ({"kl_schedule": "cosine"}, r"kl_schedule must be one of"),
+    ],
+)
+def test_impossible_settings(train_script, capsys, small_data, tmp_path, overrides, pattern):
+    started = time.perf_counter()
+    train_cli_error(train_script, capsys, tiny_argv(small_data, tmp_path / "run", **overrides), pattern)
+    nothing_trained(tmp_path / "run")
+    assert time.perf_counter() - started < 30
+
+
+def _nan_at(monkeypatch, training_call: int) -> None:
+    """Make the `training_call`-th training-mode forward pass return a NaN loss."""
+    original = SentenceVAEModel.forward
+    calls = {"n": 0}
+
+    def forward(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] == training_call:
+                out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(SentenceVAEModel, "forward", forward)
+
+
+def test_nan_loss_stops_with_the_step_and_the_last_good_checkpoint(small_data, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    config = TrainingConfig(**small_data, output_dir=str(out), **SIZES, max_train_steps=10, logging_steps=1)
+    config.checkpointing_steps, config.per_device_train_batch_size, config.disable_tqdm = "4", 8, True
+    _nan_at(monkeypatch, 7)
+    with pytest.raises(
+        FloatingPointError,
+        match=r"non-finite loss \(NaN or inf\) at step 7; the last good checkpoint is .*checkpoint-4\b",
+    ):
+        train_run(config)
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-4"]
+    assert checkpoint_problem(out / "checkpoint-4") is None
+    assert [r["step"] for r in read_records(out) if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    assert all(math.isfinite(r["loss"]) for r in read_records(out) if "loss" in r)
+
+
+def test_nan_loss_is_skipped_and_counted_under_the_flag(small_data, tmp_path, monkeypatch, caplog):
+    out = tmp_path / "run"
+    config = TrainingConfig(**small_data, output_dir=str(out), **SIZES, max_train_steps=10, logging_steps=1)
+    config.per_device_train_batch_size, config.disable_tqdm, config.on_nonfinite_loss = 8, True, "skip"
+    _nan_at(monkeypatch, 7)
+    with caplog.at_level(logging.WARNING):
+        results = train_run(config)
+    assert results["skipped_steps"] == 1 and results["global_step"] == 10
+    assert "non-finite loss at step 7: batch skipped (1 so far)" in caplog.text
+    assert [r["step"] for r in read_records(out) if "loss" in r] == list(range(1, 11))
+    assert all(math.isfinite(r["loss"]) for r in read_records(out) if "loss" in r)
+
+
+def _diverging_flags(small_data, out: Path) -> list[str]:
+    return tiny_argv(small_data, out, max_train_steps=10, learning_rate=1e30, max_grad_norm=0, checkpointing_steps=1)
+
+
+def _check_divergence_error(line: str, out: Path) -> None:
+    step = int(line.split("at step ")[-1].split(";")[0])
+    assert [p.name for p in list_checkpoints(out)][-1] == f"checkpoint-{step - 1}"
+    assert checkpoint_problem(out / f"checkpoint-{step - 1}") is None
+
+
+DIVERGENCE = r"non-finite loss \(NaN or inf\) at step \d+; the last good checkpoint is .*checkpoint-\d+"
+
+
+def test_diverging_run_through_the_cli(train_script, capsys, small_data, tmp_path):
+    """A learning rate of 1e30 makes the loss non-finite within a few steps: status 2, one line naming the step
+    and the last good checkpoint, which stays intact."""
+    out = tmp_path / "run"
+    line = train_cli_error(train_script, capsys, _diverging_flags(small_data, out), DIVERGENCE)
+    _check_divergence_error(line, out)
+
+
+@pytest.mark.slow
+def test_diverging_run_through_a_real_process(small_data, tmp_path):
+    out = tmp_path / "run"
+    proc = train_subprocess(_diverging_flags(small_data, out))
+    assert_process_error_line(proc, DIVERGENCE)
+    _check_divergence_error(proc.stderr.strip().splitlines()[-1], out)
+
+
+@pytest.mark.parametrize(
+    "overrides, pattern",
+    [
+        ({"max_grad_norm": -1}, r"max_grad_norm must be >= 0 .* gradient ascent"),
+        ({"max_grad_norm": "nan"}, r"max_grad_norm must be >= 0"),
+        ({"logging_steps": 0}, r"logging_steps must be >= 1"),
+        ({"eval_steps": 0}, r"eval_steps must be >= 1"),
+        ({"num_threads": -2}, r"num_threads must be >= 1"),
+        ({"free_bits": "nan"}, r"free_bits must be a finite number >= 0, got nan"),
+        ({"learning_rate": "nan"}, r"learning_rate must be a finite number > 0, got nan"),
+        ({"weight_decay": -0.1}, r"weight_decay must be a finite number >= 0"),
+        ({"save_total_limit": -1}, r"save_total_limit must be >= 0"),
+    ],
+)
+def test_impossible_training_settings(scripts, capsys, small_data, tmp_path, overrides, pattern):
+    train_cli_error(scripts["train"], capsys, tiny_argv(small_data, tmp_path / "run", **overrides), pattern)
+    nothing_trained(tmp_path / "run")
+
+
+def test_gradient_accumulation_longer_than_an_epoch(scripts, capsys, small_data, tmp_path):
+    """64 sentences in batches of 8 are 8 batches: accumulating 20 would never take a step."""
+    argv = tiny_argv(small_data, tmp_path / "run", gradient_accumulation_steps=20)
+    train_cli_error(
+        scripts["train"], capsys, argv, r"gradient_accumulation_steps=20 is more than the 8 batch\(es\) of an epoch"
+    )
+    nothing_trained(tmp_path / "run")
+
+
+def test_skipping_every_batch_is_a_failure(scripts, capsys, small_data, tmp_path):
+    """`--on_nonfinite_loss skip` with a learning rate of 1e30: after the first step every loss is non-finite. The
+    run ends with status 2 and one line instead of exit 0 with a NaN validation loss."""
+    out = tmp_path / "run"
+    argv = tiny_argv(small_data, out, max_train_steps=6, learning_rate=1e30, on_nonfinite_loss="skip", eval_steps=2)
+    line = train_cli_error(
+        scripts["train"], capsys, argv, r"no finite validation loss was reached \(no evaluation was reached\)"
+    )
+    assert "batch(es) with a non-finite loss were skipped" in line
+
+
+def test_no_optimizer_step_at_all_is_a_failure(small_data, tmp_path, monkeypatch):
+    original = SentenceVAEModel.forward
+
+    def nan_forward(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        if self.training:
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(SentenceVAEModel, "forward", nan_forward)
+    with pytest.raises(FloatingPointError, match=r"the run trained nothing: no optimizer step was taken \(8 batch"):
+        train_run(tiny_config(small_data, tmp_path / "run", max_train_steps=1, on_nonfinite_loss="skip"))
+    assert not (tmp_path / "run" / "best").exists()

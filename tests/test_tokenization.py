@@ -224,3 +224,26 @@ def test_ptb_tokenizer_save_load(tmp_path, ptb_tokenizer, ptb_sample):
     loaded = AutoTokenizer.from_pretrained(tmp_path)
     _assert_same_tokenizer(loaded, ptb_tokenizer, [line.strip() for line in ptb_sample[:500]])
     assert len(loaded) == 10002
+
+
+# --------------------------------------------------------------------------- special-token strings in the text
+@pytest.mark.parametrize("path", ["built", "reloaded"])
+def test_the_tokenizer_encodes_special_token_strings_as_unk(tiny_tokenizer, tmp_path, path):
+    """`<pad>`, `<bos>`, `<eos>` in the text become `<unk>`; the sentence's own `<bos>`/`<eos>` and the padding stay.
+    (The copy shipped as remote code does the same: `test_remote_code_loads_without_the_package`.)"""
+    from transformers import AutoTokenizer
+
+    tokenizer = tiny_tokenizer
+    if path == "reloaded":
+        tiny_tokenizer.save_pretrained(tmp_path)
+        tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    specials = {tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id}
+    unk = tokenizer.unk_token_id
+    texts = ["the <pad> cat sat .", "a dog<bos>ran <eos> home", "<eos>", "the cat"]
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    for row, n in zip(batch["input_ids"].tolist(), batch["attention_mask"].sum(-1).tolist()):
+        assert row[0] == tokenizer.bos_token_id and row[n - 1] == tokenizer.eos_token_id
+        assert not specials.intersection(row[1 : n - 1]) and set(row[n:]) <= {tokenizer.pad_token_id}
+    assert tokenizer("the <pad> cat")["input_ids"] == tokenizer("the <unk> cat")["input_ids"]
+    assert tokenizer("a dog<bos>ran", add_special_tokens=False)["input_ids"][2] == unk
+    assert tokenizer.encode("<eos>") == [tokenizer.bos_token_id, unk, tokenizer.eos_token_id]
