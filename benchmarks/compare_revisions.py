@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -29,10 +30,17 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-import run_benchmarks as rb  # noqa: E402
+from bench_training import Arm, TrainState, batch_plan, representative_batches, steps_for  # noqa: E402
+from measure import SEED, default_data_dir, load_average, load_data, machine_info, median, model_config  # noqa: E402
+
+from hf_sentence_vae import SentenceVAEModel  # noqa: E402
+
+REPO = HERE.parent
 
 CLOSURE = ("configuration_sentence_vae", "modeling_sentence_vae", "decoding", "latent")
-OPTIONAL = ("imputation",)  # compared too where the revision has it
+# Loaded where the revision has them: the model's other remote-code modules, and imputation (compared too) with what
+# it imports.
+OPTIONAL = ("kernels", "generation_settings", "tokenization_sentence_vae_fast", "data", "imputation")
 
 
 def load_revision(rev: str, folder: Path):
@@ -41,7 +49,7 @@ def load_revision(rev: str, folder: Path):
     package.mkdir()
     for name in CLOSURE + OPTIONAL:
         shown = subprocess.run(
-            ["git", "show", f"{rev}:hf_sentence_vae/{name}.py"], cwd=rb.REPO, capture_output=True, text=True
+            ["git", "show", f"{rev}:hf_sentence_vae/{name}.py"], cwd=REPO, capture_output=True, text=True
         )
         if shown.returncode != 0 and name in CLOSURE:
             raise SystemExit(f"git show {rev}:hf_sentence_vae/{name}.py failed: {shown.stderr}")
@@ -68,19 +76,19 @@ def compare_training(data, package, args) -> list[dict]:
     corpus = data["corpora"]["train"]
     results = []
     for size in args.sizes:
-        config = rb.model_config(data["tokenizer"], size)
+        config = model_config(data["tokenizer"], size)
         for batch_size in args.batch_sizes:
-            steps = rb.steps_for(batch_size, args)
-            picks = rb.representative_batches(rb.batch_plan(corpus, batch_size, rb.Arm("x")), corpus.lengths, steps)
+            steps = steps_for(batch_size, args)
+            picks = representative_batches(batch_plan(corpus, batch_size, Arm("x")), corpus.lengths, steps)
             states = {}
             for precision in args.precisions:
-                arm = rb.Arm(precision, bf16=precision == "bf16", fused_adam=args.fused_adam)
-                states[("rev", precision)] = rb.TrainState(arm, config, corpus, model_factory=factory(package))
-                states[("work", precision)] = rb.TrainState(arm, config, corpus)
+                arm = Arm(precision, bf16=precision == "bf16", fused_adam=args.fused_adam)
+                states[("rev", precision)] = TrainState(arm, config, corpus, model_factory=factory(package))
+                states[("work", precision)] = TrainState(arm, config, corpus)
             runs = {key: [] for key in states}
             for rep in range(args.warmup + args.repeats):
                 for key, state in states.items():
-                    load = rb.load_average()
+                    load = load_average()
                     wall, cpu = time.perf_counter(), time.process_time()
                     tokens = sum(state.step(idx, rep * steps + i) for i, idx in enumerate(picks))
                     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -96,12 +104,12 @@ def compare_training(data, package, args) -> list[dict]:
                         "batch_size": batch_size,
                         "precision": precision,
                         "fused_adam": args.fused_adam,
-                        "rev_tokens_per_second": rb.median(r["wall"] for r in rev),
-                        "work_tokens_per_second": rb.median(r["wall"] for r in work),
-                        "speedup": rb.median(a["wall"] / b["wall"] for a, b in zip(work, rev)),
-                        "speedup_cpu_time": rb.median(a["cpu"] / b["cpu"] for a, b in zip(work, rev)),
+                        "rev_tokens_per_second": median(r["wall"] for r in rev),
+                        "work_tokens_per_second": median(r["wall"] for r in work),
+                        "speedup": median(a["wall"] / b["wall"] for a, b in zip(work, rev)),
+                        "speedup_cpu_time": median(a["cpu"] / b["cpu"] for a, b in zip(work, rev)),
                         "max_abs_loss_difference": max(abs(a - b) for a, b in zip(losses_work, losses_rev)),
-                        "load_median": rb.median(r["load"] for r in work + rev),
+                        "load_median": median(r["load"] for r in work + rev),
                     }
                 )
                 print(json.dumps(results[-1]), file=sys.stderr)
@@ -118,12 +126,12 @@ def _generate(model, **kwargs):
 
 @torch.no_grad()
 def compare_decoding(package, args) -> list[dict]:
-    work = rb.SentenceVAEModel.from_pretrained(args.decode_model).eval()
+    work = SentenceVAEModel.from_pretrained(args.decode_model).eval()
     rev = factory(package)(work.config)
     rev.load_state_dict(work.state_dict())
     rev.eval()
     largest = max(args.decode_batch_sizes + [args.single_sentences])
-    codes = work.sample_prior(largest, generator=torch.Generator().manual_seed(rb.SEED))
+    codes = work.sample_prior(largest, generator=torch.Generator().manual_seed(SEED))
     results = []
     for beams in (1, 5, 15):
         for batch in args.decode_batch_sizes:
@@ -153,7 +161,7 @@ def compare_decoding(package, args) -> list[dict]:
                     "speedup": statistics.median(a / b for a, b in zip(timings["work"], timings["rev"])),
                     "same_sequences": same,
                     "max_abs_score_difference": score_diff,
-                    "load": rb.load_average(),
+                    "load": load_average(),
                 }
             )
             print(json.dumps(results[-1]), file=sys.stderr)
@@ -171,12 +179,12 @@ def compare_imputation(package, data, args) -> list[dict]:
         rev_impute = importlib.import_module("sentence_vae_rev.imputation").impute
     except ImportError:
         return []
-    work = rb.SentenceVAEModel.from_pretrained(args.decode_model).eval()
+    work = SentenceVAEModel.from_pretrained(args.decode_model).eval()
     rev = factory(package)(work.config)
     rev.load_state_dict(work.state_dict())
     rev.eval()
     corpus = data["corpora"]["validation"]
-    chosen = np.random.default_rng(rb.SEED).choice(len(corpus), 64, replace=False)
+    chosen = np.random.default_rng(SEED).choice(len(corpus), 64, replace=False)
     chosen = chosen[np.argsort(corpus.lengths[chosen], kind="stable")]
     results = []
     for batch in (1, 64):
@@ -202,7 +210,7 @@ def compare_imputation(package, data, args) -> list[dict]:
                 "speedup": statistics.median(a / b for a, b in zip(timings["work"], timings["rev"])),
                 "same_sequences": same,
                 "max_abs_score_difference": 0.0,
-                "load": rb.load_average(),
+                "load": load_average(),
             }
         )
         print(json.dumps(results[-1]), file=sys.stderr)
@@ -235,10 +243,13 @@ def render(results: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> dict:
+def compare(argv: Sequence[str] | None = None) -> dict:
+    """Compare the working tree with `--rev` as the arguments say; returns the results (also written to --output)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rev", default="HEAD")
-    parser.add_argument("--data_dir", default=str(rb.default_data_dir()))
+    parser.add_argument(
+        "--data_dir", default=default_data_dir(), help="folder holding ptb/ (default: $SENTENCE_VAE_DATA)"
+    )
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--sizes", default="standard")
     parser.add_argument("--batch_sizes", default="32,128")
@@ -263,13 +274,13 @@ def main(argv=None) -> dict:
     results = {
         "command": " ".join(["python", "benchmarks/compare_revisions.py", *(sys.argv[1:] if argv is None else argv)]),
         "rev": subprocess.run(
-            ["git", "rev-parse", "--short", args.rev], cwd=rb.REPO, capture_output=True, text=True
+            ["git", "rev-parse", "--short", args.rev], cwd=REPO, capture_output=True, text=True
         ).stdout.strip(),
-        "machine": rb.machine_info(),
+        "machine": machine_info(),
     }
     with tempfile.TemporaryDirectory(prefix="sentence_vae_rev_") as tmp:
         package = load_revision(args.rev, Path(tmp))
-        data = rb.load_data(args)
+        data = load_data(args)
         results["training"] = compare_training(data, package, args) if args.repeats else []
         results["decoding"] = compare_decoding(package, args) if args.decode_model else []
         if args.decode_model:
@@ -277,9 +288,15 @@ def main(argv=None) -> dict:
     results["markdown"] = render(results)
     if args.output:
         Path(args.output).write_text(json.dumps(results, indent=1) + "\n")
-    print(results["markdown"])
+    sys.stdout.write(results["markdown"] + "\n")
     return results
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the comparison; returns the exit status."""
+    compare(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

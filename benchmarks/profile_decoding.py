@@ -7,7 +7,9 @@ prior samples, plus a per-row-step roofline from the model's FLOPs and the measu
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 import json
+import sys
 import time
 
 import torch
@@ -29,14 +31,15 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> int:
+    """Profile greedy decoding of the model as the arguments say; returns the exit status."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True)
     parser.add_argument("--batch_size", type=int, default=512)
     parser.add_argument("--max_new_tokens", type=int, default=100)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rows", type=int, default=12, help="profiler table rows")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = SentenceVAEModel.from_pretrained(args.model).eval()
     config = model.config
@@ -67,9 +70,10 @@ def main() -> None:
         "matmul_gflops": rate,
         "matmul_bound_ms_per_row_step": 1000 * flops / (rate * 1e9),
     }
-    print(json.dumps(result, indent=2))
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
+    sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    sys.stdout.write(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows) + "\n")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -3,13 +3,13 @@
 importance-weighted test NLL, its mutual information I(x; z) and how well its posterior means reconstruct the
 test sentences, with the matching RNNLM's exact test NLL as the reference line.
 
-    python examples/rate_distortion.py --runs runs/ptb/latent_t2 runs/ptb/latent_t5 ... \
+    python examples/paper/rate_distortion.py --runs runs/ptb/latent_t2 runs/ptb/latent_t5 ... \
         --rnnlm runs/ptb/rnnlm_control --test_file ../shared/data/ptb/ptb.test.txt --iw_samples 500 \
         --output benchmarks/results/rate_distortion.json --markdown benchmarks/results/rate_distortion.md \
         --plot benchmarks/results/rate_distortion.png
 
 For each run folder (a `train_scripts/train.py` output directory) the selected model `RUN/best` is evaluated with
-`train_scripts/evaluate.py` (IW-NLL with `--iw_samples`) and `train_scripts/latent_report.py`; their JSON lands in
+`train_scripts/evaluate_model.py` (IW-NLL with `--iw_samples`) and `train_scripts/latent_report.py`; their JSON lands in
 `RUN/eval/` and is reused when present, so evaluations can run one run at a time (several processes in parallel,
 each with one `--runs` folder) and a last call with every folder only collects. `--collect_only` never evaluates.
 """
@@ -22,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO / "train_scripts"
 
 
@@ -44,7 +44,7 @@ def evaluate_run(run: Path, args: argparse.Namespace, is_rnnlm: bool) -> None:
     common = ["--model_name_or_path", model, "--test_file", args.test_file]
     if not paths["nll"].is_file():
         iw = "0" if is_rnnlm else str(args.iw_samples)
-        command = [sys.executable, str(SCRIPTS / "evaluate.py"), *common, "--iw_samples", iw]
+        command = [sys.executable, str(SCRIPTS / "evaluate_model.py"), *common, "--iw_samples", iw]
         _run(command + ["--no_progress", "--output_file", str(paths["nll"])], run / "eval" / "evaluate.log")
     if not is_rnnlm and not paths["latent"].is_file():
         command = [sys.executable, str(SCRIPTS / "latent_report.py"), *common, "--output_file", str(paths["latent"])]

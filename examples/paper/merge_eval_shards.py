@@ -1,14 +1,14 @@
 #!/usr/bin/env python
-"""Combine `train_scripts/evaluate.py` reports on disjoint shards of one test set into whole-set figures.
+"""Combine `train_scripts/evaluate_model.py` reports on disjoint shards of one test set into whole-set figures.
 
 A k=500 importance-weighted evaluation of the PTB test set takes about 50 min on one core; split into two
 halves, run side by side (one torch thread each), it takes about 27:
 
     head -n 1881 ../shared/data/ptb/ptb.test.txt > /tmp/shards/a.txt
     tail -n +1882 ../shared/data/ptb/ptb.test.txt > /tmp/shards/b.txt
-    python train_scripts/evaluate.py --model_name_or_path RUN/best --test_file /tmp/shards/a.txt \
+    python train_scripts/evaluate_model.py --model_name_or_path RUN/best --test_file /tmp/shards/a.txt \
         --iw_samples 500 --seed 0 --output_file RUN_a.json        # likewise b, at the same time
-    python benchmarks/merge_eval_shards.py RUN_a.json RUN_b.json --name RUN_k500_full_test --output OUT.json
+    python examples/paper/merge_eval_shards.py RUN_a.json RUN_b.json --name RUN_k500_full_test --output OUT.json
 
 Per-sentence figures (nats per sentence) are averaged weighted by each shard's sentence count, and the
 perplexities are recomputed from the summed nats over the summed tokens (end of sentence counted) and words.
@@ -20,7 +20,9 @@ every shard's report under `shards`, named by its file.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 import json
+import sys
 import math
 from pathlib import Path
 
@@ -28,7 +30,7 @@ PER_SENTENCE = ("nll_iw", "nll_bound", "kl", "reconstruction")
 
 
 def merge(reports: list[dict]) -> dict:
-    """Whole-set figures from per-shard `evaluate.py` reports (see the module docstring)."""
+    """Whole-set figures from per-shard `evaluate_model.py` reports (see the module docstring)."""
     if not reports:
         raise ValueError("need at least one shard report")
     samples = {r.get("iw_samples") for r in reports}
@@ -49,9 +51,11 @@ def merge(reports: list[dict]) -> dict:
     return merged
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: Sequence[str] | None = None) -> int:
+    """Merge the shard reports as the arguments say, write the result and print the whole-set figures; returns the
+    exit status."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("shards", nargs="+", help="evaluate.py --output_file JSONs, one per disjoint shard")
+    parser.add_argument("shards", nargs="+", help="evaluate_model.py --output_file JSONs, one per disjoint shard")
     parser.add_argument("--name", required=True, help="key of the whole-set figures in the output")
     parser.add_argument("--output", required=True, help="JSON file to write")
     args = parser.parse_args(argv)
@@ -60,9 +64,9 @@ def main(argv: list[str] | None = None) -> dict:
         raise ValueError(f"shard files need distinct names, got {args.shards}")
     result = {args.name: merge(list(reports.values())), "shards": reports}
     Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    sys.stdout.write(json.dumps({args.name: result[args.name]}, indent=2) + "\n")
+    return 0
 
 
 if __name__ == "__main__":
-    figures = main()
-    print(json.dumps({key: value for key, value in figures.items() if key != "shards"}, indent=2))
+    sys.exit(main())

@@ -2,7 +2,7 @@
 """The paper's Figure 3 on PTB: the two terms of the bound (reconstruction cross entropy and KL, nats per
 sentence) of the standard VAE trained at word keep rates 100/90/75/50/0 %.
 
-    python benchmarks/word_dropout_sweep.py --config train_scripts/configs/ptb_vae_standard.yaml \
+    python examples/paper/word_dropout_sweep.py --config train_scripts/configs/ptb_vae_standard.yaml \
         --runs_dir runs/ptb/sweep --num_train_epochs 3 --kl_sigmoid_midpoint 1000 --kl_sigmoid_slope 0.005 \
         --output benchmarks/results/word_dropout_sweep.json --plot benchmarks/results/word_dropout_sweep.png
 
@@ -15,6 +15,7 @@ interruption. The figures are the selected model's (best validation bound) test-
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 import json
 import subprocess
 import sys
@@ -110,7 +111,8 @@ def plot(rows: list[dict], path: str) -> None:
     plt.close(fig)
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> int:
+    """Train the sweep's runs (unless `--report_only`) and report them; returns the exit status."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="train_scripts/configs/ptb_vae_standard.yaml")
     parser.add_argument("--runs_dir", default="runs/ptb/sweep")
@@ -123,7 +125,7 @@ def main() -> None:
     parser.add_argument("--output", default="benchmarks/results/word_dropout_sweep.json")
     parser.add_argument("--plot", default="benchmarks/results/word_dropout_sweep.png")
     parser.add_argument("--report_only", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     for keep in args.keep_rates:
         if not 0.0 <= keep <= 1.0:
             parser.error(f"--keep_rates: {keep} is not in [0, 1]")
@@ -134,11 +136,13 @@ def main() -> None:
     if not rows:
         parser.error(f"no finished runs under {args.runs_dir}")
     table = markdown(rows)
-    Path(args.output).write_text(json.dumps({"command": " ".join(sys.argv), "rows": rows}, indent=2) + "\n")
+    command = " ".join(["python", "examples/paper/word_dropout_sweep.py", *(sys.argv[1:] if argv is None else argv)])
+    Path(args.output).write_text(json.dumps({"command": command, "rows": rows}, indent=2) + "\n")
     Path(args.output).with_suffix(".md").write_text(table + "\n")
     plot(rows, args.plot)
-    print(table)
+    sys.stdout.write(table + "\n")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The PTB language-modelling table beside the paper's Table 2, from trained run folders.
 
-    python benchmarks/ptb_report.py --runs_dir runs/ptb --data_dir ../shared/data/ptb --iw_samples 50 \
+    python examples/paper/ptb_report.py --runs_dir runs/ptb --data_dir ../shared/data/ptb --iw_samples 50 \
         --output runs/ptb/report.json --markdown runs/ptb/report.md
 
 For each run (`vae_standard`, `rnnlm_standard`, `vae_inputless`, `rnnlm_inputless`) found under --runs_dir it
@@ -15,6 +15,7 @@ end of sentence).
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 import json
 import math
 import os
@@ -174,10 +175,15 @@ def markdown(rows: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
+def ptb_default() -> str | None:
+    """`$SENTENCE_VAE_DATA/ptb`, or None."""
+    return os.path.join(os.environ["SENTENCE_VAE_DATA"], "ptb") if "SENTENCE_VAE_DATA" in os.environ else None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs_dir", default="runs/ptb")
-    parser.add_argument("--data_dir", default=os.environ.get("SENTENCE_VAE_DATA", "../shared/data") + "/ptb")
+    parser.add_argument("--data_dir", required="SENTENCE_VAE_DATA" not in os.environ, default=ptb_default(), help="folder holding ptb.{train,test}.txt (default: $SENTENCE_VAE_DATA/ptb)")
     parser.add_argument("--iw_samples", type=int, default=50)
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--skip_train", action="store_true", help="do not evaluate the training split")
