@@ -7,10 +7,10 @@ prior samples, plus a per-row-step roofline from the model's FLOPs and the measu
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
 import json
 import sys
 import time
+from collections.abc import Sequence
 
 import torch
 from torch.profiler import profile

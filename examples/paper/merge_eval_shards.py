@@ -20,10 +20,10 @@ every shard's report under `shards`, named by its file.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
 import json
-import sys
 import math
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 PER_SENTENCE = ("nll_iw", "nll_bound", "kl", "reconstruction")

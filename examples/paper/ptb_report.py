@@ -15,12 +15,12 @@ end of sentence).
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
 import json
 import math
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -183,7 +183,12 @@ def ptb_default() -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs_dir", default="runs/ptb")
-    parser.add_argument("--data_dir", required="SENTENCE_VAE_DATA" not in os.environ, default=ptb_default(), help="folder holding ptb.{train,test}.txt (default: $SENTENCE_VAE_DATA/ptb)")
+    parser.add_argument(
+        "--data_dir",
+        required="SENTENCE_VAE_DATA" not in os.environ,
+        default=ptb_default(),
+        help="folder holding ptb.{train,test}.txt (default: $SENTENCE_VAE_DATA/ptb)",
+    )
     parser.add_argument("--iw_samples", type=int, default=50)
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--skip_train", action="store_true", help="do not evaluate the training split")

@@ -15,10 +15,10 @@ interruption. The figures are the selected model's (best validation bound) test-
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
 import json
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 # The paper's Figure 3 (its table of the plotted values): keep rate -> (cross entropy, KL).
