@@ -109,7 +109,7 @@ def ptb_train_lines(ptb_dir: Path) -> list[str]:
 
 @pytest.fixture(scope="session")
 def ptb_tokenizer(ptb_dir: Path):
-    """The PTB word-level tokenizer (built once per session from ptb.train.txt). Do not mutate it."""
+    """The PTB word-level tokenizer (built once per test run from ptb.train.txt). Do not mutate it."""
     from hf_sentence_vae import build_tokenizer
 
     with open(ptb_dir / "ptb.train.txt", encoding="utf-8") as handle:

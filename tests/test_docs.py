@@ -1,4 +1,5 @@
-"""The README's usage example runs as written, and its first screen shows the two set-up commands."""
+"""The documentation: the README's usage example runs as written, its first screen shows the two set-up commands, and
+no project file narrates development."""
 
 import ast
 import re
@@ -53,3 +54,26 @@ def test_readme_commands_use_the_demo_model(repo_root):
     assert f"--model_name_or_path {default_out}/best" in text
     printed = demo.next_steps(Path(default_out) / "best")
     assert f"{default_out}/best" in printed and "generate.py" in printed
+
+
+def test_no_project_file_narrates_development(repo_root):
+    """Project files speak of the project and its users: no issue numbers and no working sessions (pytest's fixture
+    scope aside; this file states the rule)."""
+    import subprocess
+
+    listed = subprocess.run(["git", "ls-files"], cwd=repo_root, capture_output=True, text=True, check=True).stdout
+    suffixes = (".py", ".md", ".yaml", ".yml", ".j2", ".toml", ".cfg", ".txt", ".json")
+    offending = []
+    for name in listed.splitlines():
+        path = repo_root / name
+        if (
+            name == "tests/test_docs.py"
+            or not path.is_file()
+            or not (name.endswith(suffixes) or path.name in ("Makefile", "run"))
+        ):
+            continue
+        for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            text = line.replace('scope="session"', "")
+            if re.search(r"\bissues? ?#\d+", text, re.I) or "session" in text.lower():
+                offending.append(f"{name}:{number}: {line.strip()[:100]}")
+    assert not offending, "\n".join(offending[:20])
