@@ -108,7 +108,7 @@ def flops_of_lengths(config: SentenceVAEConfig, lengths: np.ndarray) -> float:
     )
     lengths = np.asarray(lengths, dtype=np.float64)
     encoder = 0.0
-    if config.latent_size > 0:
+    if not config.is_rnnlm:
         encoder = 2 * 4 * he * (e + he) * (2 if config.bidirectional_encoder else 1) * lengths.sum()
     decoder_in = e + (z if config.latent_injection == "initial_state_and_inputs" else 0)
     decoder = (2 * 4 * hd * (decoder_in + hd) + 2 * hd * v) * (lengths - 1).sum()

@@ -249,3 +249,38 @@ def card_samples(text: str) -> tuple[list[str], list[str]]:
     prior = [re.sub(r"^\d+\. ?", "", line) for line in blocks[0].splitlines()]
     path = [re.sub(r"^a=\d\.\d\d  ?", "", line) for line in blocks[1].splitlines()] if len(blocks) > 1 else []
     return prior, path
+
+
+def assert_records_close(got: list[dict], want: list[dict], rel: float, abs_tol: float, timing=("tokens_per_second",)):
+    """Two runs' `metrics.jsonl` records: the same steps and keys, every value but the timings within `rel` and
+    `abs_tol`."""
+    import pytest
+
+    assert [r["step"] for r in got] == [r["step"] for r in want]
+    for a, b in zip(got, want):
+        assert a.keys() == b.keys(), (a, b)
+        for key in a.keys() - set(timing):
+            assert a[key] == pytest.approx(b[key], rel=rel, abs=abs_tol), (
+                f"step {a['step']} {key}: {a[key]} != {b[key]}"
+            )
+
+
+def dotted_name(node) -> str:
+    """`a.b.c` of an `ast` Name/Attribute chain (the node's type name for anything else)."""
+    import ast
+
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return f"{dotted_name(node.value)}.{node.attr}"
+    return type(node).__name__
+
+
+def ptb_subset(ptb_dir: Path, folder: Path, train_lines: int, other_lines: int = 40) -> dict[str, str]:
+    """The first `train_lines` lines of PTB's training split and `other_lines` of its validation and test splits,
+    written to `folder`, as `train_file`/`validation_file`/`test_file` options."""
+    return {
+        "train_file": head_lines(ptb_dir / "ptb.train.txt", folder / "train.txt", train_lines),
+        "validation_file": head_lines(ptb_dir / "ptb.valid.txt", folder / "valid.txt", other_lines),
+        "test_file": head_lines(ptb_dir / "ptb.test.txt", folder / "test.txt", other_lines),
+    }

@@ -29,10 +29,12 @@ from helpers import (
     REPO,
     SIZES,
     TRAIN_SCRIPT,
+    assert_records_close,
     child_env,
     copy_run,
+    dotted_name,
     flags,
-    head_lines,
+    ptb_subset,
     read_records,
     reset_accelerate,
     tiny_argv,
@@ -89,22 +91,12 @@ def assert_same_run(output_dir, results: dict, reference_dir, reference: dict, r
     assert keys
     for key in keys:
         assert results[key] == pytest.approx(reference[key], rel=rel, abs=1e-7), key
-    got, want = read_records(output_dir), read_records(reference_dir)
-    assert [r["step"] for r in got] == [r["step"] for r in want]
-    for a, b in zip(got, want):
-        assert a.keys() == b.keys()
-        for key in a.keys() - TIMING_FIELDS:
-            assert a[key] == pytest.approx(b[key], rel=rel, abs=1e-7), f"step {a['step']} {key}"
+    assert_records_close(read_records(output_dir), read_records(reference_dir), rel, 1e-7, timing=TIMING_FIELDS)
 
 
 @pytest.fixture(scope="module")
 def ptb_run_data(ptb_dir: Path, tmp_path_factory) -> dict[str, str]:
-    folder = tmp_path_factory.mktemp("ptb_reliability")
-    return {
-        "train_file": head_lines(ptb_dir / "ptb.train.txt", folder / "train.txt", 200),
-        "validation_file": head_lines(ptb_dir / "ptb.valid.txt", folder / "valid.txt", 40),
-        "test_file": head_lines(ptb_dir / "ptb.test.txt", folder / "test.txt", 40),
-    }
+    return ptb_subset(ptb_dir, tmp_path_factory.mktemp("ptb_reliability"), 200)
 
 
 @pytest.fixture(scope="module")
@@ -419,7 +411,7 @@ def test_every_torch_load_is_weights_only_and_nothing_is_unpickled():
     for path in sources:
         tree = ast.parse(path.read_text(), filename=str(path))
         for call in (n for n in ast.walk(tree) if isinstance(n, ast.Call)):
-            name = _dotted(call.func)
+            name = dotted_name(call.func)
             where = f"{path.name}:{call.lineno}"
             keywords = {k.arg: k.value for k in call.keywords}
             if name == "torch.load":
@@ -433,14 +425,6 @@ def test_every_torch_load_is_weights_only_and_nothing_is_unpickled():
             assert name not in ("pickle.load", "pickle.loads", "dill.load"), where
             last = name.rsplit(".", 1)[-1]
             assert last not in ("save_state", "load_state", "register_for_checkpointing"), f"{where} {name}"
-
-
-def _dotted(node: ast.AST) -> str:
-    if isinstance(node, ast.Name):
-        return node.id
-    if isinstance(node, ast.Attribute):
-        return f"{_dotted(node.value)}.{node.attr}"
-    return type(node).__name__
 
 
 def _zero_weights(path: Path, count: int = 4096) -> None:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import dotted_name
 
 import hf_sentence_vae
 from hf_sentence_vae import hub
@@ -37,14 +38,6 @@ def _import_time_nodes(body):
             yield from _import_time_nodes(node.body)
         else:
             yield node
-
-
-def _dotted(node: ast.AST) -> str:
-    if isinstance(node, ast.Name):
-        return node.id
-    if isinstance(node, ast.Attribute):
-        return f"{_dotted(node.value)}.{node.attr}"
-    return type(node).__name__
 
 
 def _shipped_folder(tmp_path, tiny_model, tiny_tokenizer) -> Path:
@@ -100,7 +93,7 @@ def test_shipped_code_imports_only_core_packages_and_does_no_io_at_import(tiny_m
             continue  # it registers its task when imported: that is its job
         for node in _import_time_nodes(tree.body):
             for call in (n for n in ast.walk(node) if isinstance(n, ast.Call)):
-                name = _dotted(call.func)
+                name = dotted_name(call.func)
                 assert name in ALLOWED_AT_IMPORT, f"{path.name}:{call.lineno} calls {name}() at import time"
             for sub in ast.walk(node):
                 assert not isinstance(sub, (ast.With, ast.AsyncWith, ast.Global)), f"{path.name}:{sub.lineno}"

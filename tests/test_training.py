@@ -18,9 +18,11 @@ import pytest
 import torch
 from helpers import (
     assert_process_error_line,
+    assert_records_close,
     head_lines,
     load_script,
     nothing_trained,
+    ptb_subset,
     read_records,
     reset_accelerate,
     tiny_argv,
@@ -61,27 +63,16 @@ def _train(config: TrainingConfig) -> dict:
     return train(config)
 
 
-def _records(output_dir: Path) -> list[dict]:
-    path = Path(output_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def _train_records(output_dir: Path) -> list[dict]:
-    return [r for r in _records(output_dir) if "loss" in r]
+    return [r for r in read_records(output_dir) if "loss" in r]
 
 
 def _eval_records(output_dir: Path) -> list[dict]:
-    return [r for r in _records(output_dir) if "validation_loss" in r]
+    return [r for r in read_records(output_dir) if "validation_loss" in r]
 
 
 def _assert_records_close(got: list[dict], want: list[dict], rel: float) -> None:
-    assert [r["step"] for r in got] == [r["step"] for r in want]
-    for a, b in zip(got, want):
-        assert a.keys() == b.keys(), (a, b)
-        for key in a:
-            if key in TIMING_FIELDS:
-                continue
-            assert a[key] == pytest.approx(b[key], rel=rel, abs=1e-6), f"step {a['step']} {key}: {a[key]} != {b[key]}"
+    assert_records_close(got, want, rel, 1e-6, timing=TIMING_FIELDS)
 
 
 def _assert_metrics_close(got: dict, want: dict, rel: float, prefixes=("validation_", "test_", "train_")) -> None:
@@ -94,12 +85,7 @@ def _assert_metrics_close(got: dict, want: dict, rel: float, prefixes=("validati
 @pytest.fixture(scope="module")
 def small_ptb(ptb_dir: Path, tmp_path_factory) -> dict[str, str]:
     """100 training, 40 validation and 40 test sentences of PTB (the first lines of each file)."""
-    folder = tmp_path_factory.mktemp("ptb_small")
-    return {
-        "train_file": head_lines(ptb_dir / "ptb.train.txt", folder / "train.txt", 100),
-        "validation_file": head_lines(ptb_dir / "ptb.valid.txt", folder / "valid.txt", 40),
-        "test_file": head_lines(ptb_dir / "ptb.test.txt", folder / "test.txt", 40),
-    }
+    return ptb_subset(ptb_dir, tmp_path_factory.mktemp("ptb_small"), 100)
 
 
 def tiny_run(data: dict[str, str], output_dir: Path, **overrides) -> TrainingConfig:
@@ -245,7 +231,7 @@ def test_resume_from_latest_checkpoint_matches_an_uninterrupted_run(small_ptb, t
     resumed = tiny_run(small_ptb, tmp_path / "resumed", max_train_steps=20, resume_from_checkpoint="latest", **common)
     resumed_results = _train(resumed)
 
-    _assert_records_close(_records(resumed.output_dir), _records(full.output_dir), rel=1e-5)
+    _assert_records_close(read_records(resumed.output_dir), read_records(full.output_dir), rel=1e-5)
     assert resumed_results["global_step"] == full_results["global_step"] == 20
     assert resumed_results["best_step"] == full_results["best_step"]
     _assert_metrics_close(resumed_results, full_results, rel=1e-5)
@@ -488,7 +474,7 @@ def test_two_process_cpu_run_matches_one_process_run(small_ptb, tmp_path):
     assert double_results["global_step"] == 13
     assert "train_loss" not in double_results  # the training split is evaluated only on request
     # logged once: one record per step and no duplicates from the second process
-    records = _records(out)
+    records = read_records(out)
     train_steps = [r["step"] for r in records if "loss" in r]
     assert train_steps == list(range(1, 14))
     assert [r["step"] for r in records if "validation_loss" in r] == [3, 6, 9, 12, 13]
@@ -506,7 +492,7 @@ def test_two_process_cpu_run_matches_one_process_run(small_ptb, tmp_path):
     assert "world size 2" in main_log and "training sentences" in main_log and "truncated" in main_log
     assert other_log == ""
 
-    _assert_records_close(_records(out), _records(single.output_dir), rel=1e-5)
+    _assert_records_close(read_records(out), read_records(single.output_dir), rel=1e-5)
     _assert_metrics_close(double_results, single_results, rel=1e-5)
     assert elapsed < 120
 
@@ -640,7 +626,7 @@ def cli_run(small_ptb, tmp_path_factory) -> Path:
 def test_run_writes_metrics_results_best_curves_and_checkpoints(cli_run):
     from transformers import AutoModel, AutoTokenizer
 
-    records = _records(cli_run)
+    records = read_records(cli_run)
     assert [r["step"] for r in records if "loss" in r] == list(range(1, 9))
     assert [r["step"] for r in records if "validation_loss" in r] == [4, 8]
     for record in records:
