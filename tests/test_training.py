@@ -276,6 +276,16 @@ def test_encoder_warm_start_trains_an_autoencoder_then_reinitialises_the_decoder
     assert distance(final, fresh) < 0.5 * distance(at_switch, fresh)
 
 
+def test_a_run_that_ends_within_the_warm_start_keeps_its_final_weights(small_ptb, tmp_path, caplog):
+    """No evaluation can select best/ during the warm start: a run that ends there keeps its final weights (an
+    autoencoder) and says so, instead of failing as a run that trained nothing."""
+    config = tiny_run(small_ptb, tmp_path / "run", max_train_steps=6, encoder_warmup_steps=10, eval_steps=3)
+    with caplog.at_level("WARNING"):
+        results = _train(config)
+    assert results["best_step"] is None and (Path(config.output_dir) / "best" / "model.safetensors").is_file()
+    assert "ended within the encoder warm start" in caplog.text
+
+
 def test_kl_target_drives_the_kl_weight(small_ptb, tmp_path):
     """Each step's KL weight is the controller's answer to the KL of the steps before (replayed here from the log,
     one record per step); a target far above the KL keeps the weight at 0, one at 0 makes it rise."""

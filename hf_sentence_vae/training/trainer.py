@@ -679,6 +679,10 @@ class Trainer:
         replace_dir(tmp, final)
 
     # ------------------------------------------------------------------ the end
+    def _ended_in_warm_start(self) -> bool:
+        """Whether the run stopped before the encoder warm start was over (no evaluation could select best/)."""
+        return self.state.global_step <= self.config.encoder_warmup_steps
+
     def _training_failure(self, has_validation: bool) -> str | None:
         """Why the run produced no usable model (no optimizer step taken, every validation loss non-finite, or
         non-finite weights), or None."""
@@ -688,7 +692,7 @@ class Trainer:
         skipped = f"{state.skipped_steps} batch(es) with a non-finite loss were skipped"
         if state.global_step == 0:
             return f"the run trained nothing: no optimizer step was taken ({skipped}); lower the learning rate"
-        if has_validation and state.best_step is None:
+        if has_validation and state.best_step is None and not self._ended_in_warm_start():
             count = state.evals_without_improvement
             detail = f"all {count} evaluation(s) gave NaN or inf" if count else "no evaluation was reached"
             return (
@@ -708,6 +712,13 @@ class Trainer:
             raise FloatingPointError(failure)
         best = self.output_dir / "best"
         if not has_validation:
+            self._save_best({})
+        elif state.best_step is None and self._ended_in_warm_start():
+            logger.warning(
+                f"the run ended within the encoder warm start (step {state.global_step} of "
+                f"{self.config.encoder_warmup_steps}): best/ holds the final weights, an autoencoder with a decoder that "
+                "the warm start would have re-initialised"
+            )
             self._save_best({})
         accelerator.wait_for_everyone()
         results: dict[str, Any] = {
