@@ -1,5 +1,6 @@
-"""Data: length-bucketed batching, the flat corpus and its padded batches, tokenization with truncation, text
-loading (blank lines, encodings, local datasets) and the WordNet example-sentence reader."""
+"""Data (`hf_sentence_vae.data`): length-bucketed batching, the flat corpus and its padded batches, tokenization with
+truncation, text loading (blank lines, encodings, local datasets), the WordNet example-sentence reader, and bad
+training data, one clear error each through `train.py`."""
 
 from __future__ import annotations
 

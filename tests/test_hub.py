@@ -1,7 +1,7 @@
-"""Sharing on the Hub: the model card written at the end of training, the staged (Hub-ready) folder, loading it
-as a stranger would (remote code only, in an environment with just torch / transformers / tokenizers /
-safetensors and their dependencies), the `sentence-vae` pipeline, and pushes: to an unreachable endpoint (fails
-fast and clearly) and to a local fake Hub (receives exactly the expected files).
+"""Sharing on the Hub (`hf_sentence_vae.hub`): the Hub-ready folder training leaves, the staged folder, loading it as
+a stranger would (remote code only, in an environment with just torch / transformers / tokenizers / safetensors and
+their dependencies), and pushes through `push_to_hub.py`: to an unreachable endpoint (fails fast and clearly) and to
+a local fake Hub (receives exactly the expected files).
 
 Everything runs on one tiny model trained for a few dozen steps on `TINY_SENTENCES` (no data dependency).
 """

@@ -1,5 +1,6 @@
-"""Rate control: the target-rate controller of the KL weight, batch-normalised posterior means (BN-VAE) and the
-decoder re-initialisation of the encoder warm start. The trainer's use of them is tested in test_training.py."""
+"""Rate control (`hf_sentence_vae.rate_control`): the KL-weight schedules, free bits, the target-rate controller of
+the KL weight, batch-normalised posterior means (BN-VAE) and the decoder re-initialisation of the encoder warm start.
+The trainer's use of them is tested in test_training.py."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The word-level tokenizer: PTB vocabulary, exact round trips, raw-text mode, limits and save/load."""
+"""The word-level tokenizer: PTB vocabulary, exact round trips, raw-text mode, limits, save/load, and special-token
+strings in the text."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""The training loop: convergence on PTB, KL schedules, free bits, exact resume, 2-process DDP on CPU,
-bad-data errors, the CLI, run artifacts, checkpoint bookkeeping and the offline Hub push.
+"""The training loop (`hf_sentence_vae.training.trainer`): convergence on PTB, exact resume, rate control in the loop,
+weight averaging, 2-process DDP on CPU, bad-data errors, run artifacts, checkpoint bookkeeping, the offline Hub push,
+and settings or runs that cannot train (one clear error each, through `train.py` where a user would meet them).
 
 Every run here is tiny (emb/hidden 16-32, z 4-8, a few hundred PTB lines) so that the whole module runs in
 well under a minute or two on two shared CPU cores.
