@@ -5,8 +5,8 @@ YAML/JSON files, `none` for optional flags, booleans, help texts with defaults a
 from __future__ import annotations
 
 import dataclasses
-import re
 import json
+import re
 
 import pytest
 from helpers import (
