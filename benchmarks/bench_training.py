@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 from baseline import StraightforwardVAE, straightforward_batches
+from peer_reference import PeerStyleVAE, peer_batches
 from measure import (
     MAX_GRAD_NORM,
     SEED,
@@ -36,6 +37,8 @@ class Arm:
     fused_adam: bool = False
     compile: bool = False
     baseline: bool = False
+    peer: bool = False
+    packed: bool = True
 
     @property
     def dtype(self) -> str:
@@ -74,10 +77,15 @@ class TrainState:
             self.model = StraightforwardVAE(config).train()
             self.model.load_state_dict(library.state_dict())  # same initial weights as the library arms
             self.pad_to = int(corpus.lengths.max())
+        elif arm.peer:
+            self.model = PeerStyleVAE(config, packed=arm.packed).train()
+            self.model.load_state_dict(library.state_dict())
         else:
             self.model = library
         params = [p for p in self.model.parameters() if p.requires_grad]
-        if arm.fused_adam:
+        if arm.peer:  # the peer's optimizer: torch.optim.Adam with its defaults (the for-each implementation)
+            self.optimizer = torch.optim.Adam(params, lr=1e-3)
+        elif arm.fused_adam:
             self.optimizer = torch.optim.Adam(params, lr=1e-3, fused=True)
         else:  # exactly the training loop's optimizer
             self.optimizer = build_optimizer(self.model, TrainingConfig(train_file="unused"))
@@ -98,7 +106,7 @@ class TrainState:
         latent_noise, word_noise = step_noise(SEED, micro_step, len(indices), config.latent_size, width)
         batch = self.corpus.batch(indices, pad_to=width)
         with self.autocast():
-            if self.arm.baseline:
+            if self.arm.baseline or self.arm.peer:
                 loss = self.forward(
                     batch["input_ids"],
                     batch["attention_mask"],
@@ -118,7 +126,8 @@ class TrainState:
                 )
                 loss = out.loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), MAX_GRAD_NORM)
+        if not self.arm.peer:  # the peer does not clip gradients
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), MAX_GRAD_NORM)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.losses.append(float(loss.detach()))
@@ -128,6 +137,8 @@ class TrainState:
 def batch_plan(corpus: TokenizedCorpus, batch_size: int, arm: Arm) -> list[np.ndarray]:
     if arm.baseline:
         return straightforward_batches(len(corpus), batch_size, seed=SEED)
+    if arm.peer:
+        return peer_batches(len(corpus), batch_size, seed=SEED)
     return bucketed_batches(corpus.lengths, batch_size, seed=SEED, epoch=0)
 
 

@@ -27,6 +27,8 @@ MAX_GRAD_NORM = 5.0  # the training loop's default --max_grad_norm
 
 
 SIZES: dict[str, dict[str, int]] = {
+    # The public peer's sizes (timbmg/Sentence-VAE's defaults).
+    "peer": dict(embedding_size=300, encoder_hidden_size=256, decoder_hidden_size=256, latent_size=16),
     "standard": dict(embedding_size=353, encoder_hidden_size=191, decoder_hidden_size=191, latent_size=13),
     "hidden512": dict(embedding_size=353, encoder_hidden_size=512, decoder_hidden_size=512, latent_size=13),
     "tiny": dict(embedding_size=16, encoder_hidden_size=16, decoder_hidden_size=16, latent_size=4),
