@@ -36,11 +36,12 @@ class OutputLayerNLL(torch.autograd.Function):
     """Per-token -log softmax(hidden @ weight.T + bias)[target]: the output layer and its loss in one node.
 
     In float32 the `(N, V)` logits are computed in vocabulary chunks that stay in cache: each chunk's product is
-    reduced to its max and sum of exponentials there (the log-sum-exp of a row combines its chunks') and written out
-    once; the backward reads each chunk once more, turns it into the chunk's softmax gradient in cache and runs the
-    three gradient products on it (hidden, weight, bias), with the target's -1 applied afterwards as an
-    index-add. Against the whole `(N, V)` product followed by a log-softmax, the GEMMs no longer stream their output
-    through memory: 1.28x faster for this layer at the peer's sizes (710 tokens, 256 features, 10k words).
+    reduced there to its max and its exponentials (relative to that max), which are written out once with their sum
+    (a row's log-sum-exp combines its chunks'). The backward reads each chunk once more, scales it into the chunk's
+    softmax gradient in cache (no second exponential) and runs the three gradient products on it (hidden, weight,
+    bias), with the target's one-hot part applied afterwards as an index-add. Against the whole `(N, V)` product
+    followed by a log-softmax, the GEMMs no longer stream their output through memory: 1.3x faster for this layer
+    at the peer's sizes (710 tokens, 256 features, 10k words), about 1.2x for a training step.
 
     Under autocast the products run in the autocast dtype (on CPU with the rows padded to a multiple of
     `BF16_ROW_BUCKET`), the log-softmax in float32, over the whole `(N, V)` buffer (written over the logits, and
@@ -56,10 +57,10 @@ class OutputLayerNLL(torch.autograd.Function):
         with torch.autocast(device, enabled=False):
             if dtype == torch.float32 and hidden.dtype == weight.dtype == bias.dtype == torch.float32:
                 ctx.chunked = True
-                logits, lse = _chunked_logits_and_lse(hidden, weight, bias)
-                nll = lse - logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-                ctx.save_for_backward(hidden, weight, logits, lse, targets)
-                return nll
+                exponentials, maxima, lse = _chunked_exponentials(hidden, weight, bias)
+                target_logits = torch.einsum("nf,nf->n", hidden, weight[targets]) + bias[targets]
+                ctx.save_for_backward(hidden, weight, exponentials, maxima, lse, targets)
+                return lse - target_logits
             ctx.chunked = False
             hidden_c, weight_c = hidden.to(dtype), weight.to(dtype)
             pad = (-rows) % BF16_ROW_BUCKET if device == "cpu" and dtype != torch.float32 else 0
@@ -99,48 +100,46 @@ class OutputLayerNLL(torch.autograd.Function):
         return grad_hidden, grad_weight, grad_bias, None
 
 
-def _chunked_logits_and_lse(
+def _chunked_exponentials(
     hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The `(N, V)` logits `hidden @ weight.T + bias` and their `(N,)` row log-sum-exps, chunk by chunk over the
-    vocabulary (each chunk's max and sum of exponentials taken while it is in cache)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The logits `hidden @ weight.T + bias`, chunk by chunk over the vocabulary, reduced while each chunk is in
+    cache: returns the `(N, V)` exp(logit - max of its chunk), the `(N, chunks)` chunk maxima (0 for a chunk of
+    -inf) and the `(N,)` row log-sum-exps."""
     rows, vocab = hidden.shape[0], weight.shape[0]
     chunk = vocabulary_chunk(rows, vocab)
     count = -(-vocab // chunk)
-    logits = hidden.new_empty(rows, vocab)
+    exponentials = hidden.new_empty(rows, vocab)
     maxima = hidden.new_empty(rows, count)
     sums = hidden.new_empty(rows, count)
     for index, start in enumerate(range(0, vocab, chunk)):
         stop = min(start + chunk, vocab)
         block = torch.addmm(bias[start:stop], hidden, weight[start:stop].t())
-        logits[:, start:stop] = block
         top = block.amax(-1, keepdim=True)
-        maxima[:, index : index + 1] = top
         top = top.masked_fill(top.isinf(), 0.0)  # a chunk of -inf (masked ids): exponentials of 0, not of NaN
-        torch.sum(block.sub_(top).exp_(), -1, out=sums[:, index])
-    return logits, _combine_log_sum_exp(maxima, sums)
-
-
-def _combine_log_sum_exp(maxima: torch.Tensor, sums: torch.Tensor) -> torch.Tensor:
-    """`(N,)` log-sum-exps of rows split in chunks, from each chunk's `(N, chunks)` max and sum of exp(x - max)."""
+        maxima[:, index : index + 1] = top
+        out = exponentials[:, start:stop]
+        torch.sub(block, top, out=out).exp_()
+        torch.sum(out, -1, out=sums[:, index])
     top = maxima.amax(-1, keepdim=True)
-    top = top.masked_fill(top.isinf(), 0.0)  # a row of -inf: sums of 0 give -inf
-    return (sums * (maxima - top).exp_()).sum(-1).log_() + top.squeeze(-1)
+    lse = (sums * (maxima - top).exp_()).sum(-1).log_() + top.squeeze(-1)
+    return exponentials, maxima, lse
 
 
 def _chunked_backward(ctx, grad: torch.Tensor):
-    hidden, weight, logits, lse, targets = ctx.saved_tensors
+    hidden, weight, exponentials, maxima, lse, targets = ctx.saved_tensors
     need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
-    rows, vocab = logits.shape
-    grad = grad.to(logits.dtype).unsqueeze(-1)
+    rows, vocab = exponentials.shape
+    grad = grad.to(exponentials.dtype).unsqueeze(-1)
     chunk = vocabulary_chunk(rows, vocab)
+    # softmax * grad = exponentials * exp(chunk max - lse) * grad: one scale per row and chunk.
+    scales = (maxima - lse.unsqueeze(-1)).exp_().mul_(grad)
     grad_hidden = hidden.new_zeros(hidden.shape) if need_hidden else None
     grad_weight = weight.new_empty(weight.shape) if need_weight else None
     grad_bias = weight.new_empty(vocab) if need_bias else None
-    lse = lse.unsqueeze(-1)
-    for start in range(0, vocab, chunk):
+    for index, start in enumerate(range(0, vocab, chunk)):
         stop = min(start + chunk, vocab)
-        softmax_grad = torch.sub(logits[:, start:stop], lse).exp_().mul_(grad)  # softmax * grad, in cache
+        softmax_grad = exponentials[:, start:stop] * scales[:, index : index + 1]  # in cache
         if need_hidden:
             grad_hidden.addmm_(softmax_grad, weight[start:stop])
         if need_weight:
