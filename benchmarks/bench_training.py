@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 import torch
 from baseline import StraightforwardVAE, straightforward_batches
-from peer_reference import PeerStyleVAE, peer_batches
 from measure import (
     MAX_GRAD_NORM,
     SEED,
@@ -20,6 +19,7 @@ from measure import (
     matmul_rate,
     median,
 )
+from peer_reference import PeerStyleVAE, peer_batches
 
 from hf_sentence_vae import SentenceVAEConfig, SentenceVAEModel
 from hf_sentence_vae.data import TokenizedCorpus, bucketed_batches

@@ -100,7 +100,9 @@ class PeerStyleVAE(nn.Module):
             decoder_inputs = torch.cat([decoder_inputs, z.unsqueeze(1).expand(-1, decoder_ids.shape[1], -1)], -1)
         state = (h0.unsqueeze(0).contiguous(), c0.unsqueeze(0).contiguous())
         hidden = self._run(self.decoder, decoder_inputs, lengths - 1, state)
-        logits = F.linear(hidden.reshape(-1, hidden.shape[-1]), self.lm_head.weight, self.lm_head.bias + self.logit_mask)
+        logits = F.linear(
+            hidden.reshape(-1, hidden.shape[-1]), self.lm_head.weight, self.lm_head.bias + self.logit_mask
+        )
         log_probs = torch.log_softmax(logits, dim=-1)
         nll = F.nll_loss(log_probs, input_ids[:, 1:].reshape(-1), ignore_index=cfg.pad_token_id, reduction="sum")
         kl = -0.5 * torch.sum(1.0 + logvar - mu.pow(2) - logvar.exp())
@@ -176,7 +178,9 @@ class PeerStyleVAE(nn.Module):
             beam = torch.div(flat, vocab, rounding_mode="floor")
             next_tokens = flat % vocab
             was_finished = finished.gather(1, beam)
-            sequences = torch.cat([sequences.gather(1, beam.unsqueeze(-1).expand_as(sequences)), next_tokens[..., None]], -1)
+            sequences = torch.cat(
+                [sequences.gather(1, beam.unsqueeze(-1).expand_as(sequences)), next_tokens[..., None]], -1
+            )
             lengths = lengths.gather(1, beam) + (~was_finished).long()
             finished = was_finished | (next_tokens == cfg.eos_token_id)
             source = (torch.arange(n).unsqueeze(-1) * k + beam).view(-1)
