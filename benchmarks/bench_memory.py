@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from bench_training import Arm, TrainState, batch_plan, representative_batches, steps_for
+from bench_training import REFERENCE, Arm, TrainState, batch_plan, representative_batches, steps_for
 from measure import GREEDY, SEED, load_average, median, model_config, peak_rss_mb, rss_mb
 
 from hf_sentence_vae import SentenceVAEConfig, SentenceVAEModel
@@ -133,7 +133,7 @@ def bench_allocator_env(data, size: str, batch_sizes, args, workdir: Path) -> li
                     "corpus": str(path),
                     "config": config,
                     "batch_size": batch_size,
-                    "arm": asdict(Arm("fp32+fused_adam", fused_adam=True)),
+                    "arm": asdict(Arm(REFERENCE)),
                     "steps": steps_for(batch_size, args),
                     "threads": args.threads[0],
                 }

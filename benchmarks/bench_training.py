@@ -46,12 +46,17 @@ class Arm:
 
 
 REFERENCE = "fp32"
+# The peer-style reference (peer_reference.py), with packed LSTMs as the peer has them and with padded ones; a
+# configuration's "x peer design" ratio is taken against the faster of the two in each repetition.
+PEER_ARMS = ("peer design", "peer design, padded LSTMs")
 
 
 def default_arms(args, size: str) -> list[Arm]:
-    arms = [Arm(REFERENCE), Arm("fp32+fused_adam", fused_adam=True), Arm("bf16+fused_adam", bf16=True, fused_adam=True)]
+    arms = [Arm(REFERENCE), Arm("bf16", bf16=True)]
+    if not args.no_peer:
+        arms += [Arm(PEER_ARMS[0], peer=True), Arm(PEER_ARMS[1], peer=True, packed=False)]
     if args.compile and size in args.compile_sizes:
-        arms.append(Arm("fp32+fused_adam+compile", fused_adam=True, compile=True))
+        arms.append(Arm("fp32+compile", compile=True))
     for threads in args.threads:
         if threads != args.threads[0]:
             arms.append(Arm(f"fp32@{threads}threads", threads=threads))
@@ -222,13 +227,22 @@ def bench_training(corpus, config, batch_size: int, arms: list[Arm], args) -> di
                 return None
             return median(a[key] / b[key] for a, b in zip(mine, measured[other]))
 
+        def paired_peer(mine=mine, key: str = "tokens_per_second") -> float | None:
+            peers = [measured[name] for name in PEER_ARMS if name in measured]
+            if not peers:
+                return None
+            return median(a[key] / max(p[key] for p in rep) for a, *rep in zip(mine, *peers))
+
         total_tokens = sum(r["tokens"] for r in runs[arm.name])
         total_flops = sum(r["gflops"] * r["seconds"] for r in runs[arm.name]) * 1e9
         summary[arm.name] = {
             "arm": asdict(arm),
             "tokens_per_second": median(r["tokens_per_second"] for r in mine),
             "ratio_vs_fp32": paired(REFERENCE),
+            "ratio_vs_peer": paired_peer(),
+            "ratio_vs_peer_cpu_time": paired_peer(key="tokens_per_cpu_second"),
             "ratio_vs_baseline": paired("baseline"),
+            "repetitions": len(mine),
             "achieved_gflops": median(r["gflops"] for r in mine),
             "matmul_gflops": median(r["matmul_gflops"] for r in mine),
             "fraction_of_matmul": median(r["fraction_of_matmul"] for r in mine),
