@@ -53,7 +53,7 @@ def target_ratios(results: dict[str, Any]) -> list[dict[str, Any]]:
             if arm is not None:
                 measured, reps, load = arm.get(where[2]), arm.get("repetitions"), arm["load_median"]
         found.append({"name": name, "unit": unit, "goal": goal, "measured": measured, "reps": reps, "load": load})
-    return found if any(t["measured"] is not None for t in found) else []
+    return found if results.get("training") or results.get("decoding") else []
 
 
 def render_markdown(results: dict[str, Any]) -> str:

@@ -1,9 +1,14 @@
-"""CPU fast paths of the sentence VAE: the output layer fused with its loss, and the LSTM calls.
+"""CPU fast paths of the sentence VAE: the output layer fused with its loss or with the searches' choice, and the
+LSTM calls.
 
 Each function computes what its plain PyTorch counterpart computes (the tests hold them to it); they differ in
-speed and memory on CPU, where this model is mostly trained (BENCHMARKS.md, "Speed"):
+speed and memory on CPU, where this model is mostly trained and used (BENCHMARKS.md, "Speed"). The output-layer
+functions work through the vocabulary in chunks whose logits stay in cache, so that the `(N, V)` logits are never
+written to memory just to be read back once (training writes them once, for its backward):
 
 - [`output_layer_nll`]: `-log softmax(hidden @ weight.T + bias)[target]` as one autograd node;
+- [`greedy_tokens`]: `argmax` of the logits (and the chosen tokens' log-probabilities, on request), with banned ids;
+- [`top_k_tokens`]: the `k` best ids of the logits and their log-probabilities, with banned ids;
 - [`run_lstm`]: `lstm(inputs, state)`, in float32 under CPU autocast, with optional DropConnect on the recurrent
   weights;
 - [`lstm_step`]: one decoding step of an LSTM, through the LSTM cell op for small batches.
@@ -19,6 +24,8 @@ from torch import nn
 
 # Decoding steps of at most this many rows use the LSTM cell op instead of nn.LSTM (faster for small batches).
 CELL_MAX_BATCH = 64
+# Logits per vocabulary chunk of the training loss (1 MiB of float32).
+LOSS_BUDGET = 1 << 18
 # Logits per vocabulary chunk of the greedy search (512 KiB of float32: the chunk stays in a core's L2 cache).
 GREEDY_BUDGET = 1 << 17
 # Logits per vocabulary chunk of the top-k search (2 MiB of float32): `topk` costs less per element on wider rows.
@@ -28,9 +35,10 @@ TOP_K_BUDGET = 1 << 19
 BF16_ROW_BUCKET = 128
 
 
-def vocabulary_chunk(rows: int, vocab_size: int, budget: int = 1 << 18, multiple: int = 64) -> int:
-    """Columns per vocabulary chunk so that a `(rows, chunk)` float32 block of logits stays within `budget` elements
-    (1 MiB: it stays in a core's L2 cache while it is reduced), a multiple of `multiple`, at least `multiple`."""
+def vocabulary_chunk(rows: int, vocab_size: int, budget: int, multiple: int = 64) -> int:
+    """Columns per vocabulary chunk so that a `(rows, chunk)` float32 block of logits holds at most `budget` elements
+    (so that it stays in cache while it is reduced), a multiple of `multiple`, at least `multiple`, at most
+    `vocab_size`."""
     if rows < 1 or vocab_size < 1:
         raise ValueError(f"rows and vocab_size must be >= 1, got rows={rows}, vocab_size={vocab_size}")
     return min(vocab_size, max(multiple, budget // rows // multiple * multiple))
@@ -111,7 +119,7 @@ def _chunked_exponentials(
     cache: returns the `(N, V)` exp(logit - max of its chunk), the `(N, chunks)` chunk maxima (0 for a chunk of
     -inf) and the `(N,)` row log-sum-exps."""
     rows, vocab = hidden.shape[0], weight.shape[0]
-    chunk = vocabulary_chunk(rows, vocab)
+    chunk = vocabulary_chunk(rows, vocab, budget=LOSS_BUDGET)
     count = -(-vocab // chunk)
     exponentials = hidden.new_empty(rows, vocab)
     maxima = hidden.new_empty(rows, count)
@@ -135,7 +143,7 @@ def _chunked_backward(ctx, grad: torch.Tensor):
     need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
     rows, vocab = exponentials.shape
     grad = grad.to(exponentials.dtype).unsqueeze(-1)
-    chunk = vocabulary_chunk(rows, vocab)
+    chunk = vocabulary_chunk(rows, vocab, budget=LOSS_BUDGET)
     # softmax * grad = exponentials * exp(chunk max - lse) * grad: one scale per row and chunk.
     scales = (maxima - lse.unsqueeze(-1)).exp_().mul_(grad)
     grad_hidden = hidden.new_zeros(hidden.shape) if need_hidden else None

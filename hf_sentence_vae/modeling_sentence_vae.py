@@ -752,7 +752,9 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         `min_new_tokens` (or `min_length`); `repetition_penalty`, `no_repeat_ngram_size`, `bad_words_ids` and
         `suppress_tokens` through `transformers`' logits processors, plus any `logits_processor` given (they see
         log-probabilities, as in `transformers`' beam search); `return_dict_in_generate`, `output_scores`; and ours,
-        `output_layer_dtype="bfloat16"` (or in the `generation_config`): greedy and beam search run the output layer's
+        `output_layer_dtype="bfloat16"` (or in the `generation_config`; to save it with the model, in a
+        `GenerationConfig(..., output_layer_dtype="bfloat16")` of its own: `transformers` drops unknown fields from a
+        generation config derived from the model config when it loads one): greedy and beam search run the output layer's
         products in bfloat16 (their results rounded to bfloat16), about 2x faster on CPUs with AVX-512 BF16 or AMX (slower on
         others), at the cost of choosing another token where the top scores are within bfloat16's rounding (the
         default, "float32", gives the float32 model's sequences). Other

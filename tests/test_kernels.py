@@ -34,3 +34,115 @@ def test_weight_drop_masks_the_recurrent_weights_once_per_sequence():
     outputs.sum().backward()
     grad = lstm.weight_hh_l0.grad
     assert torch.all(grad[mask == 0] == 0) and bool(grad[mask != 0].abs().sum() > 0)
+
+
+def _logit_problem(rows: int, features: int, vocab: int, seed: int = 0):
+    """Hidden states, an output layer with `<pad>` (0) and `<bos>` (2) masked to -inf through the bias, targets."""
+    generator = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(rows, features, generator=generator)
+    weight = torch.randn(vocab, features, generator=generator)
+    bias = torch.randn(vocab, generator=generator)
+    bias[[0, 2]] = float("-inf")
+    targets = torch.randint(3, vocab, (rows,), generator=generator)
+    return hidden, weight, bias, targets
+
+
+@pytest.mark.parametrize("budget", [None, 64 * 37], ids=["one_chunk", "many_chunks"])
+def test_output_layer_nll_matches_cross_entropy_and_its_gradients(monkeypatch, budget):
+    """The fused loss node, in one vocabulary chunk or in many (a small chunk budget), against `F.linear` and
+    `F.cross_entropy`: values and the gradients of hidden states, weight and bias (zero at the masked ids)."""
+    from hf_sentence_vae import kernels
+
+    if budget is not None:
+        monkeypatch.setattr(kernels, "LOSS_BUDGET", budget)
+        assert kernels.vocabulary_chunk(37, 1000, kernels.LOSS_BUDGET) == 64
+    hidden, weight, bias, targets = _logit_problem(37, 12, 1000)
+    upstream = torch.randn(37, generator=torch.Generator().manual_seed(1))
+    leaves = [t.clone().requires_grad_(True) for t in (hidden, weight, bias)]
+    nll = kernels.output_layer_nll(*leaves, targets)
+    (nll * upstream).sum().backward()
+    reference = [t.clone().requires_grad_(True) for t in (hidden, weight, bias)]
+    expected = F.cross_entropy(F.linear(*reference), targets, reduction="none")
+    (expected * upstream).sum().backward()
+    torch.testing.assert_close(nll, expected, rtol=1e-5, atol=1e-5)
+    for got, want in zip(leaves, reference):
+        torch.testing.assert_close(got.grad, want.grad, rtol=1e-5, atol=1e-5)
+    assert torch.all(leaves[2].grad[[0, 2]] == 0)
+
+
+def test_output_layer_nll_under_bf16_autocast_stays_close_to_fp32():
+    from hf_sentence_vae.kernels import output_layer_nll
+
+    hidden, weight, bias, targets = _logit_problem(50, 16, 300)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        nll = output_layer_nll(hidden, weight, bias, targets)
+    expected = F.cross_entropy(F.linear(hidden, weight, bias), targets, reduction="none")
+    assert nll.dtype == torch.float32 and nll.shape == (50,)
+    torch.testing.assert_close(nll, expected, rtol=0.05, atol=0.5)
+
+
+def _reference_choice(hidden, weight, bias, banned, k):
+    """The straightforward way: the full log-softmax, banned ids at -inf, then max / topk."""
+    log_probs = torch.log_softmax(F.linear(hidden, weight, bias), dim=-1)
+    scores = log_probs if banned is None else log_probs.index_fill(-1, banned, float("-inf"))
+    return scores.max(-1), scores.topk(k, dim=-1)
+
+
+@pytest.mark.parametrize("rows", [1, 5, 300])
+@pytest.mark.parametrize("banned", [None, [1], [1, 3, 900]], ids=["none", "unk", "three"])
+def test_greedy_and_top_k_tokens_match_the_full_log_softmax(monkeypatch, rows, banned):
+    """`greedy_tokens` and `top_k_tokens` choose what max / topk of the full log-softmax choose (ids exactly, scores
+    to float tolerance), banned ids excluded from the choice but not from the normaliser; with small chunk budgets the
+    vocabulary is split into many chunks (a last, shorter one included)."""
+    from hf_sentence_vae import kernels
+
+    monkeypatch.setattr(kernels, "GREEDY_BUDGET", 64 * 64)
+    monkeypatch.setattr(kernels, "TOP_K_BUDGET", 64 * 64)
+    hidden, weight, bias, _ = _logit_problem(rows, 10, 1000, seed=rows)
+    banned = None if banned is None else torch.tensor(banned)
+    (best, choice), (top_values, top_ids) = _reference_choice(hidden, weight, bias, banned, 4)
+    tokens, log_probs = kernels.greedy_tokens(hidden, weight, bias, banned, with_log_probs=True)
+    assert torch.equal(tokens, choice)
+    torch.testing.assert_close(log_probs, best, rtol=1e-5, atol=1e-5)
+    tokens_only, none = kernels.greedy_tokens(hidden, weight, bias, banned)
+    assert torch.equal(tokens_only, choice) and none is None
+    values, ids = kernels.top_k_tokens(hidden, weight, bias, 4, banned)
+    assert torch.equal(ids, top_ids)
+    torch.testing.assert_close(values, top_values, rtol=1e-5, atol=1e-5)
+
+
+def test_greedy_tokens_picks_the_first_of_tied_maxima(monkeypatch):
+    """Exact ties (here: duplicated rows of the weight, in different chunks) go to the lowest id, as argmax does."""
+    from hf_sentence_vae import kernels
+
+    monkeypatch.setattr(kernels, "GREEDY_BUDGET", 64 * 8)
+    hidden, weight, bias, _ = _logit_problem(8, 6, 400)
+    bias = torch.zeros(400)
+    weight[[10, 130, 390]] = 10 * hidden[0]  # the best id of row 0, three times over
+    tokens, _ = kernels.greedy_tokens(hidden, weight, bias)
+    assert int(tokens[0]) == 10
+    assert torch.equal(tokens, F.linear(hidden, weight, bias).argmax(-1))
+
+
+def test_bf16_output_layer_chooses_nearly_the_fp32_tokens():
+    from hf_sentence_vae.kernels import greedy_tokens, top_k_tokens
+
+    hidden, weight, bias, _ = _logit_problem(200, 32, 500)
+    tokens, log_probs = greedy_tokens(hidden, weight.bfloat16(), bias, with_log_probs=True)
+    (best, choice), _ = _reference_choice(hidden, weight, bias, None, 1)
+    assert tokens.dtype == torch.long and log_probs.dtype == torch.float32
+    assert float((tokens == choice).float().mean()) > 0.9
+    values, ids = top_k_tokens(hidden, weight.bfloat16(), bias, 3)
+    assert values.shape == ids.shape == (200, 3) and bool((values <= 0).all())
+
+
+def test_top_k_and_chunk_arguments_are_checked():
+    from hf_sentence_vae.kernels import top_k_tokens, vocabulary_chunk
+
+    hidden, weight, bias, _ = _logit_problem(4, 6, 20)
+    with pytest.raises(ValueError, match="k must be in"):
+        top_k_tokens(hidden, weight, bias, 21)
+    with pytest.raises(ValueError, match="rows=0"):
+        vocabulary_chunk(0, 20, 1024)
+    assert vocabulary_chunk(1, 10_000, 1 << 17) == 10_000
+    assert vocabulary_chunk(512, 10_000, 1 << 17) == 256
