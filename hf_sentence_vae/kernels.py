@@ -176,12 +176,24 @@ def output_layer_nll(
     return OutputLayerNLL.apply(hidden, weight, bias, targets)
 
 
-def _logit_block(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+def _logit_block(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    start: int,
+    stop: int,
+    buffer: torch.Tensor | None = None,
+) -> torch.Tensor:
     """`(N, stop - start)` float32 logits of the vocabulary ids `start:stop`: `hidden @ weight.T + bias` with the bias
-    added by the GEMM (float32), or after a GEMM in the weight's lower precision (its output converted first)."""
+    added by the GEMM (float32), or after a GEMM in the weight's lower precision (its output converted first). With
+    `buffer` (at least `N * (stop - start)` float32 elements) the float32 logits are written there: one block reused
+    chunk after chunk stays in cache, where fresh ones would be fresh memory to fault in each time."""
+    rows, width = hidden.shape[0], stop - start
+    out = None if buffer is None else buffer.view(-1)[: rows * width].view(rows, width)
     if weight.dtype == torch.float32:
-        return torch.addmm(bias[start:stop], hidden, weight[start:stop].t())
-    return torch.mm(hidden, weight[start:stop].t()).float().add_(bias[start:stop])
+        return torch.addmm(bias[start:stop], hidden, weight[start:stop].t(), out=out)
+    low = torch.mm(hidden, weight[start:stop].t())
+    return (low.float() if out is None else out.copy_(low)).add_(bias[start:stop])
 
 
 def _excluded_log_sum_exp(
@@ -237,9 +249,10 @@ def greedy_tokens(
     positions = torch.empty(count, rows, device=hidden.device)
     sums = torch.empty(count, rows, device=hidden.device) if with_log_probs else None
     scratch = torch.empty(rows, chunk, device=hidden.device)
+    buffer = torch.empty(rows, chunk, device=hidden.device)
     for index, start in enumerate(range(0, vocab, chunk)):
         stop = min(start + chunk, vocab)
-        block = _logit_block(hidden, weight, search_bias, start, stop)
+        block = _logit_block(hidden, weight, search_bias, start, stop, buffer)
         top = block.amax(-1, keepdim=True)
         maxima[index] = top.squeeze(-1)
         positions[index] = _first_index(scratch[:, : stop - start], block, top, dim=1)
@@ -270,8 +283,9 @@ def top_k_tokens(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The `k` best ids of an output layer, without its `(N, V)` logits or log-softmax: `(N, k)` log-probabilities
     (under the softmax over every id, the banned ones included) and ids, best first, of the ids not in `banned`,
-    for `hidden @ weight.T + bias` as in [`greedy_tokens`]. Each vocabulary chunk, in cache, gives its `k` best and its
-    sum of exponentials; the `k` best of those are the row's."""
+    for `hidden @ weight.T + bias` as in [`greedy_tokens`]. Each vocabulary chunk, in cache, gives its `k` best (only
+    for the rows where it can beat the first chunk's `k`-th best) and its sum of exponentials; the `k` best of those
+    are the row's."""
     rows, vocab = hidden.shape[0], weight.shape[0]
     if not 1 <= k <= vocab:
         raise ValueError(f"k must be in [1, {vocab}], got {k}")
@@ -286,13 +300,29 @@ def top_k_tokens(
         return values - lse, ids
     search_bias = bias if banned is None or banned.numel() == 0 else bias.index_fill(0, banned, float("-inf"))
     values, ids, maxima, sums = [], [], [], []
+    threshold = None
+    scratch = torch.empty(rows, chunk, device=hidden.device)
+    buffer = torch.empty(rows, chunk, device=hidden.device)
     for start in range(0, vocab, chunk):
         stop = min(start + chunk, vocab)
-        block = _logit_block(hidden, weight, search_bias, start, stop)
-        top_values, top_ids = block.topk(min(k, stop - start), dim=-1)
+        width = min(k, stop - start)
+        block = _logit_block(hidden, weight, search_bias, start, stop, buffer)
+        if threshold is None:
+            top_values, top_ids = block.topk(width, dim=-1)
+            threshold = top_values[:, -1:]  # the first chunk's k-th best
+        else:
+            # Only a row with a logit above the first chunk's k-th best can take ids from this chunk (rarely: with
+            # the vocabulary in frequency order, the first chunk holds the likely words); `topk` runs on those rows.
+            hits = torch.gt(block, threshold, out=scratch[:, : stop - start]).amax(-1).nonzero().squeeze(-1)
+            top_values = block.new_full((rows, width), float("-inf"))
+            top_ids = torch.zeros((rows, width), dtype=torch.long, device=block.device)
+            if hits.numel():
+                hit_values, hit_ids = block.index_select(0, hits).topk(width, dim=-1)
+                top_values.index_copy_(0, hits, hit_values)
+                top_ids.index_copy_(0, hits, hit_ids)
         values.append(top_values)
         ids.append(top_ids + start)
-        top = top_values[:, :1]
+        top = block.amax(-1, keepdim=True)
         maxima.append(top)
         top = top.masked_fill(top.isinf(), 0.0)
         sums.append(block.sub_(top).exp_().sum(-1, keepdim=True))
