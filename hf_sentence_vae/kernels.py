@@ -124,9 +124,10 @@ def _chunked_exponentials(
     exponentials = hidden.new_empty(rows, vocab)
     maxima = hidden.new_empty(rows, count)
     sums = hidden.new_empty(rows, count)
+    buffer = hidden.new_empty(rows, chunk)
     for index, start in enumerate(range(0, vocab, chunk)):
         stop = min(start + chunk, vocab)
-        block = torch.addmm(bias[start:stop], hidden, weight[start:stop].t())
+        block = _logit_block(hidden, weight, bias, start, stop, buffer)
         top = block.amax(-1, keepdim=True)
         top = top.masked_fill(top.isinf(), 0.0)  # a chunk of -inf (masked ids): exponentials of 0, not of NaN
         maxima[:, index : index + 1] = top
@@ -149,9 +150,11 @@ def _chunked_backward(ctx, grad: torch.Tensor):
     grad_hidden = hidden.new_zeros(hidden.shape) if need_hidden else None
     grad_weight = weight.new_empty(weight.shape) if need_weight else None
     grad_bias = weight.new_empty(vocab) if need_bias else None
+    buffer = exponentials.new_empty(rows, chunk)
     for index, start in enumerate(range(0, vocab, chunk)):
         stop = min(start + chunk, vocab)
-        softmax_grad = exponentials[:, start:stop] * scales[:, index : index + 1]  # in cache
+        softmax_grad = buffer.view(-1)[: rows * (stop - start)].view(rows, stop - start)
+        torch.mul(exponentials[:, start:stop], scales[:, index : index + 1], out=softmax_grad)  # in cache
         if need_hidden:
             grad_hidden.addmm_(softmax_grad, weight[start:stop])
         if need_weight:
