@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import os
 import sys
@@ -251,6 +252,7 @@ def run(argv=None) -> dict[str, Any]:
                 if args.compare_rev:
                     previous = factory(load_revision(args.compare_rev, workdir))(model.config)
                     previous.load_state_dict(model.state_dict())
+                    previous.generation_config = copy.deepcopy(model.generation_config)
                     previous.eval()
                 results["decoding"] = bench_decoding(model, args, previous)
                 results["decoding"]["model"] = model_name
