@@ -376,6 +376,10 @@ class TokenizedCorpus:
         """Predicted tokens: words plus end of sentence (all ids minus one `<bos>` per sentence)."""
         return int(self.offsets[-1]) - len(self)
 
+    def sequences(self) -> list[np.ndarray]:
+        """Every sentence's ids (`<bos> ... <eos>`), in corpus order."""
+        return np.split(self.ids, self.offsets[1:-1])
+
     def batch(self, indices: np.ndarray, pad_to: int | None = None) -> dict[str, torch.Tensor]:
         """A right-padded batch {input_ids, attention_mask} of the given sentences (optionally to `pad_to`)."""
         indices = np.asarray(indices, dtype=np.int64)

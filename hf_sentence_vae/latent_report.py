@@ -28,6 +28,7 @@ from .analysis import decode, ids_to_texts, posterior_means
 from .latent import gaussian_kl, interpolate
 from .metrics import ACTIVE_UNIT_THRESHOLD, active_units, mutual_information
 
+REPORT_FILE = "latent_report.json"  # in a model folder: the report the model card shows
 DEFAULT_HOMOTOPY_PAIRS = 100
 DEFAULT_HOMOTOPY_STEPS = 9
 DEFAULT_NUM_BEAMS = 5
@@ -189,11 +190,11 @@ def latent_report(
         model.train(was_training)
 
 
-def render_markdown(report: dict[str, Any], title: str = "Latent report") -> str:
-    """A markdown page of a [`latent_report`]: the figures as a table, then reconstruction and homotopy examples."""
+def report_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """The figures of a [`latent_report`] as `(measure, value)` rows (for the markdown page and the model card)."""
     beam = next(key for key in report if key.startswith("reconstruction_beam"))
     rows = [
-        ("sentences", report["num_sentences"]),
+        ("sentences", str(report["num_sentences"])),
         ("KL (nats / sentence)", f"{report['kl']:.2f}"),
         (
             "mutual information I(x; z) (nats; ceiling log N)",
@@ -207,7 +208,8 @@ def render_markdown(report: dict[str, Any], title: str = "Latent report") -> str
         rows.append(
             (
                 f"reconstruction from the posterior mean, {label}: BLEU / exact / distinct",
-                f"{scores['bleu']:.1f} / {100 * scores['exact_match']:.1f} % / {100 * scores['distinct_fraction']:.1f} %",
+                f"{scores['bleu']:.1f} / {100 * scores['exact_match']:.1f} % / "
+                f"{100 * scores['distinct_fraction']:.1f} %",
             )
         )
     homotopy = report["homotopy"]
@@ -225,6 +227,12 @@ def render_markdown(report: dict[str, Any], title: str = "Latent report") -> str
                 f"{probe['accuracy']:.1f} % ({probe['majority_class_accuracy']:.1f} %)",
             )
         )
+    return rows
+
+
+def render_markdown(report: dict[str, Any], title: str = "Latent report") -> str:
+    """A markdown page of a [`latent_report`]: the figures as a table, then reconstruction and homotopy examples."""
+    rows = report_rows(report)
     lines = [f"# {title}", "", "| measure | value |", "|---|---|"]
     lines += [f"| {name} | {value} |" for name, value in rows]
     lines += ["", "## Reconstructions from the posterior mean", ""]

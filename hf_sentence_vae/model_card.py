@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from .analysis import describe_decoding
+from .latent_report import REPORT_FILE as LATENT_REPORT_FILE
+from .latent_report import report_rows
 from .rate_control import SCHEDULE_OPTIONS
 from .training_args import OPERATIONAL_FIELDS, TrainingConfig, check_license_id
 
@@ -120,6 +122,7 @@ FILE_DESCRIPTIONS = {
     "pipelines.py": "remote code: the `sentence-vae` pipeline (sampling, reconstruction, homotopy)",
     "training_config.json": "every training option of the run",
     "eval_results.json": "the final results (the run's `results.json`)",
+    LATENT_REPORT_FILE: "how much of a sentence the code carries: KL, mutual information, reconstructions, homotopies",
     "results.json": "the run's final results",
     "metrics.jsonl": "the training log: one JSON record per logged step or evaluation",
     "training_curves.png": "KL weight, KL term and validation bound over training",
@@ -534,6 +537,11 @@ def render_model_card(
             extra_evaluation = {"file": name, "rows": rows}
             break
 
+    latent = read_json_object(folder / LATENT_REPORT_FILE) if is_vae else {}
+    latent_section = None
+    if latent.get("reconstruction_greedy"):
+        latent_section = {"file": LATENT_REPORT_FILE, "split": latent.get("split", "test"), "rows": report_rows(latent)}
+
     best_validation = results.get("best_validation_loss")
     homotopy_lines = [
         f"a={i / (len(samples['homotopy']) - 1):.2f}  {text}" for i, text in enumerate(samples["homotopy"])
@@ -570,6 +578,7 @@ def render_model_card(
         best_step=results.get("best_step"),
         best_validation_loss=_fmt_result(best_validation) if _is_number(best_validation) else None,
         extra_evaluation=extra_evaluation,
+        latent_section=latent_section,
         num_samples=num_samples,
         seed=seed,
         max_new_tokens=max_new_tokens,

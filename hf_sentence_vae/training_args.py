@@ -211,6 +211,12 @@ class TrainingConfig:
     )
     disable_tqdm: bool = _option(False, "hide the progress bar")
     evaluate_train_split: bool = _option(False, "also evaluate the training split at the end")
+    latent_report: bool = _option(
+        True,
+        "at the end, measure how much of a sentence the selected VAE's code carries (KL, mutual information, active "
+        "units, reconstruction BLEU, homotopies) on the test split (else validation): best/latent_report.json, shown "
+        "on the model card",
+    )
     num_threads: int | None = _option(None, "torch threads per process (1 is safest on a busy machine)")
 
     def __post_init__(self):

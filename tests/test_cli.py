@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import pytest
 from helpers import (
@@ -171,7 +172,9 @@ def test_every_train_flag_has_help_default_and_choices(capsys):
     text = parser.format_help()
     options = text[text.index("options:") :]
     for action in flags:
-        entry = options[options.index("  " + action.option_strings[0] + " ") :]
+        start = re.search("  " + re.escape(action.option_strings[0]) + "[ ,\n]", options)
+        assert start is not None, action.dest
+        entry = options[start.start() :]
         entry = entry[: entry.index("\n  --", 1)] if "\n  --" in entry[1:] else entry
         assert "(default:" in entry, action.dest
     for name, values in {

@@ -49,6 +49,13 @@ def test_rate_distortion_collects_sorts_tabulates_and_plots(repo_root, tmp_path)
     assert "| 5.0 | 5.10 | 2.55 | 13 / 13 | 100.50 | -0.80 |" in table
     assert "| 15.0 | 15.20 |" in table and "+(" not in table
     assert (tmp_path / "out.png").stat().st_size > 1000
+    # NLLs on a subset: their own file names (never mixed with whole-file evaluations), named in the table
+    assert script.evaluation_paths(tmp_path / "t5", 500, 1000)["nll"].name == "test_iw500_first1000.json"
+    assert script.main([*argv, "--max_sentences", "1000"]) == 0
+    assert json.loads((tmp_path / "out.json").read_text())["runs"] == []  # no subset evaluations on disk
+    assert "first 1000 test sentences" in (tmp_path / "out.md").read_text()
+    with pytest.raises(SystemExit):
+        script.main([*argv, "--max_sentences", "0"])
 
 
 def _paper_script(repo_root, name: str):

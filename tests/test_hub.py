@@ -57,6 +57,7 @@ HUB_FILES = REMOTE_CODE | {
     "README.md",
     "training_config.json",
     "eval_results.json",
+    "latent_report.json",  # the trained VAE's latent report, which the card shows
     "results.json",
     "metrics.jsonl",
     "training_curves.png",

@@ -657,6 +657,30 @@ def cli_run(small_ptb, tmp_path_factory) -> Path:
     return out
 
 
+def test_run_writes_the_latent_report_of_the_selected_model_and_the_card_shows_it(cli_run):
+    """best/latent_report.json: the selected model's report on the test split (40 sentences), consistent with the
+    final test KL; the card's latent section shows its figures."""
+    from hf_sentence_vae.latent_report import report_rows
+
+    report = json.loads((cli_run / "best" / "latent_report.json").read_text())
+    results = json.loads((cli_run / "results.json").read_text())
+    assert report["split"] == "test" and report["num_sentences"] == 40
+    assert report["kl"] == pytest.approx(results["test_kl"], rel=1e-4)  # closed-form KL, same model and sentences
+    card = (cli_run / "best" / "README.md").read_text()
+    assert "## How much of a sentence the code carries" in card
+    for name, value in report_rows(report):
+        assert f"| {name} | {value} |" in card
+    assert (cli_run / "best" / "latent_report.md").read_text().startswith("# Latent report")
+
+
+def test_no_latent_report_for_an_rnnlm_or_when_turned_off(small_ptb, tmp_path):
+    for name, overrides in (("rnnlm", dict(latent_size=0, word_keep_rate=1.0)), ("off", dict(latent_report=False))):
+        config = tiny_run(small_ptb, tmp_path / name, max_train_steps=2, **overrides)
+        _train(config)
+        assert (Path(config.output_dir) / "best" / "model.safetensors").is_file()
+        assert not (Path(config.output_dir) / "best" / "latent_report.json").exists()
+
+
 def test_run_writes_metrics_results_best_curves_and_checkpoints(cli_run):
     from transformers import AutoModel, AutoTokenizer
 

@@ -32,19 +32,22 @@ def _run(command: list[str], log: Path) -> None:
         subprocess.run(command, check=True, stdout=handle, stderr=subprocess.STDOUT)
 
 
-def evaluation_paths(run: Path, iw_samples: int) -> dict[str, Path]:
+def evaluation_paths(run: Path, iw_samples: int, max_sentences: int | None = None) -> dict[str, Path]:
     folder = run / "eval"
-    return {"nll": folder / f"test_iw{iw_samples}.json", "latent": folder / "latent_report.json"}
+    subset = "" if max_sentences is None else f"_first{max_sentences}"
+    return {"nll": folder / f"test_iw{iw_samples}{subset}.json", "latent": folder / "latent_report.json"}
 
 
 def evaluate_run(run: Path, args: argparse.Namespace, is_rnnlm: bool) -> None:
     """Write the run's evaluation JSON files that are missing."""
-    paths = evaluation_paths(run, 0 if is_rnnlm else args.iw_samples)
+    paths = evaluation_paths(run, 0 if is_rnnlm else args.iw_samples, args.max_sentences)
     model = str(run / "best")
     common = ["--model_name_or_path", model, "--test_file", args.test_file]
     if not paths["nll"].is_file():
         iw = "0" if is_rnnlm else str(args.iw_samples)
         command = [sys.executable, str(SCRIPTS / "evaluate_model.py"), *common, "--iw_samples", iw]
+        if args.max_sentences is not None:
+            command += ["--max_sentences", str(args.max_sentences)]
         _run(command + ["--no_progress", "--output_file", str(paths["nll"])], run / "eval" / "evaluate.log")
     if not is_rnnlm and not paths["latent"].is_file():
         command = [sys.executable, str(SCRIPTS / "latent_report.py"), *common, "--output_file", str(paths["latent"])]
@@ -57,7 +60,7 @@ def evaluate_run(run: Path, args: argparse.Namespace, is_rnnlm: bool) -> None:
 def collect(args: argparse.Namespace) -> dict:
     rows = []
     for run in map(Path, args.runs):
-        paths = evaluation_paths(run, args.iw_samples)
+        paths = evaluation_paths(run, args.iw_samples, args.max_sentences)
         if not all(p.is_file() for p in paths.values()):
             print(f"skipping {run}: evaluations missing ({', '.join(str(p) for p in paths.values())})", file=sys.stderr)
             continue
@@ -84,15 +87,24 @@ def collect(args: argparse.Namespace) -> dict:
     rows.sort(key=lambda r: r["kl"])
     rnnlm = None
     if args.rnnlm:
-        path = evaluation_paths(Path(args.rnnlm), 0)["nll"]
+        path = evaluation_paths(Path(args.rnnlm), 0, args.max_sentences)["nll"]
         if path.is_file():
             rnnlm = json.loads(path.read_text())["nll_exact"]
-    return {"iw_samples": args.iw_samples, "test_file": args.test_file, "rnnlm_nll_exact": rnnlm, "runs": rows}
+    return {
+        "iw_samples": args.iw_samples,
+        "test_file": args.test_file,
+        "max_sentences": args.max_sentences,
+        "rnnlm_nll_exact": rnnlm,
+        "runs": rows,
+    }
 
 
 def render_markdown(results: dict) -> str:
     reference = results["rnnlm_nll_exact"]
+    subset = results.get("max_sentences")
+    scope = "the whole test file" if subset is None else f"the first {subset} test sentences"
     lines = [
+        f"NLL on {scope} (latent figures on the whole file). "
         f"IW-NLL with k={results['iw_samples']}; RNNLM (same recipe, no z): exact test NLL "
         + ("n/a" if reference is None else f"{reference:.2f}"),
         "",
@@ -149,6 +161,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rnnlm", default=None, help="the matching RNNLM's training output folder")
     parser.add_argument("--test_file", required=True)
     parser.add_argument("--iw_samples", type=int, default=500)
+    parser.add_argument(
+        "--max_sentences", type=int, default=None, help="measure the NLLs on the first N test sentences only"
+    )
     parser.add_argument("--trec_dir", default=None, help="TREC folder for the linear probe")
     parser.add_argument("--collect_only", action="store_true", help="only gather existing evaluations")
     parser.add_argument("--output", default=None, help="JSON of the table")
@@ -157,6 +172,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.iw_samples < 1:
         parser.error(f"--iw_samples must be >= 1, got {args.iw_samples}")
+    if args.max_sentences is not None and args.max_sentences < 1:
+        parser.error(f"--max_sentences must be >= 1, got {args.max_sentences}")
     return args
 
 

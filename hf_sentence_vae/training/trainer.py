@@ -745,6 +745,7 @@ class Trainer:
             (self.output_dir / "results.json").write_text(json.dumps(results, indent=2))
             if best.is_dir():
                 (best / "eval_results.json").write_text(json.dumps(results, indent=2))
+                self._write_latent_report(best)
             plot_training(self.metrics_path, self.output_dir / CURVES_FILE)
             if best.is_dir():
                 self._finalize_best(best)
@@ -756,6 +757,26 @@ class Trainer:
             )
         accelerator.wait_for_everyone()
         return results
+
+    def _write_latent_report(self, best: Path) -> None:
+        """`best/latent_report.json` (and `.md`): the selected VAE's latent report on the test split, else the
+        validation split (`--latent_report`)."""
+        split = next((s for s in ("test", "validation") if s in self.corpora), None)
+        model = self.accelerator.unwrap_model(self.model)
+        if not self.config.latent_report or split is None or model.config.is_rnnlm:
+            return
+        from ..analysis import ids_to_texts
+        from ..latent_report import REPORT_FILE, latent_report, render_markdown, report_rows
+
+        corpus = self.corpora[split]
+        sentences = ids_to_texts(self.tokenizer, [ids.tolist() for ids in corpus.sequences()])
+        report = latent_report(model, self.tokenizer, sentences, seed=self.config.seed)
+        report["split"] = split
+        (best / REPORT_FILE).write_text(json.dumps(report, indent=2), encoding="utf-8")
+        title = f"Latent report: {self.output_dir.name}, {split} split"
+        (best / REPORT_FILE).with_suffix(".md").write_text(render_markdown(report, title) + "\n", encoding="utf-8")
+        summary = "; ".join(f"{name}: {value}" for name, value in report_rows(report) if "per dimension" not in name)
+        logger.info(f"latent report ({split}): {summary}")
 
     def _finalize_best(self, best: Path) -> None:
         """Make `best/` Hub-ready: the run's metrics and curves, the pipeline file and the model card (README.md).
