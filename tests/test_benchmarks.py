@@ -133,20 +133,26 @@ def test_memory_probes_report_peak_rss(bench, tmp_path):
     assert out["sentences"] == 10 and _positive(out["sentences_per_second"]) and _positive(out["peak_rss_mb"])
 
 
-def test_profile_decoding_reports_the_roofline(repo_root, tiny_model, tmp_path, capsys):
+@pytest.mark.parametrize(
+    "extra", [[], ["--num_beams", "3", "--output_layer_dtype", "bfloat16"]], ids=["greedy", "beam_bf16"]
+)
+def test_profile_decoding_reports_the_roofline(repo_root, tiny_model, tmp_path, capsys, extra):
     """The decoding profile on a tiny saved model prints its JSON (rates, FLOPs per row-step, the matmul bound)
-    and the profiler table."""
+    and the profiler table; for greedy and for beam search, in either output-layer precision."""
     profile = load_script(repo_root / "benchmarks" / "profile_decoding.py")
     model = tiny_model()
     model.save_pretrained(tmp_path / "model")
-    argv = ["--model", str(tmp_path / "model"), "--batch_size", "4", "--max_new_tokens", "5"]
+    argv = ["--model", str(tmp_path / "model"), "--batch_size", "4", "--max_new_tokens", "5", *extra]
     status, text, _ = run_main(profile, argv, capsys)
     assert status == 0
     result = json.loads(text[: text.index("}") + 1])
     config = model.config
     h = config.decoder_hidden_size
+    beams = 3 if extra else 1
+    assert result["num_beams"] == beams
+    assert result["output_layer_dtype"] == ("bfloat16" if extra else "float32")
     assert result["flops_per_row_step"] == 2 * (h * config.vocab_size + 4 * h * (config.embedding_size + h))
-    assert 0 < result["row_steps"] <= 4 * 5
+    assert 0 < result["row_steps"] <= 4 * 5 * beams and result["row_steps"] % beams == 0
     assert all(_positive(result[k]) for k in ("sentences_per_second", "ms_per_row_step", "matmul_gflops"))
     assert "Self CPU" in text
 

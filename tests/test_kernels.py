@@ -124,16 +124,57 @@ def test_greedy_tokens_picks_the_first_of_tied_maxima(monkeypatch):
     assert torch.equal(tokens, F.linear(hidden, weight, bias).argmax(-1))
 
 
-def test_bf16_output_layer_chooses_nearly_the_fp32_tokens():
-    from hf_sentence_vae.kernels import greedy_tokens, top_k_tokens
+@pytest.mark.parametrize("budget", [None, 64 * 64], ids=["one_chunk", "many_chunks"])
+def test_bf16_output_layer_reduces_the_bf16_products_and_chooses_nearly_the_fp32_tokens(monkeypatch, budget):
+    """A bfloat16 weight: the choice is that of the bfloat16 products (rounded to bfloat16, the float32 bias added),
+    in one vocabulary chunk or many; mostly the float32 layer's choice."""
+    from hf_sentence_vae import kernels
 
+    if budget is not None:
+        monkeypatch.setattr(kernels, "GREEDY_BUDGET", budget)
+        monkeypatch.setattr(kernels, "TOP_K_BUDGET", budget)
     hidden, weight, bias, _ = _logit_problem(200, 32, 500)
-    tokens, log_probs = greedy_tokens(hidden, weight.bfloat16(), bias, with_log_probs=True)
-    (best, choice), _ = _reference_choice(hidden, weight, bias, None, 1)
+    low = weight.bfloat16()
+    logits = torch.mm(hidden.bfloat16(), low.t()).float() + bias  # what the bf16 layer computes
+    tokens, log_probs = kernels.greedy_tokens(hidden, low, bias, with_log_probs=True)
     assert tokens.dtype == torch.long and log_probs.dtype == torch.float32
+    # The chosen id holds the row's best bf16 logit (ids themselves may differ only between exact bf16 ties).
+    torch.testing.assert_close(logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1), logits.amax(-1))
+    torch.testing.assert_close(log_probs, torch.log_softmax(logits, -1).amax(-1), rtol=1e-4, atol=1e-4)
+    (_, choice), _ = _reference_choice(hidden, weight, bias, None, 1)
     assert float((tokens == choice).float().mean()) > 0.9
-    values, ids = top_k_tokens(hidden, weight.bfloat16(), bias, 3)
-    assert values.shape == ids.shape == (200, 3) and bool((values <= 0).all())
+    values, ids = kernels.top_k_tokens(hidden, low, bias, 3)
+    assert ids.shape == (200, 3) and values.dtype == torch.float32
+    torch.testing.assert_close(values, torch.log_softmax(logits, -1).topk(3, -1).values, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(torch.log_softmax(logits, -1).gather(-1, ids), values, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("k", [1, 3, 100])
+def test_whole_chunks_banned_or_never_reached(monkeypatch, k):
+    """Edge cases of the chunked searches against the full log-softmax: a vocabulary chunk that is banned entirely (its
+    exponentials are dropped, not NaN), later chunks that no row's `k` best reach (the first chunk's ids dominate,
+    as with a vocabulary in frequency order), and `k` wider than a chunk."""
+    from hf_sentence_vae import kernels
+
+    monkeypatch.setattr(kernels, "GREEDY_BUDGET", 64 * 40)
+    monkeypatch.setattr(kernels, "TOP_K_BUDGET", 64 * 40)
+    hidden, weight, bias, _ = _logit_problem(40, 8, 700, seed=3)
+    banned = torch.cat([torch.tensor([1]), torch.arange(128, 192)])  # the third chunk of 64 ids, whole
+    for dominant in (False, True):
+        if dominant:
+            bias = bias.clone()
+            bias[3:64] += 30.0  # the first chunk's ids beat every other id in every row
+        (best, choice), (top_values, top_ids) = _reference_choice(hidden, weight, bias, banned, k)
+        tokens, log_probs = kernels.greedy_tokens(hidden, weight, bias, banned, with_log_probs=True)
+        assert torch.equal(tokens, choice) and bool(torch.isfinite(log_probs).all())
+        torch.testing.assert_close(log_probs, best, rtol=1e-5, atol=1e-5)
+        values, ids = kernels.top_k_tokens(hidden, weight, bias, k, banned)
+        assert not bool(torch.isin(ids, banned).any())
+        torch.testing.assert_close(values, top_values, rtol=1e-5, atol=1e-5)
+        # ids as topk gives them, except that the order of exactly tied values is not fixed
+        tied = top_values[:, 1:] == top_values[:, :-1]
+        if not bool(tied.any()):
+            assert torch.equal(ids, top_ids)
 
 
 def test_top_k_and_chunk_arguments_are_checked():
