@@ -675,8 +675,9 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         [`decoder_step`], then the greedy choice or the `k` best tokens straight from the output layer
         (`kernels.greedy_tokens`, `kernels.top_k_tokens`), without the `(N, V)` log-probabilities. The output layer is
         prepared once for decoding `batch_size` rows: a tied layer's projection folded into its weight where that is
-        cheaper, the weight in `output_layer_dtype` (`torch.bfloat16` runs its products in bfloat16 with float32
-        results: about 2x faster on CPUs with AVX-512 BF16 or AMX, slower on others)."""
+        cheaper, the weight in `output_layer_dtype` (`torch.bfloat16` runs its products in bfloat16, their results
+        rounded to bfloat16 before the float32 bias is added: 1.3-2.5x faster decoding on a CPU with AVX-512 BF16 in
+        BENCHMARKS.md, about half the speed on CPUs without bfloat16 instructions)."""
         if output_layer_dtype not in (torch.float32, torch.bfloat16):
             raise ValueError(f"output_layer_dtype must be torch.float32 or torch.bfloat16, got {output_layer_dtype}")
         projection = getattr(self, "output_projection", None)
@@ -754,11 +755,11 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         log-probabilities, as in `transformers`' beam search); `return_dict_in_generate`, `output_scores`; and ours,
         `output_layer_dtype="bfloat16"` (or in the `generation_config`; to save it with the model, in a
         `GenerationConfig(..., output_layer_dtype="bfloat16")` of its own: `transformers` drops unknown fields from a
-        generation config derived from the model config when it loads one): greedy and beam search run the output layer's
-        products in bfloat16 (their results rounded to bfloat16), about 2x faster on CPUs with AVX-512 BF16 or AMX (slower on
-        others), at the cost of choosing another token where the top scores are within bfloat16's rounding (the
-        default, "float32", gives the float32 model's sequences). Other
-        generation settings that would change decoding (e.g. `num_beam_groups`, `stop_strings`) and unknown
+        generation config derived from the model config when it loads one): greedy and beam search run the output
+        layer's products in bfloat16 (their results rounded to bfloat16), 1.3-2.5x faster on a CPU with AVX-512 BF16
+        (slower on CPUs without bfloat16 instructions), at the cost of choosing another token where the top scores are
+        within bfloat16's rounding (the default, "float32", gives the float32 model's sequences). Other generation
+        settings that would change decoding (e.g. `num_beam_groups`, `stop_strings`) and unknown
         arguments raise a `ValueError`.
 
         Args:
