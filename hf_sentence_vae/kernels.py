@@ -57,8 +57,9 @@ class OutputLayerNLL(torch.autograd.Function):
 
     Under autocast the products run in the autocast dtype (on CPU with the rows padded to a multiple of
     `BF16_ROW_BUCKET`), the log-softmax in float32, over the whole `(N, V)` buffer (written over the logits, and
-    turned into the logits' gradient in place by the backward). The graph through this node can be differentiated
-    once."""
+    turned into the logits' gradient in place by the backward). So does float32 when the number of rows is symbolic
+    (a graph traced by `torch.export` or with dynamic shapes, where the count of chunks cannot depend on it). The
+    graph through this node can be differentiated once."""
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets):
@@ -67,7 +68,8 @@ class OutputLayerNLL(torch.autograd.Function):
         ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype)
         ctx.rows = rows = hidden.shape[0]
         with torch.autocast(device, enabled=False):
-            if dtype == torch.float32 and hidden.dtype == weight.dtype == bias.dtype == torch.float32:
+            fp32 = dtype == torch.float32 and hidden.dtype == weight.dtype == bias.dtype == torch.float32
+            if fp32 and isinstance(rows, int):  # a concrete row count (not a torch.SymInt of a traced graph)
                 ctx.chunked = True
                 exponentials, maxima, lse = _chunked_exponentials(hidden, weight, bias)
                 target_logits = torch.einsum("nf,nf->n", hidden, weight[targets]) + bias[targets]
