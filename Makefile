@@ -31,11 +31,16 @@ $(WORDNET):
 demo: install $(WORDNET)
 	OMP_NUM_THREADS=1 $(OFFLINE) $(BIN)/python train_scripts/demo.py --output_dir runs/demo --num_threads 1
 
-# Decoding is timed on a trained model when one exists (a fresh model decodes to max_length every time).
+# Decoding is timed on a trained model when one exists (a fresh model decodes to max_length every time); the
+# peer-design column needs the standard architecture (BENCHMARKS.md trains one at the peer's sizes). BENCH_REV adds
+# the decoding of another revision's code (e.g. BENCH_REV=c3eab81) for the batch-1 comparison. The tables end with
+# the targets and whether each is met.
 BENCH_MODEL ?= runs/ptb/vae_standard/best
+BENCH_REV ?=
 bench: install
 	$(OFFLINE) $(BIN)/python benchmarks/run_benchmarks.py --data_dir $(DATA) \
 		$(if $(wildcard $(BENCH_MODEL)/config.json),--decode_model $(BENCH_MODEL)) \
+		$(if $(BENCH_REV),--compare_rev $(BENCH_REV)) \
 		--output benchmarks/results/speed_bench.json --markdown_output benchmarks/results/speed_bench.md
 
 lint: install

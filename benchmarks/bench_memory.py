@@ -15,19 +15,25 @@ from typing import Any
 
 import numpy as np
 import torch
-from bench_training import Arm, TrainState, batch_plan, representative_batches, steps_for
+from bench_training import REFERENCE, Arm, TrainState, batch_plan, representative_batches, steps_for
 from measure import GREEDY, SEED, load_average, median, model_config, peak_rss_mb, rss_mb
 
+import hf_sentence_vae
 from hf_sentence_vae import SentenceVAEConfig, SentenceVAEModel
 from hf_sentence_vae.data import TokenizedCorpus
 
 RUNNER = Path(__file__).resolve().with_name("run_benchmarks.py")
+# The folder this process imports `hf_sentence_vae` from: a probe runs the same code (e.g. a checkout other than the
+# one installed in the environment).
+PACKAGE_ROOT = str(Path(hf_sentence_vae.__file__).resolve().parents[1])
 
 
 def run_probe(spec: dict[str, Any], extra_env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run `spec` in a fresh Python process (so its peak RSS is its own) and return its JSON result. With
-    `extra_env`, the allocator settings of this process's environment are replaced by those given."""
+    `extra_env`, the allocator settings of this process's environment are replaced by those given. The probe imports
+    `hf_sentence_vae` from where this process does."""
     env = dict(os.environ, OMP_NUM_THREADS=str(spec.get("threads", 1)), TOKENIZERS_PARALLELISM="false")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGE_ROOT, os.environ.get("PYTHONPATH")) if p)
     if extra_env is not None:
         env = {k: v for k, v in env.items() if not (k.startswith("MALLOC_") or k == "GLIBC_TUNABLES")}
         env.update(extra_env)
@@ -133,7 +139,7 @@ def bench_allocator_env(data, size: str, batch_sizes, args, workdir: Path) -> li
                     "corpus": str(path),
                     "config": config,
                     "batch_size": batch_size,
-                    "arm": asdict(Arm("fp32+fused_adam", fused_adam=True)),
+                    "arm": asdict(Arm(REFERENCE)),
                     "steps": steps_for(batch_size, args),
                     "threads": args.threads[0],
                 }

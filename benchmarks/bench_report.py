@@ -14,13 +14,57 @@ def fmt(value, digits: int = 0, suffix: str = "") -> str:
     return f"{value:,.{digits}f}{suffix}"
 
 
+def _percent(value: float | None) -> float | None:
+    return None if value is None else 100.0 * value
+
+
+TARGETS = (
+    # (name, unit, goal, where to look)
+    ("training, peer sizes, batch 32: x peer design (fp32) >= 3.5", "x", 3.5, ("training", "peer", 32)),
+    ("greedy decoding, batch 1000: x peer design >= 2.5", "x", 2.5, ("decoding", "greedy/batch1000", "ratio_vs_peer")),
+    ("beam 5, batch 64: x peer design >= 2", "x", 2.0, ("decoding", "beam5/batch64", "ratio_vs_peer")),
+    (
+        "greedy decoding, batch 512: >= 70 % of the fp32 matmul bound",
+        "%",
+        0.7,
+        ("decoding", "greedy/batch512", "fraction_of_matmul_bound"),
+    ),
+    (
+        "greedy decoding, batch 1: x the previous revision >= 1",
+        "x",
+        1.0,
+        ("decoding", "greedy/batch1", "ratio_vs_previous"),
+    ),
+)
+
+
+def target_ratios(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The targets `make bench` reports, each with its measured value (None where this run did not measure it)."""
+    found = []
+    for name, unit, goal, where in TARGETS:
+        measured = reps = load = None
+        if where[0] == "training":
+            for entry in results.get("training", []):
+                if entry.get("size") == where[1] and entry["batch_size"] == where[2] and "fp32" in entry["arms"]:
+                    arm = entry["arms"]["fp32"]
+                    measured, reps, load = arm.get("ratio_vs_peer"), arm.get("repetitions"), arm["load_median"]
+        else:
+            arm = (results.get("decoding") or {}).get("arms", {}).get(where[1])
+            if arm is not None:
+                measured, reps, load = arm.get(where[2]), arm.get("repetitions"), arm["load_median"]
+        found.append({"name": name, "unit": unit, "goal": goal, "measured": measured, "reps": reps, "load": load})
+    return found if results.get("training") or results.get("decoding") else []
+
+
 def render_markdown(results: dict[str, Any]) -> str:
     lines = []
     machine = results["machine"]
     lines.append(f"Command: `{results['command']}`  ")
+    cap = machine.get("onednn_max_cpu_isa")
     lines.append(
         f"Machine: {machine['cpu_model']}, {machine['logical_cpus']} logical CPUs ({', '.join(machine['isa'])}), "
-        f"torch {machine['torch']}; load average at start {machine['load_average_start']}, "
+        f"torch {machine['torch']}; oneDNN ISA: {machine.get('onednn_isa', 'unknown')}"
+        f"{f' (ONEDNN_MAX_CPU_ISA={cap})' if cap else ''}; load average at start {machine['load_average_start']}, "
         f"at end {machine.get('load_average_end')}.  "
     )
     lines.append(f"Data: {results['data']['source']} ({results['data']['train_sentences']} training sentences).")
@@ -32,15 +76,16 @@ def render_markdown(results: dict[str, Any]) -> str:
         )
         lines.append("")
         lines.append(
-            "| arm | threads | tokens/s | x fp32 | x baseline | GFLOP/s | matmul GFLOP/s | % of matmul "
-            "| % of matmul (CPU time) | CPU/wall | peak RSS MB | load |"
+            "| arm | threads | tokens/s | x fp32 | x peer design | x padded-to-longest baseline | GFLOP/s "
+            "| matmul GFLOP/s | % of matmul | % of matmul (CPU time) | CPU/wall | peak RSS MB | load |"
         )
-        lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for name, arm in entry["arms"].items():
             kind = "bf16" if arm["arm"]["bf16"] else "fp32"
             lines.append(
                 f"| {name} | {arm['arm']['threads']} | {fmt(arm['tokens_per_second'])} | {fmt(arm['ratio_vs_fp32'], 2)} "
-                f"| {fmt(arm['ratio_vs_baseline'], 2)} | {fmt(arm['achieved_gflops'], 1)} "
+                f"| {fmt(arm.get('ratio_vs_peer'), 2)} | {fmt(arm['ratio_vs_baseline'], 2)} "
+                f"| {fmt(arm['achieved_gflops'], 1)} "
                 f"| {fmt(arm['matmul_gflops'], 0)} ({kind}) | {fmt(100 * arm['fraction_of_matmul'], 0, '%')} "
                 f"| {fmt(100 * arm['fraction_of_matmul_cpu_time'], 0, '%')} | {fmt(arm['cpu_over_wall'], 2)} "
                 f"| {fmt(arm.get('peak_rss_mb'), 0)} | {fmt(arm['load_median'], 1)} |"
@@ -75,15 +120,67 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines.append("")
     if results.get("decoding"):
         d = results["decoding"]
-        lines.append(f"Decoding from prior samples (max {d['max_new_tokens']} tokens; model: {d.get('model')}):")
+        lines.append(
+            f"Decoding from prior samples (max {d['max_new_tokens']} tokens; model: {d.get('model')}; sentences/s, "
+            "ratios pair by pair within each repetition):"
+        )
+        if d.get("peer_skipped"):
+            lines.append(f"(peer design left out: {d['peer_skipped']})")
         lines.append("")
-        lines.append("| decoding | sentences/s | per-sentence x batch 1 | mean length | max length | load |")
-        lines.append("|---|---|---|---|---|---|")
+        previous = d.get("compare_rev")
+        head = "| decoding | ours | x peer design | bf16 output layer | bf16 x peer design | same as peer "
+        head += f"| x {previous} | same as {previous} " if previous else ""
+        head += "| ms/sentence-step | % of fp32 matmul bound | mean length | load | reps |"
+        lines.append(head)
+        lines.append("|" + "---|" * (head.count("|") - 1))
         for key, arm in d["arms"].items():
-            lines.append(
-                f"| {key} | {fmt(arm['sentences_per_second'], 1)} | {fmt(arm['per_sentence_speedup_vs_batch1'], 1)} "
-                f"| {fmt(arm['mean_length'], 1)} | {arm['max_length']} | {fmt(arm['load_median'], 1)} |"
+            same = arm.get("same_sequences", {})
+            impl = arm.get("implementations", {})
+            row = (
+                f"| {key} | {fmt(arm['sentences_per_second'], 1)} | {fmt(arm.get('ratio_vs_peer'), 2)} "
+                f"| {fmt(impl.get('ours, bf16 output layer'), 1)} | {fmt(arm.get('bf16_ratio_vs_peer'), 2)} "
+                f"| {fmt(_percent(same.get('peer design')), 1, '%')} "
             )
+            if previous:
+                row += (
+                    f"| {fmt(arm.get('ratio_vs_previous'), 2)} "
+                    f"| {fmt(_percent(same.get('previous revision')), 1, '%')} "
+                )
+            row += (
+                f"| {fmt(arm['ms_per_sentence_step'], 4)} | {fmt(_percent(arm.get('fraction_of_matmul_bound')), 0, '%')} "
+                f"| {fmt(arm['mean_length'], 1)} | {fmt(arm['load_median'], 1)} | {arm.get('repetitions', '-')} |"
+            )
+            lines.append(row)
+        lines.append("")
+    if results.get("isa"):
+        lines.append("bf16 by oneDNN instruction set (fresh process per ONEDNN_MAX_CPU_ISA; one thread):")
+        lines.append("")
+        lines.append(
+            "| ONEDNN_MAX_CPU_ISA | oneDNN ISA | fp32 GEMM GFLOP/s | bf16 GEMM GFLOP/s | training bf16 / fp32 "
+            "| greedy bf16 output layer / fp32 | load |"
+        )
+        lines.append("|---|---|---|---|---|---|---|")
+        for row in results["isa"]:
+            if "error" in row:
+                lines.append(f"| {row['onednn_max_cpu_isa']} | failed: {row['error'][-200:]} | | | | | |")
+                continue
+            rates = row["matmul_gflops"]
+            lines.append(
+                f"| {row['onednn_max_cpu_isa']} | {row['onednn_isa']} | {fmt(rates['float32'])} | {fmt(rates['bfloat16'])} "
+                f"| {fmt(row['training_bf16_over_fp32'], 2)} | {fmt(row.get('greedy_bf16_over_fp32'), 2)} "
+                f"| {fmt(row['load_start'], 1)} |"
+            )
+        lines.append("")
+    targets = target_ratios(results)
+    if targets:
+        lines.append("Targets (ratios in one run, one thread; median over the repetitions):")
+        lines.append("")
+        lines.append("| target | measured | reps | load | met |")
+        lines.append("|---|---|---|---|---|")
+        for t in targets:
+            met = "-" if t["measured"] is None else ("yes" if t["measured"] >= t["goal"] else "no")
+            shown = fmt(t["measured"], 2) if t["unit"] == "x" else fmt(_percent(t["measured"]), 0, "%")
+            lines.append(f"| {t['name']} | {shown} | {t['reps'] or '-'} | {fmt(t['load'], 1)} | {met} |")
         lines.append("")
     if results.get("decoding_memory"):
         m = results["decoding_memory"]

@@ -19,6 +19,7 @@ from measure import (
     matmul_rate,
     median,
 )
+from peer_reference import PeerStyleVAE, peer_batches
 
 from hf_sentence_vae import SentenceVAEConfig, SentenceVAEModel
 from hf_sentence_vae.data import TokenizedCorpus, bucketed_batches
@@ -36,6 +37,8 @@ class Arm:
     fused_adam: bool = False
     compile: bool = False
     baseline: bool = False
+    peer: bool = False
+    packed: bool = True
 
     @property
     def dtype(self) -> str:
@@ -43,12 +46,17 @@ class Arm:
 
 
 REFERENCE = "fp32"
+# The peer-style reference (peer_reference.py), with packed LSTMs as the peer has them and with padded ones; a
+# configuration's "x peer design" ratio is taken against the faster of the two in each repetition.
+PEER_ARMS = ("peer design", "peer design, padded LSTMs")
 
 
 def default_arms(args, size: str) -> list[Arm]:
-    arms = [Arm(REFERENCE), Arm("fp32+fused_adam", fused_adam=True), Arm("bf16+fused_adam", bf16=True, fused_adam=True)]
+    arms = [Arm(REFERENCE), Arm("bf16", bf16=True)]
+    if not args.no_peer:
+        arms += [Arm(PEER_ARMS[0], peer=True), Arm(PEER_ARMS[1], peer=True, packed=False)]
     if args.compile and size in args.compile_sizes:
-        arms.append(Arm("fp32+fused_adam+compile", fused_adam=True, compile=True))
+        arms.append(Arm("fp32+compile", compile=True))
     for threads in args.threads:
         if threads != args.threads[0]:
             arms.append(Arm(f"fp32@{threads}threads", threads=threads))
@@ -74,10 +82,15 @@ class TrainState:
             self.model = StraightforwardVAE(config).train()
             self.model.load_state_dict(library.state_dict())  # same initial weights as the library arms
             self.pad_to = int(corpus.lengths.max())
+        elif arm.peer:
+            self.model = PeerStyleVAE(config, packed=arm.packed).train()
+            self.model.load_state_dict(library.state_dict())
         else:
             self.model = library
         params = [p for p in self.model.parameters() if p.requires_grad]
-        if arm.fused_adam:
+        if arm.peer:  # the peer's optimizer: torch.optim.Adam with its defaults (the for-each implementation)
+            self.optimizer = torch.optim.Adam(params, lr=1e-3)
+        elif arm.fused_adam:
             self.optimizer = torch.optim.Adam(params, lr=1e-3, fused=True)
         else:  # exactly the training loop's optimizer
             self.optimizer = build_optimizer(self.model, TrainingConfig(train_file="unused"))
@@ -98,7 +111,7 @@ class TrainState:
         latent_noise, word_noise = step_noise(SEED, micro_step, len(indices), config.latent_size, width)
         batch = self.corpus.batch(indices, pad_to=width)
         with self.autocast():
-            if self.arm.baseline:
+            if self.arm.baseline or self.arm.peer:
                 loss = self.forward(
                     batch["input_ids"],
                     batch["attention_mask"],
@@ -118,7 +131,8 @@ class TrainState:
                 )
                 loss = out.loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), MAX_GRAD_NORM)
+        if not self.arm.peer:  # the peer does not clip gradients
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), MAX_GRAD_NORM)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.losses.append(float(loss.detach()))
@@ -128,6 +142,8 @@ class TrainState:
 def batch_plan(corpus: TokenizedCorpus, batch_size: int, arm: Arm) -> list[np.ndarray]:
     if arm.baseline:
         return straightforward_batches(len(corpus), batch_size, seed=SEED)
+    if arm.peer:
+        return peer_batches(len(corpus), batch_size, seed=SEED)
     return bucketed_batches(corpus.lengths, batch_size, seed=SEED, epoch=0)
 
 
@@ -211,13 +227,22 @@ def bench_training(corpus, config, batch_size: int, arms: list[Arm], args) -> di
                 return None
             return median(a[key] / b[key] for a, b in zip(mine, measured[other]))
 
+        def paired_peer(mine=mine, key: str = "tokens_per_second") -> float | None:
+            peers = [measured[name] for name in PEER_ARMS if name in measured]
+            if not peers:
+                return None
+            return median(a[key] / max(p[key] for p in rep) for a, *rep in zip(mine, *peers))
+
         total_tokens = sum(r["tokens"] for r in runs[arm.name])
         total_flops = sum(r["gflops"] * r["seconds"] for r in runs[arm.name]) * 1e9
         summary[arm.name] = {
             "arm": asdict(arm),
             "tokens_per_second": median(r["tokens_per_second"] for r in mine),
             "ratio_vs_fp32": paired(REFERENCE),
+            "ratio_vs_peer": paired_peer(),
+            "ratio_vs_peer_cpu_time": paired_peer(key="tokens_per_cpu_second"),
             "ratio_vs_baseline": paired("baseline"),
+            "repetitions": len(mine),
             "achieved_gflops": median(r["gflops"] for r in mine),
             "matmul_gflops": median(r["matmul_gflops"] for r in mine),
             "fraction_of_matmul": median(r["fraction_of_matmul"] for r in mine),

@@ -13,6 +13,7 @@ and checks that the sequences agree.
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
 import inspect
 import json
@@ -129,6 +130,7 @@ def compare_decoding(package, args) -> list[dict]:
     work = SentenceVAEModel.from_pretrained(args.decode_model).eval()
     rev = factory(package)(work.config)
     rev.load_state_dict(work.state_dict())
+    rev.generation_config = copy.deepcopy(work.generation_config)  # the saved decoding defaults (e.g. suppress_tokens)
     rev.eval()
     largest = max(args.decode_batch_sizes + [args.single_sentences])
     codes = work.sample_prior(largest, generator=torch.Generator().manual_seed(SEED))
@@ -182,6 +184,7 @@ def compare_imputation(package, data, args) -> list[dict]:
     work = SentenceVAEModel.from_pretrained(args.decode_model).eval()
     rev = factory(package)(work.config)
     rev.load_state_dict(work.state_dict())
+    rev.generation_config = copy.deepcopy(work.generation_config)  # the saved decoding defaults (e.g. suppress_tokens)
     rev.eval()
     corpus = data["corpora"]["validation"]
     chosen = np.random.default_rng(SEED).choice(len(corpus), 64, replace=False)

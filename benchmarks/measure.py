@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import platform
 import resource
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,8 @@ MAX_GRAD_NORM = 5.0  # the training loop's default --max_grad_norm
 
 
 SIZES: dict[str, dict[str, int]] = {
+    # The public peer's sizes (timbmg/Sentence-VAE's defaults).
+    "peer": dict(embedding_size=300, encoder_hidden_size=256, decoder_hidden_size=256, latent_size=16),
     "standard": dict(embedding_size=353, encoder_hidden_size=191, decoder_hidden_size=191, latent_size=13),
     "hidden512": dict(embedding_size=353, encoder_hidden_size=512, decoder_hidden_size=512, latent_size=13),
     "tiny": dict(embedding_size=16, encoder_hidden_size=16, decoder_hidden_size=16, latent_size=4),
@@ -54,6 +59,28 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
 
 
+# A bf16 and an fp32 GEMM, to make oneDNN report the instruction set it dispatches to (`ONEDNN_VERBOSE=1`).
+_ISA_PROBE = "import torch; a = torch.randn(64, 64); a @ a; b = a.bfloat16(); b @ b"
+
+
+@functools.cache
+def onednn_isa() -> str:
+    """The instruction set oneDNN uses in this environment (e.g. "Intel AVX-512 with Intel DL Boost and bfloat16
+    support"; `ONEDNN_MAX_CPU_ISA` caps it), as its verbose mode reports it in a fresh process; "unknown" if it
+    does not."""
+    env = dict(os.environ, ONEDNN_VERBOSE="1", OMP_NUM_THREADS="1")
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", _ISA_PROBE], capture_output=True, text=True, env=env, timeout=120, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    for line in proc.stdout.splitlines():
+        if ",info,cpu,isa:" in line:
+            return line.split(",info,cpu,isa:", 1)[1].strip()
+    return "unknown"
+
+
 def machine_info() -> dict[str, Any]:
     model = platform.processor()
     try:
@@ -73,9 +100,11 @@ def machine_info() -> dict[str, Any]:
         "torch": torch.__version__,
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "mkldnn": torch.backends.mkldnn.is_available(),
+        "onednn_isa": onednn_isa(),
+        "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
         "python": platform.python_version(),
         "default_num_threads": torch.get_num_threads(),
-        "env": {k: os.environ[k] for k in sorted(os.environ) if k.startswith(("OMP_", "MKL_", "MALLOC_"))},
+        "env": {k: os.environ[k] for k in sorted(os.environ) if k.startswith(("OMP_", "MKL_", "MALLOC_", "ONEDNN_"))},
         "load_average_start": [round(x, 2) for x in os.getloadavg()],
     }
 
@@ -113,6 +142,15 @@ def flops_of_lengths(config: SentenceVAEConfig, lengths: np.ndarray) -> float:
     decoder_in = e + (z if config.latent_injection == "initial_state_and_inputs" else 0)
     decoder = (2 * 4 * hd * (decoder_in + hd) + 2 * hd * v) * (lengths - 1).sum()
     return 3.0 * (encoder + decoder)
+
+
+def decoding_flops_per_row_step(config: SentenceVAEConfig) -> float:
+    """Matmul FLOPs of one decoding step of one row (one sentence): the LSTM gates (input = embedding, plus z where it
+    is injected at the inputs) and the output projection."""
+    lstm_in = config.embedding_size + (config.latent_size if config.latent_injection != "initial_state" else 0)
+    hidden = config.decoder_hidden_size
+    features = hidden + (config.latent_size if config.latent_injection == "initial_state_inputs_and_outputs" else 0)
+    return 2.0 * (features * config.vocab_size + 4 * hidden * (lstm_in + hidden))
 
 
 def median(values) -> float | None:

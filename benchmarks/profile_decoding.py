@@ -1,7 +1,12 @@
-"""Where batched greedy decoding spends its time: `torch.profiler` over one `generate` call from
+"""Where batched greedy (or beam) decoding spends its time: `torch.profiler` over one `generate` call from
 prior samples, plus a per-row-step roofline from the model's FLOPs and the measured fp32 matmul rate.
 
     python benchmarks/profile_decoding.py --model runs/ptb/vae_standard/best --batch_size 512
+    python benchmarks/profile_decoding.py --model runs/ptb/vae_standard/best --batch_size 64 --num_beams 5
+
+A row-step is one sentence's step in greedy decoding; in beam search, one step of a sentence's `num_beams`
+hypotheses counts `num_beams` row-steps, and the row-steps are those of the returned sentences' lengths (the search
+runs at least that long, and stops running finished hypotheses), so the bound is a lower one.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", required=True)
     parser.add_argument("--batch_size", type=int, default=512)
     parser.add_argument("--max_new_tokens", type=int, default=100)
+    parser.add_argument("--num_beams", type=int, default=1, help="1: greedy; more: beam search")
+    parser.add_argument("--output_layer_dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rows", type=int, default=12, help="profiler table rows")
     args = parser.parse_args(argv)
@@ -45,12 +52,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = model.config
     z = model.sample_prior(args.batch_size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        greedy = dict(max_new_tokens=args.max_new_tokens, num_beams=1, do_sample=False, suppress_tokens=None)
-        model.generate(latent=z[:8], **greedy)  # warm-up
-        seconds = _timed(lambda: model.generate(latent=z, **greedy))
+        search = dict(
+            max_new_tokens=args.max_new_tokens,
+            num_beams=args.num_beams,
+            do_sample=False,
+            suppress_tokens=None,
+            output_layer_dtype=args.output_layer_dtype,
+        )
+        model.generate(latent=z[:8], **search)  # warm-up
+        seconds = _timed(lambda: model.generate(latent=z, **search))
         with profile() as prof:
-            out = model.generate(latent=z, **greedy)
-    row_steps = int((out != config.pad_token_id).sum())  # tokens generated, end of sentence included
+            out = model.generate(latent=z, **search)
+    # tokens generated, end of sentence included; one per hypothesis in beam search
+    row_steps = int((out != config.pad_token_id).sum()) * args.num_beams
     # Per row-step: output projection plus the LSTM gates (input = embedding [+ z]).
     lstm_in = config.embedding_size + (
         config.latent_size if config.latent_injection == "initial_state_and_inputs" else 0
@@ -63,6 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = {
         "command": "python benchmarks/profile_decoding.py " + " ".join(f"--{k} {v}" for k, v in vars(args).items()),
         "batch_size": args.batch_size,
+        "num_beams": args.num_beams,
+        "output_layer_dtype": args.output_layer_dtype,
         "sentences_per_second": args.batch_size / seconds,
         "row_steps": row_steps,
         "ms_per_row_step": 1000 * seconds / row_steps,

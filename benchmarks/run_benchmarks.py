@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import os
 import sys
@@ -45,9 +46,11 @@ if str(HERE) not in sys.path:  # the sibling modules below, when run as `python 
     sys.path.insert(0, str(HERE))
 
 from bench_decoding import bench_decoding, bench_imputation  # noqa: E402
+from bench_isa import bench_isa, isa_probe  # noqa: E402
 from bench_memory import bench_allocator_env, memory_probes, probe_main, run_probe  # noqa: E402
 from bench_report import render_markdown  # noqa: E402
 from bench_training import (  # noqa: E402
+    PEER_ARMS,
     REFERENCE,
     Arm,
     bench_training,
@@ -56,11 +59,12 @@ from bench_training import (  # noqa: E402
     profile_training,
     steps_for,
 )
+from compare_revisions import factory, load_revision  # noqa: E402
 from measure import SIZES, default_data_dir, flops_of_lengths, load_data, machine_info, model_config  # noqa: E402
 
 from hf_sentence_vae import SentenceVAEModel  # noqa: E402
 
-SECTIONS = ("training", "memory", "allocator", "profile", "loss", "decoding", "imputation", "stream")
+SECTIONS = ("training", "memory", "allocator", "profile", "loss", "decoding", "isa", "imputation", "stream")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -82,7 +86,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=None, help="training steps per arm per repetition")
     parser.add_argument("--matmul_size", type=int, default=None, help="side of the square GEMM measuring the limit")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile arm")
-    parser.add_argument("--no_baseline", action="store_true")
+    parser.add_argument("--no_baseline", action="store_true", help="skip the padded-to-the-longest-sentence baseline")
+    parser.add_argument("--no_peer", action="store_true", help="skip the peer-style reference (peer_reference.py)")
     parser.add_argument("--no_memory", action="store_true", help="skip the peak-RSS probes (fresh processes)")
     parser.add_argument("--memory_steps", type=int, default=3)
     parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=None)
@@ -106,6 +111,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--stream_sentences", type=int, default=None, help="sentences of the streamed decoding probe")
     parser.add_argument("--no_decoding", action="store_true")
     parser.add_argument(
+        "--compare_rev",
+        default=None,
+        help="also decode with this git revision's model code (same weights), e.g. the previous release",
+    )
+    parser.add_argument(
+        "--isa_caps",
+        default="default,AVX512_CORE",
+        help="ONEDNN_MAX_CPU_ISA values of the 'isa' section, one fresh process each ('default' = no cap); on an Intel "
+        "CPU with AMX e.g. default,AVX512_CORE_BF16,AVX512_CORE",
+    )
+    parser.add_argument("--isa_repeats", type=int, default=None, help="measured repetitions in each 'isa' process")
+    parser.add_argument(
         "--sections",
         default=",".join(SECTIONS),
         help="comma list of the parts to run (default: all): " + ",".join(SECTIONS),
@@ -122,7 +139,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         return value if value is not None else (quick_value if quick else full_value)
 
     ints = lambda text: [int(x) for x in str(text).split(",") if x]  # noqa: E731
-    args.sizes = pick(args.sizes, "tiny" if args.tiny else "standard", "tiny" if args.tiny else "standard,hidden512")
+    args.sizes = pick(args.sizes, "tiny" if args.tiny else "peer", "tiny" if args.tiny else "peer,standard")
     args.sizes = [s for s in args.sizes.split(",") if s]
     for size in args.sizes:
         if size not in SIZES:
@@ -137,9 +154,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.loss_steps = pick(args.loss_steps, 2, 300)
     args.loss_eval_sentences = pick(args.loss_eval_sentences, 200, None)
     args.env_repeats = pick(args.env_repeats, 0, 3)
-    args.decode_batch_sizes = ints(pick(args.decode_batch_sizes, "1,16", "1,64,512"))
-    args.beams = ints(pick(args.beams, "5", "5,15"))
-    args.max_beam_batch = pick(args.max_beam_batch, 16, 512)
+    args.decode_batch_sizes = ints(pick(args.decode_batch_sizes, "1,16", "1,64,512,1000"))
+    args.beams = ints(pick(args.beams, "5", "5"))
+    args.max_beam_batch = pick(args.max_beam_batch, 16, 64)
+    args.isa_caps = [x for x in args.isa_caps.split(",") if x]
+    args.isa_repeats = pick(args.isa_repeats, 1, 3)
     args.single_sentences = pick(args.single_sentences, 4, 64)
     args.decode_repeats = pick(args.decode_repeats, 1, 3)
     args.compile_sizes = [x for x in pick(args.compile_sizes, "", args.sizes[0]).split(",") if x]
@@ -181,7 +200,7 @@ def run(argv=None) -> dict[str, Any]:
                     results["training"].append(entry)
                     done(f"training {size} batch {batch_size}")
         if "memory" in sections and not args.no_memory:
-            probe_arms = [a for a in default_arms(args, "") if a.name in (REFERENCE, "bf16+fused_adam", "baseline")]
+            probe_arms = [a for a in default_arms(args, "") if a.name in (REFERENCE, "bf16", PEER_ARMS[0], "baseline")]
             if args.quick:
                 probe_arms = probe_arms[:1]
             probes = memory_probes(data, args.sizes, args.batch_sizes, probe_arms, args, workdir)
@@ -196,11 +215,15 @@ def run(argv=None) -> dict[str, Any]:
             results["allocator_env"] = bench_allocator_env(data, args.sizes[0], args.batch_sizes, args, workdir)
             done("allocator comparison")
         if "profile" in sections and args.profile:
-            config = model_config(data["tokenizer"], args.sizes[0])
-            for batch_size in args.batch_sizes:
-                for arm in (Arm(REFERENCE), Arm("bf16+fused_adam", bf16=True, fused_adam=True)):
+            batch_size = args.batch_sizes[0]
+            for size in args.sizes:
+                config = model_config(data["tokenizer"], size)
+                arms = [Arm(REFERENCE), Arm("bf16", bf16=True)]
+                if not args.no_peer:
+                    arms.append(Arm(PEER_ARMS[1], peer=True, packed=False))
+                for arm in arms:
                     prof = profile_training(corpus, config, batch_size, arm, steps=max(4, steps_for(batch_size, args)))
-                    prof["size"] = args.sizes[0]
+                    prof["size"] = size
                     results["profiles"].append(prof)
             done("profiles")
         trained = None
@@ -220,14 +243,26 @@ def run(argv=None) -> dict[str, Any]:
         elif trained is not None:
             model = trained
             model_name = f"{args.sizes[0]} size after the {args.loss_steps}-step fp32 run of the loss comparison"
-        wants_model = {"decoding", "imputation", "stream"} & set(sections) and not args.no_decoding
+        wants_model = {"decoding", "imputation", "stream", "isa"} & set(sections) and not args.no_decoding
         if wants_model and model is None:
             results["decoding_skipped"] = "no model: pass --decode_model or include the 'loss' section"
         elif wants_model:
             if "decoding" in sections:
-                results["decoding"] = bench_decoding(model, args)
+                previous = None
+                if args.compare_rev:
+                    previous = factory(load_revision(args.compare_rev, workdir))(model.config)
+                    previous.load_state_dict(model.state_dict())
+                    previous.generation_config = copy.deepcopy(model.generation_config)
+                    previous.eval()
+                results["decoding"] = bench_decoding(model, args, previous)
                 results["decoding"]["model"] = model_name
+                results["decoding"]["compare_rev"] = args.compare_rev
                 done("decoding")
+            if "isa" in sections:
+                model_dir = workdir / "isa_model"
+                model.save_pretrained(model_dir)
+                results["isa"] = bench_isa(data, args, workdir, str(model_dir))
+                done("isa comparison")
             if "imputation" in sections:
                 results["imputation"] = bench_imputation(model, data["corpora"]["validation"], args)
                 results["imputation"]["model"] = model_name
@@ -263,7 +298,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = sys.argv[1:] if argv is None else list(argv)
     if "--probe" in args_list:
         spec = json.loads(args_list[args_list.index("--probe") + 1])
-        sys.stdout.write(json.dumps(probe_main(spec)) + "\n")
+        result = isa_probe(spec) if spec["kind"] == "isa" else probe_main(spec)
+        sys.stdout.write(json.dumps(result) + "\n")
         return 0
     results = run(args_list)
     sys.stdout.write(results["markdown"] + "\n")

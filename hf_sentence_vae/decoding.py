@@ -16,6 +16,18 @@ the model's own log-probabilities of the chosen tokens (`log_probs`) whatever th
 `output_scores=True` they also return the scores each step chose from (`step_scores`, one `(N, V)` tensor per
 step, `N` = every row of the batch, or batch x beams): rows that have ended hold 0 for `<pad>` and `-inf`
 elsewhere, so the score of a whole generated sequence is the sum of its tokens' entries.
+
+`suppress_tokens` (`(S,)` LongTensor) are ids never generated, applied after `logits_processor` (the reported
+log-probabilities stay the model's).
+
+Fast paths. A search also takes a step function that chooses tokens itself: `greedy_step_fn(tokens, state, banned,
+with_log_probs) -> (choice, log_probs, state)` gives the `(N,)` greedy choices among the ids not in `banned` and,
+when asked, their `(N,)` log-probabilities; `top_k_step_fn(tokens, state, k, banned) -> (log_probs, ids, state)`
+gives each row's `k` best ids, best first, with their log-probabilities (`(N, k)` each). A model implements them
+without materialising the `(N, V)` distribution (`kernels.greedy_tokens`, `kernels.top_k_tokens`). They are used
+when nothing needs that distribution: no `logits_processor` (suppressed ids and the `min_new_tokens` end of sentence
+are passed as `banned`), no `forced_tokens`, no `output_scores`; otherwise the search runs on `step_fn`. Both give the
+same sequences (up to exact ties between floating-point scores, where rounding can pick either).
 """
 
 from __future__ import annotations
@@ -27,6 +39,10 @@ import torch
 
 State = tuple[torch.Tensor, ...]
 StepFn = Callable[[torch.Tensor, State], tuple[torch.Tensor, State]]
+GreedyStepFn = Callable[
+    [torch.Tensor, State, "torch.Tensor | None", bool], tuple[torch.Tensor, "torch.Tensor | None", State]
+]
+TopKStepFn = Callable[[torch.Tensor, State, int, "torch.Tensor | None"], tuple[torch.Tensor, torch.Tensor, State]]
 LogitsProcessorFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -53,6 +69,24 @@ def _ended_row(vocab_size: int, pad_token_id: int, device: torch.device) -> torc
     row = torch.full((vocab_size,), float("-inf"), device=device)
     row[pad_token_id] = 0.0
     return row
+
+
+def _banned_ids(
+    suppress_tokens: torch.Tensor | None, step: int, min_new_tokens: int, eos_token_id: int, device: torch.device
+) -> torch.Tensor | None:
+    """The ids a fast step may not choose at `step`: the suppressed ones, and end of sentence before
+    `min_new_tokens`."""
+    if step >= min_new_tokens:
+        return suppress_tokens
+    eos = torch.tensor([eos_token_id], device=device)
+    return eos if suppress_tokens is None else torch.cat([suppress_tokens, eos])
+
+
+def _suppress(scores: torch.Tensor, suppress_tokens: torch.Tensor | None) -> torch.Tensor:
+    """`scores` with the `suppress_tokens` ids at -inf."""
+    if suppress_tokens is None or suppress_tokens.numel() == 0:
+        return scores
+    return scores.index_fill(-1, suppress_tokens, float("-inf"))
 
 
 def _apply_constraints(
@@ -93,6 +127,9 @@ def sample_search(
     generator: torch.Generator | None = None,
     logits_warper: LogitsProcessorFn | None = None,
     output_scores: bool = False,
+    suppress_tokens: torch.Tensor | None = None,
+    greedy_step_fn: GreedyStepFn | None = None,
+    compute_scores: bool = True,
 ) -> SearchResult:
     """Greedy decoding (`do_sample=False`) or ancestral sampling, batched over `batch_size` rows.
 
@@ -105,6 +142,9 @@ def sample_search(
     the sum of its sentence lengths rather than its size times its longest sentence; rows do not interact,
     so the results are those of decoding every row on its own. Sampling keeps all rows to the end, so the
     generator's random stream is consumed as always.
+
+    Greedy decoding runs on `greedy_step_fn` where it can (see the module docstring); with `compute_scores=False`
+    it then skips the log-probabilities, and the result's `scores` and `log_probs` are zeros.
     """
     device = state[0].device
     tokens = torch.full((batch_size,), bos_token_id, dtype=torch.long, device=device)
@@ -118,24 +158,41 @@ def sample_search(
     step_scores: list[torch.Tensor] = []
     ended = None
     steps = 0
+    fast = (
+        greedy_step_fn is not None
+        and not do_sample
+        and logits_processor is None
+        and forced_tokens is None
+        and not output_scores
+    )
     for step in range(max_new_tokens):
         steps = step + 1
-        log_probs, state = step_fn(tokens, state)
-        log_probs = log_probs.float()
-        scores = log_probs
-        if logits_processor is not None:
-            scores = logits_processor(generated[rows, :step] if not do_sample else generated[:, :step], scores.clone())
-        scores = _apply_constraints(scores, step, eos_token_id, min_new_tokens, forced, log_probs)
-        if output_scores and ended is None:
-            ended = _ended_row(scores.shape[-1], pad_token_id, device)
+        if fast:
+            banned = _banned_ids(suppress_tokens, step, min_new_tokens, eos_token_id, device)
+            choice, chosen, state = greedy_step_fn(tokens, state, banned, compute_scores)
+            best = chosen
+        else:
+            log_probs, state = step_fn(tokens, state)
+            log_probs = log_probs.float()
+            scores = log_probs
+            if logits_processor is not None:
+                scores = logits_processor(
+                    generated[rows, :step] if not do_sample else generated[:, :step], scores.clone()
+                )
+            scores = _suppress(scores, suppress_tokens)
+            scores = _apply_constraints(scores, step, eos_token_id, min_new_tokens, forced, log_probs)
+            if output_scores and ended is None:
+                ended = _ended_row(scores.shape[-1], pad_token_id, device)
+            if not do_sample:
+                # max() gives the first maximal index, as argmax() does, at a fraction of argmax's CPU time.
+                best, choice = scores.max(-1)
+                chosen = best if logits_processor is None else log_probs.gather(-1, choice.unsqueeze(-1)).squeeze(-1)
+                if output_scores:
+                    step_scores.append(ended.expand(batch_size, -1).index_copy(0, rows, scores))
         if not do_sample:
-            # max() gives the first maximal index, as argmax() does, at a fraction of argmax's CPU time.
-            best, choice = scores.max(-1)
-            chosen = best if logits_processor is None else log_probs.gather(-1, choice.unsqueeze(-1)).squeeze(-1)
-            if output_scores:
-                step_scores.append(ended.expand(batch_size, -1).index_copy(0, rows, scores))
             generated[rows, step] = choice
-            total.index_add_(0, rows, chosen)
+            if chosen is not None:
+                total.index_add_(0, rows, chosen)
             if logits_processor is not None:
                 ranking.index_add_(0, rows, best)
             lengths[rows] += 1
@@ -195,6 +252,8 @@ def beam_search(
     forced_tokens: torch.Tensor | None = None,
     logits_processor: LogitsProcessorFn | None = None,
     output_scores: bool = False,
+    suppress_tokens: torch.Tensor | None = None,
+    top_k_step_fn: TopKStepFn | None = None,
 ) -> SearchResult:
     """Beam search vectorised over batch x beam.
 
@@ -206,7 +265,8 @@ def beam_search(
 
     Each step takes the `num_beams` best tokens of every hypothesis first (only those can enter the next
     beam), so the selection works on `(B, k * k)` candidates instead of `(B, k * V)`; rows whose hypotheses
-    have all finished leave the batch. Both leave the search's result unchanged.
+    have all finished leave the batch. Both leave the search's result unchanged. Where it can, the step runs on
+    `top_k_step_fn`, which gives those best tokens directly (see the module docstring).
     """
     if num_return_sequences > num_beams:
         raise ValueError(f"num_return_sequences={num_return_sequences} must be <= num_beams={num_beams}")
@@ -233,19 +293,26 @@ def beam_search(
     tokens = torch.full((batch_size * k,), bos_token_id, dtype=torch.long, device=device)
     step_scores: list[torch.Tensor] = []
     steps = 0
+    fast = top_k_step_fn is not None and not processed and forced_tokens is None and not output_scores
     for step in range(max_new_tokens):
         steps = step + 1
         n = active.numel()
-        log_probs, state = step_fn(tokens, state)
-        log_probs = log_probs.float()
-        step_log_probs = log_probs
-        if processed:
-            step_log_probs = logits_processor(sequences.reshape(n * k, step), log_probs.clone())
-        if step < min_new_tokens:
-            step_log_probs = step_log_probs.index_fill(-1, torch.tensor([eos_token_id], device=device), float("-inf"))
-        # The best min(k, V) tokens of each hypothesis: the next beam is drawn from these.
-        top_scores, top_tokens = step_log_probs.topk(min(k, step_log_probs.shape[-1]), dim=-1)
         pinned = is_pinned = None
+        if fast:
+            banned = _banned_ids(suppress_tokens, step, min_new_tokens, eos_token_id, device)
+            top_scores, top_tokens, state = _open_hypotheses_step(top_k_step_fn, tokens, state, k, banned, finished)
+        else:
+            log_probs, state = step_fn(tokens, state)
+            log_probs = log_probs.float()
+            step_log_probs = log_probs
+            if processed:
+                step_log_probs = logits_processor(sequences.reshape(n * k, step), log_probs.clone())
+            step_log_probs = _suppress(step_log_probs, suppress_tokens)
+            if step < min_new_tokens:
+                eos = torch.tensor([eos_token_id], device=device)
+                step_log_probs = step_log_probs.index_fill(-1, eos, float("-inf"))
+            # The best min(k, V) tokens of each hypothesis: the next beam is drawn from these.
+            top_scores, top_tokens = step_log_probs.topk(min(k, step_log_probs.shape[-1]), dim=-1)
         if forced is not None and step < forced.shape[1]:
             pinned = forced[:, step]
             is_pinned = (pinned >= 0).unsqueeze(-1)
@@ -333,6 +400,30 @@ def beam_search(
         tuple(step_scores) if output_scores else None,
         out_origins[:, :, :steps].gather(1, pick) if output_scores else None,
     )
+
+
+def _open_hypotheses_step(
+    top_k_step_fn: TopKStepFn,
+    tokens: torch.Tensor,
+    state: State,
+    k: int,
+    banned: torch.Tensor | None,
+    finished: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, State]:
+    """`top_k_step_fn` on the hypotheses that have not finished only (a finished one continues with padding, whatever
+    the model says): `(N, k')` scores and tokens for all `N` rows (anything on finished rows) and the new state (a
+    finished row's state carried along unchanged)."""
+    open_rows = (~finished.view(-1)).nonzero().squeeze(-1)
+    if open_rows.numel() == tokens.numel():
+        return top_k_step_fn(tokens, state, k, banned)
+    open_scores, open_tokens, open_state = top_k_step_fn(
+        tokens.index_select(0, open_rows), tuple(s.index_select(0, open_rows) for s in state), k, banned
+    )
+    width = open_scores.shape[-1]
+    scores = open_scores.new_zeros(tokens.numel(), width).index_copy_(0, open_rows, open_scores)
+    top_tokens = open_tokens.new_zeros(tokens.numel(), width).index_copy_(0, open_rows, open_tokens)
+    state = tuple(s.index_copy(0, open_rows, new) for s, new in zip(state, open_state))
+    return scores, top_tokens, state
 
 
 def _beam_step_scores(

@@ -56,7 +56,12 @@ GENERATION_SETTINGS = {
     "use_cache",
     "cache_implementation",
     "early_stopping",
+    # Ours, not a `transformers` field: the precision of the output layer's products in greedy and beam search.
+    "output_layer_dtype",
 }
+# `output_layer_dtype` values: "float32" (the default) or "bfloat16" (products in bfloat16, for
+# CPUs with AVX-512 BF16 or AMX; greedy and beam search without logits processors other than `suppress_tokens`).
+OUTPUT_LAYER_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # Settings that change decoding in `transformers` and that `generate` does not implement: refused unless unset or
 # at a value without effect (None, False, 0, the `transformers` default; 1 for `guidance_scale`).
 UNSUPPORTED_SETTINGS = {
@@ -113,7 +118,9 @@ def resolve_generation_config(
         for key, value in model_default.to_dict().items():
             if key in vars(settings) and getattr(settings, key) is None:
                 setattr(settings, key, value)
-    unknown = sorted(key for key in kwargs if key.startswith("_") or key not in vars(settings))
+    unknown = sorted(
+        key for key in kwargs if key.startswith("_") or (key not in vars(settings) and key != "output_layer_dtype")
+    )
     if unknown:
         raise ValueError(
             f"generate() got arguments it does not use: {unknown}. Decoding settings are GenerationConfig fields "
@@ -153,6 +160,7 @@ def resolve_generation_config(
     def pick(*values, default):
         return next((v for v in values if v is not None), default)
 
+    settings.output_layer_dtype = _output_layer_dtype(getattr(settings, "output_layer_dtype", None))
     settings.num_beams = pick(settings.num_beams, default=1)
     settings.do_sample = bool(pick(settings.do_sample, default=False))
     # Sampling and beam search exclude each other: one the caller asks for replaces the other from the defaults
@@ -199,6 +207,16 @@ def resolve_generation_config(
     else:
         settings.validate()
     return settings
+
+
+def _output_layer_dtype(value: Any) -> str:
+    """The name of an `output_layer_dtype` setting (None: "float32"); a `ValueError` naming any other value."""
+    if value is None:
+        return "float32"
+    for name, dtype in OUTPUT_LAYER_DTYPES.items():
+        if value == name or value is dtype:
+            return name
+    raise ValueError(f"output_layer_dtype must be one of {sorted(OUTPUT_LAYER_DTYPES)}, got {value!r}")
 
 
 def build_logits_processors(
@@ -259,4 +277,19 @@ def _check_suppress_tokens(
     return suppressed
 
 
-__all__ = ["GENERATION_SETTINGS", "UNSUPPORTED_SETTINGS", "build_logits_processors", "resolve_generation_config"]
+def suppressed_ids_only(processors: LogitsProcessorList) -> torch.Tensor | None:
+    """The suppressed ids when `processors` is nothing but token suppression (one `SuppressTokensLogitsProcessor`):
+    the searches then apply it themselves and can choose tokens without the full distribution; None otherwise."""
+    if len(processors) == 1 and type(processors[0]) is SuppressTokensLogitsProcessor:
+        return processors[0].suppress_tokens.long()
+    return None
+
+
+__all__ = [
+    "GENERATION_SETTINGS",
+    "OUTPUT_LAYER_DTYPES",
+    "UNSUPPORTED_SETTINGS",
+    "build_logits_processors",
+    "resolve_generation_config",
+    "suppressed_ids_only",
+]

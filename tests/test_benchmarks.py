@@ -45,6 +45,8 @@ def test_quick_tiny_run_has_every_figure(bench, tmp_path):
         "--matmul_size", "128",
         "--profile",
         "--no_memory",
+        "--isa_caps", "AVX512_CORE",
+        "--isa_repeats", "1",
         "--output", str(output),
     ]  # fmt: skip
     results = bench.run(args)
@@ -56,7 +58,7 @@ def test_quick_tiny_run_has_every_figure(bench, tmp_path):
 
     (entry,) = results["training"]
     assert entry["size"] == "tiny" and entry["batch_size"] == 32 and _positive(entry["flops_per_token"])
-    assert set(entry["arms"]) == {"fp32", "fp32+fused_adam", "bf16+fused_adam", "baseline"}
+    assert set(entry["arms"]) == {"fp32", "bf16", "peer design", "peer design, padded LSTMs", "baseline"}
     for name, arm in entry["arms"].items():
         for key in (
             "tokens_per_second",
@@ -66,6 +68,7 @@ def test_quick_tiny_run_has_every_figure(bench, tmp_path):
             "fraction_of_matmul",
             "fraction_of_matmul_cpu_time",
             "ratio_vs_fp32",
+            "ratio_vs_peer",
             "ratio_vs_baseline",
             "flops_per_token",
         ):
@@ -81,7 +84,18 @@ def test_quick_tiny_run_has_every_figure(bench, tmp_path):
     assert set(decoding) == {"greedy/batch1", "greedy/batch4", "beam5/batch1", "beam5/batch4"}
     for key, arm in decoding.items():
         assert _positive(arm["sentences_per_second"]) and _positive(arm["per_sentence_speedup_vs_batch1"]), key
+        assert _positive(arm["ratio_vs_peer"]) and _positive(arm["bf16_ratio_vs_peer"]), key
+        assert arm["same_sequences"]["peer design"] == 1.0, key  # the peer design decodes the same sentences
         assert 1 <= arm["max_length"] <= 6
+    assert 0 < decoding["greedy/batch4"]["fraction_of_matmul_bound"] < 1
+    machine = results["machine"]
+    assert machine["cpu_model"] and machine["onednn_isa"]
+    assert f"oneDNN ISA: {machine['onednn_isa']}" in results["markdown"]
+    assert "| training, peer sizes, batch 32" in results["markdown"]
+    (isa,) = results["isa"]
+    assert "error" not in isa, isa.get("error")
+    assert isa["onednn_max_cpu_isa"] == "AVX512_CORE" and "bfloat16" not in isa["onednn_isa"]
+    assert _positive(isa["matmul_gflops"]["bfloat16"]) and _positive(isa["greedy_bf16_over_fp32"])
     imputation = results["imputation"]
     assert "skipped" in imputation or all(_positive(a["sentences_per_second"]) for a in imputation["arms"].values())
 
@@ -119,19 +133,89 @@ def test_memory_probes_report_peak_rss(bench, tmp_path):
     assert out["sentences"] == 10 and _positive(out["sentences_per_second"]) and _positive(out["peak_rss_mb"])
 
 
-def test_profile_decoding_reports_the_roofline(repo_root, tiny_model, tmp_path, capsys):
+@pytest.mark.parametrize(
+    "extra", [[], ["--num_beams", "3", "--output_layer_dtype", "bfloat16"]], ids=["greedy", "beam_bf16"]
+)
+def test_profile_decoding_reports_the_roofline(repo_root, tiny_model, tmp_path, capsys, extra):
     """The decoding profile on a tiny saved model prints its JSON (rates, FLOPs per row-step, the matmul bound)
-    and the profiler table."""
+    and the profiler table; for greedy and for beam search, in either output-layer precision."""
     profile = load_script(repo_root / "benchmarks" / "profile_decoding.py")
     model = tiny_model()
     model.save_pretrained(tmp_path / "model")
-    argv = ["--model", str(tmp_path / "model"), "--batch_size", "4", "--max_new_tokens", "5"]
+    argv = ["--model", str(tmp_path / "model"), "--batch_size", "4", "--max_new_tokens", "5", *extra]
     status, text, _ = run_main(profile, argv, capsys)
     assert status == 0
     result = json.loads(text[: text.index("}") + 1])
     config = model.config
     h = config.decoder_hidden_size
+    beams = 3 if extra else 1
+    assert result["num_beams"] == beams
+    assert result["output_layer_dtype"] == ("bfloat16" if extra else "float32")
     assert result["flops_per_row_step"] == 2 * (h * config.vocab_size + 4 * h * (config.embedding_size + h))
-    assert 0 < result["row_steps"] <= 4 * 5
+    assert 0 < result["row_steps"] <= 4 * 5 * beams and result["row_steps"] % beams == 0
     assert all(_positive(result[k]) for k in ("sentences_per_second", "ms_per_row_step", "matmul_gflops"))
     assert "Self CPU" in text
+
+
+def _peer_problem(tiny_config, random_batch, **overrides):
+    import torch
+
+    from hf_sentence_vae import SentenceVAEModel
+
+    config = tiny_config(vocab_size=60, initializer_range=0.5, word_keep_rate=0.7, **overrides)
+    torch.manual_seed(0)
+    ours = SentenceVAEModel(config).train()
+    input_ids, attention_mask = random_batch(config, [5, 9, 1, 7, 3], seed=1)
+    generator = torch.Generator().manual_seed(2)
+    noise = torch.randn(5, config.latent_size, generator=generator)
+    words = torch.rand(5, input_ids.shape[1], generator=generator)
+    return config, ours, (input_ids, attention_mask, noise, words)
+
+
+@pytest.mark.parametrize("injection", ["initial_state", "initial_state_and_inputs"])
+@pytest.mark.parametrize("packed", [True, False])
+def test_the_peer_design_has_our_objective(bench, tiny_config, random_batch, injection, packed):
+    """For the same weights, batch and noise the peer-style reference's loss is the library's (word dropout on, a
+    KL weight below 1), and so are its gradients."""
+    import torch
+    from peer_reference import PeerStyleVAE
+
+    config, ours, (input_ids, attention_mask, noise, words) = _peer_problem(
+        tiny_config, random_batch, latent_injection=injection
+    )
+    peer = PeerStyleVAE(config, packed=packed).train()
+    peer.load_state_dict(ours.state_dict())
+    mine = ours(
+        input_ids, attention_mask, kl_weight=0.3, latent_noise=noise, word_dropout_noise=words, return_logits=False
+    ).loss
+    theirs = peer(input_ids, attention_mask, 0.3, config.word_keep_rate, noise, words)
+    torch.testing.assert_close(theirs, mine, rtol=1e-5, atol=1e-5)
+    mine.backward()
+    theirs.backward()
+    grads = dict(peer.named_parameters())
+    for name, param in ours.named_parameters():
+        torch.testing.assert_close(grads[name].grad, param.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("injection", ["initial_state", "initial_state_and_inputs"])
+def test_the_peer_design_decodes_our_sentences(bench, tiny_config, random_batch, injection):
+    """Its greedy decoding (one nn.LSTM call per step, top-1 of the full logits, finished rows pruned) and its
+    textbook beam search return `generate`'s sequences."""
+    import torch
+    from peer_reference import PeerStyleVAE
+
+    config, ours, _ = _peer_problem(tiny_config, random_batch, latent_injection=injection)
+    ours.eval()
+    peer = PeerStyleVAE(config).eval()
+    peer.load_state_dict(ours.state_dict())
+    codes = torch.randn(12, config.latent_size, generator=torch.Generator().manual_seed(3))
+    common = dict(do_sample=False, suppress_tokens=None, max_new_tokens=10)
+    assert torch.equal(peer.greedy(codes, 10), ours.generate(latent=codes, num_beams=1, **common))
+    assert torch.equal(peer.beam(codes, 4, 10), ours.generate(latent=codes, num_beams=4, **common))
+
+
+def test_the_peer_design_refuses_what_it_does_not_cover(bench, tiny_config):
+    from peer_reference import PeerStyleVAE
+
+    with pytest.raises(ValueError, match=r"tie_word_embeddings.*right_to_left"):
+        PeerStyleVAE(tiny_config(tie_word_embeddings=True, right_to_left=True))

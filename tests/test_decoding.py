@@ -21,6 +21,8 @@ VARIANTS = {
     "right_to_left": dict(right_to_left=True),
     "rnnlm": dict(latent_size=0),
 }
+# Also an output layer tied to an embedding of another width (through a projection), for the fast searches.
+FAST_VARIANTS = {**VARIANTS, "tied_projection": dict(tie_word_embeddings=True, decoder_hidden_size=12)}
 
 
 @pytest.fixture
@@ -75,7 +77,7 @@ def _score(model, latent: torch.Tensor | None, sequences: list[tuple[int, ...]])
 
 
 def _model_and_latent(tiny_model, variant: str, batch: int, seed: int = 0, **overrides):
-    model = tiny_model(initializer_range=INIT, seed=seed, **{**VARIANTS[variant], **overrides})
+    model = tiny_model(initializer_range=INIT, seed=seed, **{**FAST_VARIANTS[variant], **overrides})
     latent = None
     if model.config.latent_size:
         latent = torch.randn(batch, model.config.latent_size, generator=torch.Generator().manual_seed(seed + 100))
@@ -498,3 +500,78 @@ def test_suppress_tokens_rejects_bad_ids(tiny_model):
     forced[0, 1] = cfg.unk_token_id
     with pytest.raises(ValueError, match="forced_tokens pins"):
         model.generate(num_samples=2, forced_tokens=forced, suppress_tokens=[cfg.unk_token_id])
+
+
+# ----------------------------------------------------------------------------- the fast searches
+class _NoOp:
+    """A logits processor that changes nothing, but makes the searches take the full-distribution path."""
+
+    def __call__(self, input_ids, scores):
+        return scores
+
+
+@pytest.mark.parametrize("variant", list(FAST_VARIANTS), ids=list(FAST_VARIANTS))
+def test_fast_searches_match_the_full_distribution_path(tiny_model, monkeypatch, variant):
+    """Greedy and beam search choosing tokens straight from the output layer (`kernels.greedy_tokens` /
+    `top_k_tokens`, here over many vocabulary chunks) return what the searches return on the full log-softmax (the
+    path any logits processor takes): the same sequences, scores and log-probabilities, for several seeded models of
+    every architecture, with `suppress_tokens`, `min_new_tokens` and several return sequences."""
+    from transformers.generation import LogitsProcessorList
+
+    from hf_sentence_vae import kernels
+    from hf_sentence_vae import modeling_sentence_vae as modeling
+
+    monkeypatch.setattr(kernels, "GREEDY_BUDGET", 64 * 8)
+    monkeypatch.setattr(kernels, "TOP_K_BUDGET", 64 * 8)
+    calls = Counter()
+    for name in ("greedy_tokens", "top_k_tokens"):
+        original = getattr(modeling, name)
+
+        def counted(*args, _original=original, _name=name, **kwargs):
+            calls[_name] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(modeling, name, counted)
+    settings = (
+        dict(num_beams=1),
+        dict(num_beams=1, suppress_tokens=[1, 40, 41], min_new_tokens=4),
+        dict(num_beams=4),
+        dict(num_beams=4, num_return_sequences=3, suppress_tokens=[1, 7], min_new_tokens=2, length_penalty=0.5),
+    )
+    for seed in range(3):
+        model, latent = _model_and_latent(tiny_model, variant, batch=7, seed=seed, vocab_size=300)
+        for kwargs in settings:
+            before = sum(calls.values())
+            fast = _generate(model, latent, 7, max_new_tokens=12, **kwargs)
+            assert sum(calls.values()) > before, "the fast search was not used"
+            before = sum(calls.values())
+            full = _generate(
+                model, latent, 7, max_new_tokens=12, logits_processor=LogitsProcessorList([_NoOp()]), **kwargs
+            )
+            assert sum(calls.values()) == before, "a logits processor must take the full-distribution path"
+            assert torch.equal(fast.sequences, full.sequences), (variant, seed, kwargs)
+            torch.testing.assert_close(fast.sequences_scores, full.sequences_scores, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(fast.log_probs, full.log_probs, rtol=1e-5, atol=1e-5)
+    assert calls["greedy_tokens"] and calls["top_k_tokens"]
+
+
+def test_greedy_ids_alone_skip_the_scores_and_match(tiny_model):
+    """`generate` returning ids only (the default) skips the log-probabilities on the fast path; the ids are those of
+    the full output."""
+    model, latent = _model_and_latent(tiny_model, "default", batch=5, vocab_size=300)
+    model.generation_config.return_dict_in_generate = False
+    ids = model.generate(latent=latent, max_new_tokens=10)
+    out = model.generate(latent=latent, max_new_tokens=10, return_dict_in_generate=True)
+    assert torch.equal(ids, out.sequences)
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_bf16_output_layer_decodes_nearly_the_same(tiny_model, num_beams):
+    """`output_layer_dtype="bfloat16"` decodes (ids and finite scores), mostly the float32 sequences."""
+    model, latent = _model_and_latent(tiny_model, "default", batch=16, vocab_size=300)
+    fp32 = model.generate(latent=latent, max_new_tokens=10, num_beams=num_beams)
+    bf16 = model.generate(latent=latent, max_new_tokens=10, num_beams=num_beams, output_layer_dtype="bfloat16")
+    assert bool(torch.isfinite(bf16.sequences_scores).all())
+    width = min(fp32.sequences.shape[1], bf16.sequences.shape[1])
+    same = (fp32.sequences[:, :width] == bf16.sequences[:, :width]).all(-1).float().mean()
+    assert float(same) >= 0.5

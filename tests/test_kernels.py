@@ -34,3 +34,175 @@ def test_weight_drop_masks_the_recurrent_weights_once_per_sequence():
     outputs.sum().backward()
     grad = lstm.weight_hh_l0.grad
     assert torch.all(grad[mask == 0] == 0) and bool(grad[mask != 0].abs().sum() > 0)
+
+
+def _logit_problem(rows: int, features: int, vocab: int, seed: int = 0):
+    """Hidden states, an output layer with `<pad>` (0) and `<bos>` (2) masked to -inf through the bias, targets."""
+    generator = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(rows, features, generator=generator)
+    weight = torch.randn(vocab, features, generator=generator)
+    bias = torch.randn(vocab, generator=generator)
+    bias[[0, 2]] = float("-inf")
+    targets = torch.randint(3, vocab, (rows,), generator=generator)
+    return hidden, weight, bias, targets
+
+
+@pytest.mark.parametrize("budget", [None, 64 * 37], ids=["one_chunk", "many_chunks"])
+def test_output_layer_nll_matches_cross_entropy_and_its_gradients(monkeypatch, budget):
+    """The fused loss node, in one vocabulary chunk or in many (a small chunk budget), against `F.linear` and
+    `F.cross_entropy`: values and the gradients of hidden states, weight and bias (zero at the masked ids)."""
+    from hf_sentence_vae import kernels
+
+    if budget is not None:
+        monkeypatch.setattr(kernels, "LOSS_BUDGET", budget)
+        assert kernels.vocabulary_chunk(37, 1000, kernels.LOSS_BUDGET) == 64
+    hidden, weight, bias, targets = _logit_problem(37, 12, 1000)
+    upstream = torch.randn(37, generator=torch.Generator().manual_seed(1))
+    leaves = [t.clone().requires_grad_(True) for t in (hidden, weight, bias)]
+    nll = kernels.output_layer_nll(*leaves, targets)
+    (nll * upstream).sum().backward()
+    reference = [t.clone().requires_grad_(True) for t in (hidden, weight, bias)]
+    expected = F.cross_entropy(F.linear(*reference), targets, reduction="none")
+    (expected * upstream).sum().backward()
+    torch.testing.assert_close(nll, expected, rtol=1e-5, atol=1e-5)
+    for got, want in zip(leaves, reference):
+        torch.testing.assert_close(got.grad, want.grad, rtol=1e-5, atol=1e-5)
+    assert torch.all(leaves[2].grad[[0, 2]] == 0)
+
+
+def test_output_layer_nll_under_bf16_autocast_stays_close_to_fp32():
+    from hf_sentence_vae.kernels import output_layer_nll
+
+    hidden, weight, bias, targets = _logit_problem(50, 16, 300)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        nll = output_layer_nll(hidden, weight, bias, targets)
+    expected = F.cross_entropy(F.linear(hidden, weight, bias), targets, reduction="none")
+    assert nll.dtype == torch.float32 and nll.shape == (50,)
+    torch.testing.assert_close(nll, expected, rtol=0.05, atol=0.5)
+
+
+def test_output_layer_nll_exports_with_a_data_dependent_row_count():
+    """Traced by `torch.export` with the rows chosen by the data (as the model's forward chooses the real tokens of a
+    batch), the node runs over the whole vocabulary at once and gives the same losses as when chunked."""
+    from hf_sentence_vae.kernels import output_layer_nll
+
+    class Loss(torch.nn.Module):
+        def forward(self, hidden, weight, bias, targets, mask):
+            rows = mask.nonzero().squeeze(-1)
+            return output_layer_nll(hidden[rows], weight, bias, targets[rows])
+
+    hidden, weight, bias, targets = _logit_problem(30, 8, 200)
+    mask = torch.rand(30, generator=torch.Generator().manual_seed(5)) < 0.6
+    inputs = (hidden, weight, bias, targets, mask)
+    exported = torch.export.export(Loss(), args=inputs)
+    expected = F.cross_entropy(F.linear(hidden[mask], weight, bias), targets[mask], reduction="none")
+    torch.testing.assert_close(exported.module()(*inputs), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(Loss()(*inputs), expected, rtol=1e-5, atol=1e-5)
+
+
+def _reference_choice(hidden, weight, bias, banned, k):
+    """The straightforward way: the full log-softmax, banned ids at -inf, then max / topk."""
+    log_probs = torch.log_softmax(F.linear(hidden, weight, bias), dim=-1)
+    scores = log_probs if banned is None else log_probs.index_fill(-1, banned, float("-inf"))
+    return scores.max(-1), scores.topk(k, dim=-1)
+
+
+@pytest.mark.parametrize("rows", [1, 5, 300])
+@pytest.mark.parametrize("banned", [None, [1], [1, 3, 900]], ids=["none", "unk", "three"])
+def test_greedy_and_top_k_tokens_match_the_full_log_softmax(monkeypatch, rows, banned):
+    """`greedy_tokens` and `top_k_tokens` choose what max / topk of the full log-softmax choose (ids exactly, scores
+    to float tolerance), banned ids excluded from the choice but not from the normaliser; with small chunk budgets the
+    vocabulary is split into many chunks (a last, shorter one included)."""
+    from hf_sentence_vae import kernels
+
+    monkeypatch.setattr(kernels, "GREEDY_BUDGET", 64 * 64)
+    monkeypatch.setattr(kernels, "TOP_K_BUDGET", 64 * 64)
+    hidden, weight, bias, _ = _logit_problem(rows, 10, 1000, seed=rows)
+    banned = None if banned is None else torch.tensor(banned)
+    (best, choice), (top_values, top_ids) = _reference_choice(hidden, weight, bias, banned, 4)
+    tokens, log_probs = kernels.greedy_tokens(hidden, weight, bias, banned, with_log_probs=True)
+    assert torch.equal(tokens, choice)
+    torch.testing.assert_close(log_probs, best, rtol=1e-5, atol=1e-5)
+    tokens_only, none = kernels.greedy_tokens(hidden, weight, bias, banned)
+    assert torch.equal(tokens_only, choice) and none is None
+    values, ids = kernels.top_k_tokens(hidden, weight, bias, 4, banned)
+    assert torch.equal(ids, top_ids)
+    torch.testing.assert_close(values, top_values, rtol=1e-5, atol=1e-5)
+
+
+def test_greedy_tokens_picks_the_first_of_tied_maxima(monkeypatch):
+    """Exact ties (here: duplicated rows of the weight, in different chunks) go to the lowest id, as argmax does."""
+    from hf_sentence_vae import kernels
+
+    monkeypatch.setattr(kernels, "GREEDY_BUDGET", 64 * 8)
+    hidden, weight, bias, _ = _logit_problem(8, 6, 400)
+    bias = torch.zeros(400)
+    weight[[10, 130, 390]] = 10 * hidden[0]  # the best id of row 0, three times over
+    tokens, _ = kernels.greedy_tokens(hidden, weight, bias)
+    assert int(tokens[0]) == 10
+    assert torch.equal(tokens, F.linear(hidden, weight, bias).argmax(-1))
+
+
+@pytest.mark.parametrize("budget", [None, 64 * 64], ids=["one_chunk", "many_chunks"])
+def test_bf16_output_layer_reduces_the_bf16_products_and_chooses_nearly_the_fp32_tokens(monkeypatch, budget):
+    """A bfloat16 weight: the choice is that of the bfloat16 products (rounded to bfloat16, the float32 bias added),
+    in one vocabulary chunk or many; mostly the float32 layer's choice."""
+    from hf_sentence_vae import kernels
+
+    if budget is not None:
+        monkeypatch.setattr(kernels, "GREEDY_BUDGET", budget)
+        monkeypatch.setattr(kernels, "TOP_K_BUDGET", budget)
+    hidden, weight, bias, _ = _logit_problem(200, 32, 500)
+    low = weight.bfloat16()
+    logits = torch.mm(hidden.bfloat16(), low.t()).float() + bias  # what the bf16 layer computes
+    tokens, log_probs = kernels.greedy_tokens(hidden, low, bias, with_log_probs=True)
+    assert tokens.dtype == torch.long and log_probs.dtype == torch.float32
+    # The chosen id holds the row's best bf16 logit (ids themselves may differ only between exact bf16 ties).
+    torch.testing.assert_close(logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1), logits.amax(-1))
+    torch.testing.assert_close(log_probs, torch.log_softmax(logits, -1).amax(-1), rtol=1e-4, atol=1e-4)
+    (_, choice), _ = _reference_choice(hidden, weight, bias, None, 1)
+    assert float((tokens == choice).float().mean()) > 0.9
+    values, ids = kernels.top_k_tokens(hidden, low, bias, 3)
+    assert ids.shape == (200, 3) and values.dtype == torch.float32
+    torch.testing.assert_close(values, torch.log_softmax(logits, -1).topk(3, -1).values, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(torch.log_softmax(logits, -1).gather(-1, ids), values, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("k", [1, 3, 100])
+def test_whole_chunks_banned_or_never_reached(monkeypatch, k):
+    """Edge cases of the chunked searches against the full log-softmax: a vocabulary chunk that is banned entirely (its
+    exponentials are dropped, not NaN), later chunks that no row's `k` best reach (the first chunk's ids dominate,
+    as with a vocabulary in frequency order), and `k` wider than a chunk."""
+    from hf_sentence_vae import kernels
+
+    monkeypatch.setattr(kernels, "GREEDY_BUDGET", 64 * 40)
+    monkeypatch.setattr(kernels, "TOP_K_BUDGET", 64 * 40)
+    hidden, weight, bias, _ = _logit_problem(40, 8, 700, seed=3)
+    banned = torch.cat([torch.tensor([1]), torch.arange(128, 192)])  # the third chunk of 64 ids, whole
+    for dominant in (False, True):
+        if dominant:
+            bias = bias.clone()
+            bias[3:64] += 30.0  # the first chunk's ids beat every other id in every row
+        (best, choice), (top_values, top_ids) = _reference_choice(hidden, weight, bias, banned, k)
+        tokens, log_probs = kernels.greedy_tokens(hidden, weight, bias, banned, with_log_probs=True)
+        assert torch.equal(tokens, choice) and bool(torch.isfinite(log_probs).all())
+        torch.testing.assert_close(log_probs, best, rtol=1e-5, atol=1e-5)
+        values, ids = kernels.top_k_tokens(hidden, weight, bias, k, banned)
+        assert not bool(torch.isin(ids, banned).any())
+        torch.testing.assert_close(values, top_values, rtol=1e-5, atol=1e-5)
+        # ids as topk gives them, except that the order of exactly tied values is not fixed
+        tied = top_values[:, 1:] == top_values[:, :-1]
+        if not bool(tied.any()):
+            assert torch.equal(ids, top_ids)
+
+
+def test_top_k_and_chunk_arguments_are_checked():
+    from hf_sentence_vae.kernels import top_k_tokens, vocabulary_chunk
+
+    hidden, weight, bias, _ = _logit_problem(4, 6, 20)
+    with pytest.raises(ValueError, match="k must be in"):
+        top_k_tokens(hidden, weight, bias, 21)
+    with pytest.raises(ValueError, match="rows=0"):
+        vocabulary_chunk(0, 20, 1024)
+    assert vocabulary_chunk(1, 10_000, 1 << 17) == 10_000
+    assert vocabulary_chunk(512, 10_000, 1 << 17) == 256

@@ -241,6 +241,29 @@ def test_resume_from_latest_checkpoint_matches_an_uninterrupted_run(small_ptb, t
     assert state["global_step"] == 20 and state["epoch"] == 1
 
 
+def test_the_fused_output_layer_trains_as_the_plain_one(small_ptb, tmp_path, monkeypatch):
+    """A run with the loss node of `kernels` (over many vocabulary chunks: a small chunk budget) gives the training
+    records and final metrics of the same run with the output layer and its loss written plainly (`F.linear` and
+    `F.cross_entropy`), to float tolerance: the fast path changes the speed, not the numbers."""
+    import torch.nn.functional as F
+
+    from hf_sentence_vae import kernels
+    from hf_sentence_vae import modeling_sentence_vae as modeling
+
+    monkeypatch.setattr(kernels, "LOSS_BUDGET", 64 * 64)
+    fused = tiny_run(small_ptb, tmp_path / "fused")
+    fused_results = _train(fused)
+
+    def plain(hidden, weight, bias, targets):
+        return F.cross_entropy(F.linear(hidden, weight, bias), targets, reduction="none")
+
+    monkeypatch.setattr(modeling, "output_layer_nll", plain)
+    reference = tiny_run(small_ptb, tmp_path / "plain")
+    reference_results = _train(reference)
+    _assert_records_close(read_records(fused.output_dir), read_records(reference.output_dir), rel=1e-4)
+    _assert_metrics_close(fused_results, reference_results, rel=1e-4)
+
+
 # --------------------------------------------------------------------------- rate control
 def test_encoder_warm_start_trains_an_autoencoder_then_reinitialises_the_decoder(small_ptb, tmp_path):
     """KL weight 0 for the warm-up steps, the schedule counted from their end afterwards; at the switch the decoder
