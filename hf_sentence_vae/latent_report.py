@@ -147,9 +147,12 @@ def latent_report(
             "active_unit_threshold": ACTIVE_UNIT_THRESHOLD,
             "posterior_mean_variances": variances.tolist(),
         }
-        decoding = {"max_new_tokens": max_new_tokens}
+        # The searches named here, whatever the model's generation_config says (a trained model's saved defaults are
+        # beam search with `<unk>` suppressed), and every token allowed: the references are the tokenizer's view of
+        # the input, `<unk>` included.
+        decoding = {"max_new_tokens": max_new_tokens, "do_sample": False, "suppress_tokens": None}
         reconstructions = {}
-        for name, kwargs in (("greedy", {}), (f"beam{num_beams}", {"num_beams": num_beams})):
+        for name, kwargs in (("greedy", {"num_beams": 1}), (f"beam{num_beams}", {"num_beams": num_beams})):
             hypotheses = _batched_decode(model, tokenizer, mu, decode_batch_size, **decoding, **kwargs)
             reconstructions[name] = hypotheses
             report[f"reconstruction_{name}"] = reconstruction_scores(hypotheses, references)
@@ -159,7 +162,7 @@ def latent_report(
             pairs = torch.randint(len(sentences), (2 * homotopy_pairs,), generator=generator)
         starts, ends = pairs[:homotopy_pairs], pairs[homotopy_pairs:]
         codes = interpolate(mu[starts], mu[ends], homotopy_steps).reshape(-1, mu.shape[-1])
-        decoded = _batched_decode(model, tokenizer, codes, decode_batch_size, **decoding)
+        decoded = _batched_decode(model, tokenizer, codes, decode_batch_size, **decoding, num_beams=1)
         paths = [decoded[i * homotopy_steps : (i + 1) * homotopy_steps] for i in range(homotopy_pairs)]
         report["homotopy"] = {"pairs": homotopy_pairs, "steps": homotopy_steps, **homotopy_scores(paths)}
 

@@ -72,7 +72,7 @@ def test_latent_report_is_consistent_with_the_model(tiny_model, tiny_tokenizer, 
     assert report["mutual_information_ceiling"] == pytest.approx(math.log(len(tiny_sentences)))
     assert report["mutual_information"] <= report["mutual_information_ceiling"] + 1e-6
     assert report["active_units"] == int((mu.double().var(0) > 0.01).sum())
-    greedy = decode(model, tiny_tokenizer, mu)
+    greedy = decode(model, tiny_tokenizer, mu, num_beams=1, suppress_tokens=None)
     assert [e["greedy"] for e in report["examples"]["reconstructions"]] == greedy[: len(tiny_sentences)]
     assert report["reconstruction_greedy"]["distinct_fraction"] == pytest.approx(len(set(greedy)) / len(greedy))
     assert set(report["reconstruction_beam3"]) == {"bleu", "exact_match", "distinct_fraction"}
@@ -80,6 +80,26 @@ def test_latent_report_is_consistent_with_the_model(tiny_model, tiny_tokenizer, 
     assert all(len(e["path"]) == 5 for e in report["examples"]["homotopies"])
     page = render_markdown(report, "tiny")
     assert page.startswith("# tiny") and "beam3" in page and "active units" in page
+
+
+def test_latent_report_decodes_as_named_whatever_the_saved_generation_config(
+    tiny_model, tiny_tokenizer, tiny_sentences
+):
+    """A trained model's saved defaults (beam search, `<unk>` suppressed) change neither the greedy reconstructions
+    nor the homotopies of the report, and `<unk>` stays allowed (the references hold it)."""
+    model = tiny_model(seed=3, vocab_size=len(tiny_tokenizer))
+    with torch.no_grad():
+        model.posterior.weight.mul_(200.0)
+    settings = dict(num_beams=3, homotopy_pairs=4, homotopy_steps=5)
+    plain = latent_report(model, tiny_tokenizer, tiny_sentences, **settings)
+    model.generation_config.num_beams = 4
+    model.generation_config.suppress_tokens = [tiny_tokenizer.unk_token_id, 5, 6, 7]
+    saved = latent_report(model, tiny_tokenizer, tiny_sentences, **settings)
+    for key in ("reconstruction_greedy", "reconstruction_beam3", "homotopy"):
+        assert saved[key] == plain[key], key
+    assert saved["examples"] == plain["examples"]
+    greedy = decode(model, tiny_tokenizer, posterior_means(model, tiny_tokenizer, tiny_sentences)[0], num_beams=1)
+    assert [e["greedy"] for e in saved["examples"]["reconstructions"]] != greedy[: len(tiny_sentences)]
 
 
 def test_latent_report_refuses_an_rnnlm_and_bad_settings(tiny_model, tiny_tokenizer, tiny_sentences):
