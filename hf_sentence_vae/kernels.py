@@ -6,7 +6,8 @@ speed and memory on CPU, where this model is mostly trained and used (BENCHMARKS
 functions work through the vocabulary in chunks whose logits stay in cache, so that the `(N, V)` logits are never
 written to memory just to be read back once (training writes them once, for its backward):
 
-- [`output_layer_nll`]: `-log softmax(hidden @ weight.T + bias)[target]` as one autograd node;
+- [`output_layer_nll`]: `-log softmax(hidden @ weight.T + bias)[target]` as one autograd node (in row blocks,
+  keeping nothing, where no gradient is needed);
 - [`greedy_tokens`]: `argmax` of the logits (and the chosen tokens' log-probabilities, on request), with banned ids;
 - [`top_k_tokens`]: the `k` best ids of the logits and their log-probabilities, with banned ids;
 - [`run_lstm`]: `lstm(inputs, state)`, in float32 under CPU autocast, with optional DropConnect on the recurrent
@@ -26,6 +27,8 @@ from torch import nn
 CELL_MAX_BATCH = 64
 # Logits per vocabulary chunk of the training loss (1 MiB of float32).
 LOSS_BUDGET = 1 << 18
+# Rows per block of the output layer's loss when no gradient is needed (evaluation).
+INFERENCE_ROWS = 512
 # Logits per vocabulary chunk of the greedy search (512 KiB of float32: the chunk stays in a core's L2 cache).
 GREEDY_BUDGET = 1 << 17
 # Logits per vocabulary chunk of the top-k search (2 MiB of float32): `topk` costs less per element on wider rows.
@@ -177,8 +180,36 @@ def output_layer_nll(
     hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, targets: torch.Tensor
 ) -> torch.Tensor:
     """`(N,)` negative log-likelihoods of `targets` `(N,)` under the logits `hidden @ weight.T + bias`
-    (`hidden` `(N, F)`, `weight` `(V, F)`, `bias` `(V,)`), computed by [`OutputLayerNLL`]."""
+    (`hidden` `(N, F)`, `weight` `(V, F)`, `bias` `(V,)`), computed by [`OutputLayerNLL`] when a gradient is needed,
+    else (evaluation, importance sampling) by [`inference_nll`], which keeps nothing for a backward."""
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (hidden, weight, bias))
+    plain = (
+        not needs_grad
+        and isinstance(hidden.shape[0], int)
+        and not torch.is_autocast_enabled(hidden.device.type)
+        and hidden.dtype == weight.dtype == bias.dtype
+        and hidden.dtype in (torch.float32, torch.float64)
+    )
+    if plain:
+        return inference_nll(hidden, weight, bias, targets)
     return OutputLayerNLL.apply(hidden, weight, bias, targets)
+
+
+def inference_nll(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
+    """[`output_layer_nll`] without a backward: blocks of `INFERENCE_ROWS` rows, each block's logits reduced to its
+    log-sum-exp and target logit right after its GEMM (the `(N, V)` logits are never held whole, and no
+    exponentials are written for a backward; with many rows, as in importance sampling, about 1.8x faster than
+    the training node)."""
+    rows = hidden.shape[0]
+    nll = hidden.new_empty(rows)
+    for start in range(0, rows, INFERENCE_ROWS):
+        stop = min(start + INFERENCE_ROWS, rows)
+        logits = torch.addmm(bias, hidden[start:stop], weight.t())
+        target_logits = logits.gather(-1, targets[start:stop].unsqueeze(-1)).squeeze(-1)
+        torch.sub(torch.logsumexp(logits, -1), target_logits, out=nll[start:stop])
+    return nll
 
 
 def _logit_block(

@@ -70,6 +70,26 @@ def test_output_layer_nll_matches_cross_entropy_and_its_gradients(monkeypatch, b
     assert torch.all(leaves[2].grad[[0, 2]] == 0)
 
 
+@pytest.mark.parametrize("rows", [1, 37, 1300])
+def test_output_layer_nll_without_gradients_matches_cross_entropy(monkeypatch, rows):
+    """Under `no_grad` (evaluation, importance sampling) the loss runs in row blocks (several here) with nothing kept
+    for a backward, and gives what `F.cross_entropy` gives; with a gradient the training node still runs."""
+    from hf_sentence_vae import kernels
+
+    calls = []
+    monkeypatch.setattr(kernels, "INFERENCE_ROWS", 500)
+    reference = lambda h, w, b, t: F.cross_entropy(F.linear(h, w, b), t, reduction="none")  # noqa: E731
+    monkeypatch.setattr(kernels.OutputLayerNLL, "apply", lambda *a: calls.append(1) or reference(*a))
+    hidden, weight, bias, targets = _logit_problem(rows, 12, 700)
+    expected = F.cross_entropy(F.linear(hidden, weight, bias), targets, reduction="none")
+    with torch.no_grad():
+        nll = kernels.output_layer_nll(hidden, weight, bias, targets)
+    torch.testing.assert_close(nll, expected, rtol=1e-5, atol=1e-5)
+    assert not calls
+    kernels.output_layer_nll(hidden.requires_grad_(True), weight, bias, targets)
+    assert calls == [1]
+
+
 def test_output_layer_nll_under_bf16_autocast_stays_close_to_fp32():
     from hf_sentence_vae.kernels import output_layer_nll
 
