@@ -68,6 +68,7 @@ def test_no_project_file_narrates_development(repo_root):
         path = repo_root / name
         if (
             name == "tests/test_docs.py"
+            or name.startswith("benchmarks/results/latent_report_")  # decoded PTB sentences ("... recent session ...")
             or not path.is_file()
             or not (name.endswith(suffixes) or path.name in ("Makefile", "run"))
         ):
