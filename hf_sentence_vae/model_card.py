@@ -102,9 +102,14 @@ TRAINING_ROWS = (
     ("early_stopping_patience", "early stopping patience (evaluations)"),
     ("kl_schedule", "KL weight schedule"),
     ("free_bits", "free bits (nats per dimension)"),
+    ("kl_target", "KL target, nats per sentence (`kl_target`, PI controller of the weight)"),
+    ("encoder_warmup_steps", "encoder warm start, autoencoder steps (`encoder_warmup_steps`)"),
+    ("aggressive_encoder_steps", "aggressive encoder updates per step, at most (`aggressive_encoder_steps`)"),
     ("mixed_precision", "mixed precision"),
     ("seed", "seed"),
 )
+# Rate-control rows shown only when the run used them (0 means off).
+ROWS_ONLY_WHEN_ON = frozenset({"encoder_warmup_steps", "aggressive_encoder_steps"})
 FILE_DESCRIPTIONS = {
     "model.safetensors": "the weights",
     "config.json": "the model configuration (with `auto_map` for the remote code and `custom_pipelines`)",
@@ -517,7 +522,7 @@ def render_model_card(
     training_rows = []
     for key, label in TRAINING_ROWS:
         value = train_config.get(key)
-        if value is None:
+        if value is None or (key in ROWS_ONLY_WHEN_ON and not value):
             continue
         if key == "kl_schedule":
             params = ", ".join(f"{p}={train_config[p]}" for p in SCHEDULE_OPTIONS.get(value, ()) if p in train_config)

@@ -228,6 +228,16 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
             names.append("embed_tokens")
         return [getattr(self, name) for name in names if hasattr(self, name)]
 
+    def inference_parameters(self) -> list[nn.Parameter]:
+        """The parameters of q(z | x) alone (nothing of p(x | z) reads them): the encoder LSTM, its highway, the
+        posterior layer (and BN-VAE's shift), and the encoder's own embedding when it has one (`share_embeddings=False`).
+        Empty for the RNNLM."""
+        names = ["encoder_embed_tokens", "encoder", "encoder_highway", "posterior"]
+        params = [p for name in names if hasattr(self, name) for p in getattr(self, name).parameters()]
+        if hasattr(self, "posterior_mean_shift"):
+            params.append(self.posterior_mean_shift)
+        return params
+
     @torch.no_grad()
     def reinitialize_decoder(self, seed: int) -> None:
         """Draw the decoder's weights afresh (as at construction, from a generator seeded with `seed`), keeping the

@@ -176,6 +176,12 @@ class TrainingConfig:
     encoder_warmup_steps: int = _option(
         0, "train as an autoencoder (KL weight 0) for this many steps, then re-initialise the decoder; 0: off"
     )
+    aggressive_encoder_steps: int = _option(
+        0,
+        "aggressive inference-network training (He et al. 2019): before each step, at most this many encoder-only "
+        "updates (fewer once their loss stops falling), and that step updates the decoder only, until the validation "
+        "mutual information stops rising; 0: off (He et al. use 100)",
+    )
     # loop
     logging_steps: int = _option(50, "steps between training log records (metrics.jsonl)")
     eval_steps: int | None = _option(None, "steps between validation evaluations (unset: once an epoch)")
@@ -260,6 +266,13 @@ class TrainingConfig:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}")
         if self.encoder_warmup_steps < 0:
             raise ValueError(f"encoder_warmup_steps must be >= 0, got {self.encoder_warmup_steps}")
+        if self.aggressive_encoder_steps < 0:
+            raise ValueError(f"aggressive_encoder_steps must be >= 0, got {self.aggressive_encoder_steps}")
+        if self.aggressive_encoder_steps and self.gradient_accumulation_steps > 1:
+            raise ValueError(
+                f"aggressive_encoder_steps={self.aggressive_encoder_steps} takes one batch per encoder update; it "
+                f"cannot be combined with gradient_accumulation_steps={self.gradient_accumulation_steps}"
+            )
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("--push_to_hub needs --hub_model_id")
         if self.license is not None:

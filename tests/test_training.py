@@ -209,6 +209,9 @@ RESUME_CASES = {
     "kl_target_after_warm_start": dict(kl_target=2.0, kl_target_ki=0.05, encoder_warmup_steps=6, ema_decay=0.8),
     # The warm start ends exactly at the resumed checkpoint: the resumed run must re-initialise the decoder.
     "warm_start_ends_at_the_checkpoint": dict(encoder_warmup_steps=12, posterior_mean_bn_scale=0.5),
+    # Aggressive training: its encoder-only updates draw batches and noise from (seed, step), and whether its phase
+    # is over (and the best validation MI so far) is in the trainer state.
+    "aggressive_encoder_updates": dict(aggressive_encoder_steps=3, eval_steps=2),
 }
 
 
@@ -358,7 +361,7 @@ def test_metric_for_best_model_is_checked(small_ptb, tmp_path):
         tiny_run(small_ptb, tmp_path / "run", metric_for_best_model="kl")
 
 
-@pytest.mark.parametrize("flag", ["kl_target", "encoder_warmup_steps"])
+@pytest.mark.parametrize("flag", ["kl_target", "encoder_warmup_steps", "aggressive_encoder_steps"])
 def test_rate_control_needs_a_latent_variable(small_ptb, tmp_path, flag):
     config = tiny_run(small_ptb, tmp_path / "run", latent_size=0, word_keep_rate=1.0, **{flag: 3})
     with pytest.raises(ValueError, match=f"{flag} needs a latent variable"):
@@ -367,11 +370,129 @@ def test_rate_control_needs_a_latent_variable(small_ptb, tmp_path, flag):
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(kl_target=-1.0), dict(kl_target=float("nan")), dict(kl_target_ki=-0.1), dict(encoder_warmup_steps=-1)],
+    [
+        dict(kl_target=-1.0),
+        dict(kl_target=float("nan")),
+        dict(kl_target_ki=-0.1),
+        dict(encoder_warmup_steps=-1),
+        dict(aggressive_encoder_steps=-1),
+    ],
 )
 def test_rate_control_settings_are_checked(small_ptb, tmp_path, kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         tiny_run(small_ptb, tmp_path / "run", **kwargs)
+
+
+def _parameter_copies(params) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in params]
+
+
+def _moved(before: list[torch.Tensor], params) -> list[bool]:
+    return [not torch.equal(b, p.detach()) for b, p in zip(before, params)]
+
+
+def test_aggressive_training_updates_the_encoder_alone_then_the_decoder_alone(small_ptb, tmp_path):
+    """He et al. (2019): the encoder-only updates change q(z|x)'s parameters and nothing else (the shared embedding
+    and its tied output layer included); the step after them changes everything but q(z|x)'s parameters."""
+    config = tiny_run(small_ptb, tmp_path / "run", aggressive_encoder_steps=4, kl_schedule="constant")
+    reset_accelerate()
+    trainer = Trainer(config)
+    try:
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        inference = model.inference_parameters()
+        assert inference and all(p.requires_grad for p in inference)
+        inference_ids = {id(p) for p in inference}
+        generative = [p for p in model.parameters() if id(p) not in inference_ids]
+        assert any(p is model.embed_tokens.weight for p in generative)
+        assert trainer.aggressive_phase()
+
+        before_inference, before_generative = _parameter_copies(inference), _parameter_copies(generative)
+        batches = trainer._epoch_batches(0)
+        assert trainer._encoder_updates(batches, micro_step=0) == 4
+        assert all(_moved(before_inference, inference))
+        assert not any(_moved(before_generative, generative))
+
+        before_inference, before_generative = _parameter_copies(inference), _parameter_copies(generative)
+        loss, _ = trainer._train_step(batches[0], micro_step=0, decoder_only=True)
+        assert loss is not None
+        assert not any(_moved(before_inference, inference))
+        assert all(_moved(before_generative, generative))
+    finally:
+        trainer.close()
+
+
+@pytest.mark.parametrize("rising", [True, False])
+def test_encoder_updates_stop_when_their_loss_stops_falling(small_ptb, tmp_path, monkeypatch, rising):
+    """The inner loop compares the summed loss of consecutive windows of `AGGRESSIVE_WINDOW` updates: a loss that
+    rises stops it after the second window; one that keeps falling runs to `--aggressive_encoder_steps`."""
+    from hf_sentence_vae.training import trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "AGGRESSIVE_WINDOW", 2)
+    config = tiny_run(small_ptb, tmp_path / "run", aggressive_encoder_steps=9)
+    reset_accelerate()
+    trainer = Trainer(config)
+    losses = iter(range(100) if rising else range(100, 0, -1))
+    monkeypatch.setattr(trainer, "_global_means", lambda out, size: (float(next(losses)), 0.0, 0.0))
+    try:
+        assert trainer._encoder_updates(trainer._epoch_batches(0), micro_step=0) == (4 if rising else 9)
+    finally:
+        trainer.close()
+
+
+def test_aggressive_phase_ends_at_the_first_evaluation_without_a_higher_mi(small_ptb, tmp_path):
+    """The phase's bookkeeping: each evaluation's validation MI either beats the best so far (the phase goes on) or
+    ends it, and an ended phase stays ended (`aggressive_phase` is False from there)."""
+    config = tiny_run(small_ptb, tmp_path / "run", aggressive_encoder_steps=2)
+    reset_accelerate()
+    trainer = Trainer(config)
+    try:
+        for step, mi in ((4, 0.5), (8, 0.9)):
+            trainer._update_aggressive_phase({"validation_mi": mi}, step)
+            assert trainer.aggressive_phase() and trainer.state.aggressive_best_mi == mi
+        trainer._update_aggressive_phase({"validation_mi": 0.9}, 12)
+        assert not trainer.aggressive_phase() and trainer.state.aggressive_ended
+        assert trainer.state.aggressive_best_mi == 0.9
+    finally:
+        trainer.close()
+
+
+def test_an_aggressive_run_logs_its_phase_and_its_card_names_it(small_ptb, tmp_path):
+    """A whole run: while the phase lasts every evaluation logs the validation MI and every step takes encoder-only
+    updates; the first evaluation whose MI is not above the best so far ends it (replayed from the log), after which
+    steps take none. The model card's training table names the option."""
+    config = tiny_run(
+        small_ptb, tmp_path / "run", aggressive_encoder_steps=3, max_train_steps=24, eval_steps=2, logging_steps=1
+    )
+    _train(config)
+    evals, records = _eval_records(config.output_dir), _train_records(config.output_dir)
+    best, ended_at = None, None
+    for record in evals:
+        if ended_at is not None:
+            assert "validation_mi" not in record
+            continue
+        mi = record["validation_mi"]
+        assert 0.0 <= mi <= math.log(config.per_device_eval_batch_size) + 0.1
+        if best is None or mi > best:
+            best = mi
+        else:
+            ended_at = record["step"]
+    for record in records:
+        in_phase = ended_at is None or record["step"] <= ended_at
+        assert record["encoder_steps"] == (3 if in_phase else 0), (record, ended_at)
+    card = (Path(config.output_dir) / "best" / "README.md").read_text(encoding="utf-8")
+    assert "`aggressive_encoder_steps`" in card
+
+
+def test_aggressive_training_needs_a_validation_split(small_ptb, tmp_path):
+    data = {k: v for k, v in small_ptb.items() if k != "validation_file"}
+    config = tiny_run(data, tmp_path / "run", aggressive_encoder_steps=3)
+    with pytest.raises(ValueError, match="aggressive_encoder_steps needs a validation split"):
+        _train(config)
+
+
+def test_aggressive_training_refuses_gradient_accumulation(small_ptb, tmp_path):
+    with pytest.raises(ValueError, match="aggressive_encoder_steps=3 .* gradient_accumulation_steps=2"):
+        tiny_run(small_ptb, tmp_path / "run", aggressive_encoder_steps=3, gradient_accumulation_steps=2)
 
 
 # --------------------------------------------------------------------------- weight averaging

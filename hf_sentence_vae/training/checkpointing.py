@@ -71,6 +71,8 @@ class TrainerState:
     window: dict[str, float] = field(default_factory=dict)  # sums since the last log record
     kl_controller: dict[str, float] = field(default_factory=dict)  # KLTargetController.state_dict()
     decoder_reinitialized: bool = False  # the encoder warm start's second phase has begun
+    aggressive_best_mi: float | None = None  # aggressive training: the best validation mutual information so far
+    aggressive_ended: bool = False  # aggressive training's phase is over
     checksums: dict[str, str] = field(default_factory=dict)  # SHA-256 of the checkpoint's weights and state files
 
     def save(self, path: Path) -> None:

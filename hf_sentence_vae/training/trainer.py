@@ -66,6 +66,9 @@ from .weight_average import WeightAverage
 logger = logging.get_logger(__name__)
 
 READABLE_NUM_BEAMS = 5  # the beam width trained models decode with by default (`readable_generation_config`)
+# Aggressive training's encoder-only updates stop early when the summed loss of this many updates is no lower than
+# that of the previous as many (He et al., 2019, check every 15 updates).
+AGGRESSIVE_WINDOW = 15
 TRACKING_PROJECT = "sentence-vae"
 
 
@@ -95,11 +98,16 @@ def _sets_decoding(config: GenerationConfig | None) -> bool:
 
 
 def step_noise(
-    seed: int, micro_step: int, batch_size: int, latent_size: int, width: int
+    seed: int, micro_step: int, batch_size: int, latent_size: int, width: int, sub_step: int = 0
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
     """The randomness of one micro-step for the whole global batch: posterior noise `(B, Z)` and word-dropout
-    uniforms `(B, width)`, a pure function of (seed, micro_step)."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + micro_step)
+    uniforms `(B, width)`, a pure function of (seed, micro_step), and of `sub_step` for the encoder-only updates
+    that aggressive training takes before a step (`sub_step` 1, 2, ...; 0 is the step itself)."""
+    if sub_step:
+        key = np.random.SeedSequence([seed, micro_step, sub_step]).generate_state(1, np.uint64)[0]
+        generator = torch.Generator().manual_seed(int(key) >> 1)
+    else:
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + micro_step)
     latent = torch.randn((batch_size, latent_size), generator=generator) if latent_size else None
     words = torch.rand((batch_size, width), generator=generator)
     return latent, words
@@ -243,9 +251,14 @@ class Trainer:
         self.num_epochs = math.ceil(self.max_train_steps / self.steps_per_epoch)
         self.rate_control = build_rate_control(config, self.max_train_steps)
         if model.config.is_rnnlm:
-            for name in ("kl_target", "encoder_warmup_steps"):
+            for name in ("kl_target", "encoder_warmup_steps", "aggressive_encoder_steps"):
                 if getattr(config, name):
                     raise ValueError(f"{name} needs a latent variable, but this model is an RNNLM (latent_size=0)")
+        if config.aggressive_encoder_steps and "validation" not in self.corpora:
+            raise ValueError(
+                "aggressive_encoder_steps needs a validation split: its phase ends when the validation mutual "
+                "information stops rising"
+            )
         self.current_kl_weight = 0.0
         from transformers import get_scheduler
 
@@ -439,8 +452,13 @@ class Trainer:
                 batch = epoch_batches[index]
                 if self.rate_control.reinitialization_due(state.global_step, state.decoder_reinitialized):
                     self._reinitialize_decoder()
+                micro_step = state.epoch * usable + index
+                aggressive = self.aggressive_phase()
+                if aggressive:  # the inference network catches up first; the step then trains the decoder alone
+                    encoder_updates = self._encoder_updates(epoch_batches, micro_step)
+                    window["encoder_steps"] = window.get("encoder_steps", 0) + encoder_updates
                 # One micro-step: forward and backward; the optimizer steps every `ga` of them.
-                loss, out = self._train_step(batch, micro_step=state.epoch * usable + index)
+                loss, out = self._train_step(batch, micro_step=micro_step, decoder_only=aggressive)
                 state.batch_in_epoch += 1
                 if loss is None:
                     self._handle_nonfinite()
@@ -473,6 +491,8 @@ class Trainer:
                         "learning_rate": self.scheduler.get_last_lr()[0],
                         "tokens_per_second": window["tokens"] / max(elapsed, 1e-9),  # global-batch tokens
                     }
+                    if config.aggressive_encoder_steps:  # encoder-only updates per step (0 once the phase ends)
+                        record["encoder_steps"] = window.get("encoder_steps", 0) / window["n"]
                     self._log(record)
                     progress.set_postfix(loss=f"{record['loss']:.2f}", kl=f"{record['kl']:.2f}")
                     window = state.window = empty_window()
@@ -491,36 +511,50 @@ class Trainer:
         progress.close()
         return self._finish(has_validation)
 
-    def _train_step(self, indices: np.ndarray, micro_step: int) -> tuple[torch.Tensor | None, Any]:
-        """Forward and backward of one micro-batch (this process's share of the global batch `indices`), and, at
-        the end of a gradient accumulation, the optimizer and scheduler steps and the weight average. Returns the
-        loss (None when it is not finite on some process: nothing is updated) and the model output."""
+    def _forward(self, indices: np.ndarray, micro_step: int, sub_step: int = 0) -> tuple[torch.Tensor | None, Any]:
+        """The forward pass of this process's share of the global batch `indices`, with the step's noise
+        (`step_noise`). Returns the loss to backpropagate (rescaled so that DDP's mean of gradients is the global
+        mean; None when it is not finite on some process) and the model output."""
         config, accelerator = self.config, self.accelerator
         width = int(self.train_corpus.lengths[indices].max())
-        latent_noise, word_noise = step_noise(config.seed, micro_step, len(indices), self.latent_size, width)
+        latent_noise, word_noise = step_noise(
+            config.seed, micro_step, len(indices), self.latent_size, width, sub_step=sub_step
+        )
         part = shard(indices, self.rank, self.world)
         batch = {k: v.to(accelerator.device) for k, v in self.train_corpus.batch(indices[part], pad_to=width).items()}
         if latent_noise is not None:
             latent_noise = latent_noise[part].to(accelerator.device)
         kl_weight = self.current_kl_weight = self.rate_control.kl_weight(self.state.global_step)
+        out = self.model(
+            **batch,
+            kl_weight=kl_weight,
+            free_bits=self.rate_control.free_bits,
+            return_logits=False,
+            latent_noise=latent_noise,
+            word_dropout_noise=word_noise[part].to(accelerator.device),
+            return_dict=True,
+        )
+        loss = out.loss * (len(batch["input_ids"]) * self.world / len(indices))
+        finite = torch.isfinite(loss.detach())
+        if self.world > 1:
+            finite = accelerator.reduce(finite.float(), reduction="sum") == self.world
+        return (loss if bool(finite) else None), out
+
+    def _train_step(
+        self, indices: np.ndarray, micro_step: int, decoder_only: bool = False
+    ) -> tuple[torch.Tensor | None, Any]:
+        """Forward and backward of one micro-batch (this process's share of the global batch `indices`), and, at
+        the end of a gradient accumulation, the optimizer and scheduler steps and the weight average. Returns the
+        loss (None when it is not finite on some process: nothing is updated) and the model output. `decoder_only`
+        (aggressive training's phase): the inference network's parameters are left as they are."""
+        config, accelerator = self.config, self.accelerator
         with accelerator.accumulate(self.model):
-            out = self.model(
-                **batch,
-                kl_weight=kl_weight,
-                free_bits=self.rate_control.free_bits,
-                return_logits=False,
-                latent_noise=latent_noise,
-                word_dropout_noise=word_noise[part].to(accelerator.device),
-                return_dict=True,
-            )
-            # Each process averages over its share; rescale so DDP's mean of gradients is the global mean.
-            loss = out.loss * (len(batch["input_ids"]) * self.world / len(indices))
-            finite = torch.isfinite(loss.detach())
-            if self.world > 1:
-                finite = accelerator.reduce(finite.float(), reduction="sum") == self.world
-            if not bool(finite):
+            loss, out = self._forward(indices, micro_step)
+            if loss is None:
                 return None, out
             accelerator.backward(loss)
+            if decoder_only:
+                self._drop_gradients(self._inference_parameters())
             if accelerator.sync_gradients and config.max_grad_norm:
                 accelerator.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)
             self.optimizer.step()
@@ -530,6 +564,70 @@ class Trainer:
                     self.weight_average.update(self.state.global_step)
             self.optimizer.zero_grad(set_to_none=True)
         return loss.detach(), out
+
+    # ------------------------------------------------------------------ aggressive training (He et al., 2019)
+    def aggressive_phase(self) -> bool:
+        """Whether the next step belongs to aggressive training's phase: `--aggressive_encoder_steps` set, the
+        encoder warm start over, and the validation mutual information still rising."""
+        return (
+            self.config.aggressive_encoder_steps > 0
+            and not self.state.aggressive_ended
+            and self.state.global_step >= self.config.encoder_warmup_steps
+        )
+
+    def _inference_parameters(self) -> list[torch.nn.Parameter]:
+        return self.accelerator.unwrap_model(self.model).inference_parameters()
+
+    @staticmethod
+    def _drop_gradients(params) -> None:
+        """Set these parameters' gradients to None: the optimizer then leaves them (and their moments) as they are."""
+        for param in params:
+            param.grad = None
+
+    def _encoder_updates(self, epoch_batches: list[np.ndarray], micro_step: int) -> int:
+        """Aggressive training's inner loop (He et al., 2019): up to `--aggressive_encoder_steps` updates of the
+        inference network alone (q(z | x): `SentenceVAEModel.inference_parameters`), each on a batch of the epoch
+        drawn at random, with the step's KL weight; they stop early when the summed loss of `AGGRESSIVE_WINDOW`
+        updates is no lower than that of the previous as many. The batches and noise are pure functions of (seed,
+        micro_step), so a resumed run draws the same. Returns the number of updates taken."""
+        config, accelerator = self.config, self.accelerator
+        inference = {id(p) for p in self._inference_parameters()}
+        generative = [p for p in self.model.parameters() if id(p) not in inference]
+        rng = np.random.default_rng([config.seed, micro_step])
+        previous, current = math.inf, 0.0
+        taken = 0
+        for sub_step in range(1, config.aggressive_encoder_steps + 1):
+            indices = epoch_batches[int(rng.integers(len(epoch_batches)))]
+            loss, out = self._forward(indices, micro_step, sub_step=sub_step)
+            if loss is None:  # a non-finite loss: no update, and the inner loop ends here
+                self.optimizer.zero_grad(set_to_none=True)
+                break
+            accelerator.backward(loss)
+            self._drop_gradients(generative)
+            if config.max_grad_norm:
+                accelerator.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            taken += 1
+            current += self._global_means(out, len(indices))[0]
+            if sub_step % AGGRESSIVE_WINDOW == 0:
+                if current >= previous:
+                    break
+                previous, current = current, 0.0
+        return taken
+
+    def _update_aggressive_phase(self, metrics: dict[str, float], step: int) -> None:
+        """At an evaluation within the aggressive phase: it goes on while the validation mutual information rises,
+        and ends at the first evaluation where it does not (He et al., 2019)."""
+        state, mi = self.state, metrics["validation_mi"]
+        if state.aggressive_best_mi is None or mi > state.aggressive_best_mi:
+            state.aggressive_best_mi = mi
+            return
+        state.aggressive_ended = True
+        logger.info(
+            f"aggressive training ends at step {step}: validation mutual information {mi:.3f} nats, not above "
+            f"{state.aggressive_best_mi:.3f}; from here encoder and decoder train together"
+        )
 
     def kl_weight(self, step: int) -> float:
         """The KL weight of optimizer step `step` (see `rate_control.RateControl.kl_weight`)."""
@@ -589,8 +687,9 @@ class Trainer:
             self.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
 
     # ------------------------------------------------------------------ evaluation
-    def evaluate(self, split: str) -> dict[str, float]:
-        """The single-sample bound on `split` (with the averaged weights under `--ema_decay`), across processes."""
+    def evaluate(self, split: str, mutual_information: bool = False) -> dict[str, float]:
+        """The single-sample bound on `split` (with the averaged weights under `--ema_decay`), across processes;
+        with `mutual_information`, also `{split}_mi` (see `evaluation.evaluate_bound`)."""
         accelerator = self.accelerator
         with self._averaged_weights():
             sums = evaluate_bound(
@@ -601,6 +700,7 @@ class Trainer:
                 rank=self.rank,
                 world_size=self.world,
                 device=accelerator.device,
+                mutual_information=mutual_information,
             )
         if self.world > 1:
             sums = accelerator.reduce(sums.to(accelerator.device), reduction="sum").cpu()
@@ -616,7 +716,9 @@ class Trainer:
         """Evaluate on validation, keep the best folder, and tell whether early stopping triggers. Evaluations during
         the encoder warm start (an autoencoder whose decoder is then drawn afresh) are logged but not selectable."""
         state = self.state
-        metrics = self.evaluate("validation")
+        metrics = self.evaluate("validation", mutual_information=self.aggressive_phase())
+        if "validation_mi" in metrics:
+            self._update_aggressive_phase(metrics, step)
         key = f"validation_{self.config.metric_for_best_model}"
         if step > self.config.encoder_warmup_steps:
             if metrics[key] < state.best_metric:
@@ -801,6 +903,7 @@ def train(config: TrainingConfig, accelerator=None) -> dict[str, Any]:
 
 
 __all__ = [
+    "AGGRESSIVE_WINDOW",
     "READABLE_NUM_BEAMS",
     "Trainer",
     "build_optimizer",
