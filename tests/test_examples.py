@@ -20,6 +20,7 @@ def _fake_run(folder, kl_target, kl, nll_iw, bleu):
     latent = {
         "kl": kl,
         "mutual_information": kl / 2,
+        "mutual_information_ceiling": 8.23,
         "active_units": 13,
         "latent_size": 13,
         "reconstruction_greedy": {"bleu": bleu, "distinct_fraction": 0.9},
@@ -45,6 +46,7 @@ def test_rate_distortion_collects_sorts_tabulates_and_plots(repo_root, tmp_path)
     results = json.loads((tmp_path / "out.json").read_text())
     assert [r["kl_target"] for r in results["runs"]] == [5.0, 15.0]  # sorted by rate; the unevaluated run skipped
     assert results["rnnlm_nll_exact"] == pytest.approx(101.3)
+    assert [r["mutual_information_ceiling"] for r in results["runs"]] == [8.23, 8.23]  # drawn as a line in the plot
     table = (tmp_path / "out.md").read_text()
     assert "| 5.0 | 5.10 | 2.55 | 13 / 13 | 100.50 | -0.80 |" in table
     assert "| 15.0 | 15.20 |" in table and "+(" not in table

@@ -72,6 +72,7 @@ def collect(args: argparse.Namespace) -> dict:
                 "kl_target": config.get("kl_target"),
                 "kl": latent["kl"],
                 "mutual_information": latent["mutual_information"],
+                "mutual_information_ceiling": latent.get("mutual_information_ceiling"),
                 "active_units": latent["active_units"],
                 "latent_size": latent["latent_size"],
                 "nll_iw": nll["nll_iw"],
@@ -144,6 +145,9 @@ def plot(results: dict, path: Path) -> None:
     axes[1].legend()
     axes[2].plot(kl, [r["mutual_information"] for r in runs], marker="o", label="I(x; z)")
     axes[2].plot(kl, kl, color="gray", linestyle=":", label="MI = KL")
+    ceilings = {r["mutual_information_ceiling"] for r in runs if r.get("mutual_information_ceiling") is not None}
+    if len(ceilings) == 1:  # the estimator cannot exceed log N (N test sentences)
+        axes[2].axhline(ceilings.pop(), color="gray", linestyle="--", label="estimator's ceiling, log N")
     axes[2].set_ylabel("mutual information (nats)")
     axes[2].legend()
     for axis in axes:
