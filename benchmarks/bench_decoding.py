@@ -30,12 +30,14 @@ def decoding_arms(args) -> list[tuple[str, int, int, int]]:
     return arms
 
 
-OURS, OURS_BF16, PEER, PREVIOUS = "ours", "ours, bf16 output layer", "peer design", "previous revision"
+OURS, OURS_BF16, OURS_MIXED = "ours", "ours, bf16 output layer", "ours, mixed output layer"
+PEER, PREVIOUS = "peer design", "previous revision"
 
 
 def decoders(model: SentenceVAEModel, args, previous=None) -> tuple[dict[str, Callable], str | None]:
     """The implementations decoding side by side, each `decode(codes, num_beams, max_new_tokens) -> (B, L) ids`:
-    ours (float32, and with the bfloat16 output layer), the peer-style reference (where the model's architecture is
+    ours (float32, with the bfloat16 output layer, and with the mixed one: bfloat16 screen, float32 choice, greedy
+    only; None for beam search, which runs in float32 there), the peer-style reference (where the model's architecture is
     one it covers; else the reason it is left out) and, with `previous`, another revision's model class."""
     common = dict(do_sample=False, suppress_tokens=None)
     found = {
@@ -44,6 +46,11 @@ def decoders(model: SentenceVAEModel, args, previous=None) -> tuple[dict[str, Ca
         ),
         OURS_BF16: lambda codes, beams, length: model.generate(
             latent=codes, num_beams=beams, max_new_tokens=length, output_layer_dtype="bfloat16", **common
+        ),
+        OURS_MIXED: lambda codes, beams, length: (
+            None
+            if beams > 1
+            else model.generate(latent=codes, max_new_tokens=length, output_layer_dtype="mixed", **common)
         ),
     }
     skipped = None
@@ -61,6 +68,14 @@ def decoders(model: SentenceVAEModel, args, previous=None) -> tuple[dict[str, Ca
             latent=codes, num_beams=beams, max_new_tokens=length, **common
         )
     return found, skipped
+
+
+def _paired(measured: dict[str, list[dict[str, Any]]], faster: str, slower: str) -> float | None:
+    """The median over repetitions of `faster`'s sentences/s over `slower`'s (None where either did not run)."""
+    if faster not in measured or slower not in measured:
+        return None
+    pairs = zip(measured[faster], measured[slower])
+    return median(a["sentences_per_second"] / b["sentences_per_second"] for a, b in pairs)
 
 
 def _same(a: torch.Tensor, b: torch.Tensor, pad: int) -> torch.Tensor:
@@ -98,6 +113,8 @@ def bench_decoding(model: SentenceVAEModel, args, previous=None) -> dict[str, An
             for name, decode in implementations.items():
                 if threads != args.threads[0] and name != OURS:
                     continue
+                if name == OURS_MIXED and beams > 1:
+                    continue
                 load = load_average()
                 start, start_cpu = time.perf_counter(), time.process_time()
                 out = [decode(codes[i : i + batch], beams, length) for i in range(0, count, batch)]
@@ -120,7 +137,7 @@ def bench_decoding(model: SentenceVAEModel, args, previous=None) -> dict[str, An
                     entry["matmul_gflops"] = rate
                     entry["fraction_of_matmul_bound"] = flops / rate / 1e9 / (seconds / row_steps)
                 runs.setdefault(key, {}).setdefault(name, []).append(entry)
-            for name in (OURS_BF16, PEER, PREVIOUS):
+            for name in (OURS_BF16, OURS_MIXED, PEER, PREVIOUS):
                 if name in outputs and rep >= args.warmup:
                     same = float(_same(outputs[OURS], outputs[name], pad).float().mean())
                     agreement.setdefault(key, {}).setdefault(name, []).append(same)
@@ -143,17 +160,10 @@ def bench_decoding(model: SentenceVAEModel, args, previous=None) -> dict[str, An
             "implementations": {name: median(r["sentences_per_second"] for r in rs) for name, rs in measured.items()},
             "ratio_vs_peer": paired(PEER),
             "ratio_vs_peer_cpu_time": paired(PEER, field="sentences_per_cpu_second"),
-            "bf16_ratio_vs_peer": None
-            if OURS_BF16 not in measured or PEER not in measured
-            else median(
-                a["sentences_per_second"] / b["sentences_per_second"]
-                for a, b in zip(measured[OURS_BF16], measured[PEER])
-            ),
-            "bf16_ratio_vs_ours": None
-            if OURS_BF16 not in measured
-            else median(
-                b["sentences_per_second"] / a["sentences_per_second"] for a, b in zip(mine, measured[OURS_BF16])
-            ),
+            "bf16_ratio_vs_peer": _paired(measured, OURS_BF16, PEER),
+            "bf16_ratio_vs_ours": _paired(measured, OURS_BF16, OURS),
+            "mixed_ratio_vs_peer": _paired(measured, OURS_MIXED, PEER),
+            "mixed_ratio_vs_ours": _paired(measured, OURS_MIXED, OURS),
             "ratio_vs_previous": paired(PREVIOUS),
             "ratio_vs_previous_cpu_time": paired(PREVIOUS, field="sentences_per_cpu_second"),
             "same_sequences": {name: min(values) for name, values in agreement.get(key, {}).items()},

@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch_size", type=int, default=512)
     parser.add_argument("--max_new_tokens", type=int, default=100)
     parser.add_argument("--num_beams", type=int, default=1, help="1: greedy; more: beam search")
-    parser.add_argument("--output_layer_dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--output_layer_dtype", default="float32", choices=["float32", "bfloat16", "mixed"])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rows", type=int, default=12, help="profiler table rows")
     args = parser.parse_args(argv)

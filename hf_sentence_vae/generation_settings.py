@@ -59,9 +59,11 @@ GENERATION_SETTINGS = {
     # Ours, not a `transformers` field: the precision of the output layer's products in greedy and beam search.
     "output_layer_dtype",
 }
-# `output_layer_dtype` values: "float32" (the default) or "bfloat16" (products in bfloat16, for
-# CPUs with AVX-512 BF16 or AMX; greedy and beam search without logits processors other than `suppress_tokens`).
-OUTPUT_LAYER_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# `output_layer_dtype` values: "float32" (the default), "bfloat16" (products in bfloat16, for CPUs with AVX-512 BF16
+# or AMX; greedy and beam search without logits processors other than `suppress_tokens`) or "mixed" (greedy search
+# screens the vocabulary with bfloat16 products and chooses with float32 ones: the float32 sequences; beam search
+# and scores in float32).
+OUTPUT_LAYER_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "mixed": "mixed"}
 # Settings that change decoding in `transformers` and that `generate` does not implement: refused unless unset or
 # at a value without effect (None, False, 0, the `transformers` default; 1 for `guidance_scale`).
 UNSUPPORTED_SETTINGS = {
@@ -214,7 +216,7 @@ def _output_layer_dtype(value: Any) -> str:
     if value is None:
         return "float32"
     for name, dtype in OUTPUT_LAYER_DTYPES.items():
-        if value == name or value is dtype:
+        if value == name or (isinstance(dtype, torch.dtype) and value is dtype):
             return name
     raise ValueError(f"output_layer_dtype must be one of {sorted(OUTPUT_LAYER_DTYPES)}, got {value!r}")
 

@@ -28,7 +28,15 @@ from .generation_settings import (
     resolve_generation_config,
     suppressed_ids_only,
 )
-from .kernels import greedy_tokens, lstm_step, output_layer_nll, run_lstm, top_k_tokens
+from .kernels import (
+    finite_bias_bound,
+    greedy_tokens,
+    lstm_step,
+    output_layer_nll,
+    run_lstm,
+    screened_greedy_tokens,
+    top_k_tokens,
+)
 from .latent import gaussian_kl, interpolate, reparameterize, sample_standard_normal
 
 logger = logging.get_logger(__name__)
@@ -679,7 +687,7 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         return self._output_features(h, z), (h, c) + (() if z is None else (z,))
 
     def search_steps(
-        self, batch_size: int, output_layer_dtype: torch.dtype = torch.float32
+        self, batch_size: int, output_layer_dtype: torch.dtype | str = torch.float32
     ) -> tuple[GreedyStepFn, TopKStepFn]:
         """The fast steps of the searches in `decoding` (`greedy_step_fn`, `top_k_step_fn`): the LSTM step of
         [`decoder_step`], then the greedy choice or the `k` best tokens straight from the output layer
@@ -687,15 +695,24 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         prepared once for decoding `batch_size` rows: a tied layer's projection folded into its weight where that is
         cheaper, the weight in `output_layer_dtype` (`torch.bfloat16` runs its products in bfloat16, their results
         rounded to bfloat16 before the float32 bias is added: 1.3-2.5x faster decoding on a CPU with AVX-512 BF16 in
-        BENCHMARKS.md, about half the speed on CPUs without bfloat16 instructions)."""
-        if output_layer_dtype not in (torch.float32, torch.bfloat16):
-            raise ValueError(f"output_layer_dtype must be torch.float32 or torch.bfloat16, got {output_layer_dtype}")
+        BENCHMARKS.md, about half the speed on CPUs without bfloat16 instructions). `"mixed"` keeps the float32
+        weight and a bfloat16 copy: the greedy choice is screened with bfloat16 products and made with float32 ones
+        (`kernels.screened_greedy_tokens`: the float32 choice at close to bfloat16's speed); the greedy step with
+        log-probabilities and the top-k step run in float32."""
+        if output_layer_dtype not in (torch.float32, torch.bfloat16, "mixed"):
+            raise ValueError(
+                f"output_layer_dtype must be torch.float32, torch.bfloat16 or 'mixed', got {output_layer_dtype!r}"
+            )
         projection = getattr(self, "output_projection", None)
         weight = self.lm_head.weight
         if projection is not None and self._fold_projection(batch_size):
             weight, projection = weight @ projection.weight, None
-        weight = weight.detach().to(output_layer_dtype)
+        mixed = output_layer_dtype == "mixed"
+        weight = weight.detach().to(torch.float32 if mixed else output_layer_dtype)
+        low_weight = weight.to(torch.bfloat16) if mixed else None
         bias = self._output_bias().detach().float()
+        weight_norms = weight.norm(dim=-1) if mixed else None
+        bias_bound = finite_bias_bound(bias) if mixed else None
         vocab = weight.shape[0]
 
         def features_of(tokens, state):
@@ -704,6 +721,12 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
 
         def greedy_step(tokens, state, banned, with_log_probs):
             features, state = features_of(tokens, state)
+            if mixed and not with_log_probs:
+                return (
+                    screened_greedy_tokens(features, weight, low_weight, bias, banned, weight_norms, bias_bound),
+                    None,
+                    state,
+                )
             choice, log_probs = greedy_tokens(features, weight, bias, banned, with_log_probs)
             return choice, log_probs, state
 
@@ -768,7 +791,11 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         generation config derived from the model config when it loads one): greedy and beam search run the output
         layer's products in bfloat16 (their results rounded to bfloat16), 1.3-2.5x faster on a CPU with AVX-512 BF16
         (slower on CPUs without bfloat16 instructions), at the cost of choosing another token where the top scores are
-        within bfloat16's rounding (the default, "float32", gives the float32 model's sequences). Other generation
+        within bfloat16's rounding (the default, "float32", gives the float32 model's sequences);
+        `output_layer_dtype="mixed"`: greedy search screens the vocabulary with bfloat16 products and chooses among
+        the ids within their proven rounding bound with float32 ones, so it gives the float32 sequences, faster for
+        batches of 16 rows or more on such CPUs (beam search, and greedy search with `return_dict_in_generate`, whose
+        scores need every float32 logit, run in float32). Other generation
         settings that would change decoding (e.g. `num_beam_groups`, `stop_strings`) and unknown
         arguments raise a `ValueError`.
 

@@ -86,6 +86,10 @@ def test_quick_tiny_run_has_every_figure(bench, tmp_path):
         assert _positive(arm["sentences_per_second"]) and _positive(arm["per_sentence_speedup_vs_batch1"]), key
         assert _positive(arm["ratio_vs_peer"]) and _positive(arm["bf16_ratio_vs_peer"]), key
         assert arm["same_sequences"]["peer design"] == 1.0, key  # the peer design decodes the same sentences
+        if key.startswith("greedy"):  # the mixed output layer: greedy only, the float32 sentences
+            assert _positive(arm["mixed_ratio_vs_peer"]) and arm["same_sequences"]["ours, mixed output layer"] == 1.0
+        else:
+            assert arm["mixed_ratio_vs_peer"] is None and "ours, mixed output layer" not in arm["same_sequences"]
         assert 1 <= arm["max_length"] <= 6
     assert 0 < decoding["greedy/batch4"]["fraction_of_matmul_bound"] < 1
     machine = results["machine"]

@@ -575,3 +575,30 @@ def test_bf16_output_layer_decodes_nearly_the_same(tiny_model, num_beams):
     width = min(fp32.sequences.shape[1], bf16.sequences.shape[1])
     same = (fp32.sequences[:, :width] == bf16.sequences[:, :width]).all(-1).float().mean()
     assert float(same) >= 0.5
+
+
+@pytest.mark.parametrize("variant", ["default", "tied_projection"])
+def test_mixed_output_layer_decodes_the_float32_sequences(tiny_model, monkeypatch, variant):
+    """`output_layer_dtype="mixed"`: greedy search screens with bfloat16 products (`kernels.screened_greedy_tokens`,
+    which runs here) and gives exactly the float32 sequences; beam search and anything with scores (sequence scores
+    included) run in float32 (identical)."""
+    import hf_sentence_vae.modeling_sentence_vae as modeling
+
+    calls = []
+    screened = modeling.screened_greedy_tokens
+    monkeypatch.setattr(modeling, "screened_greedy_tokens", lambda *a: calls.append(1) or screened(*a))
+    model, latent = _model_and_latent(tiny_model, variant, batch=40, vocab_size=300)
+    fp32 = model.generate(latent=latent, max_new_tokens=12, return_dict_in_generate=False)
+    mixed = model.generate(latent=latent, max_new_tokens=12, output_layer_dtype="mixed", return_dict_in_generate=False)
+    assert calls and torch.equal(mixed, fp32)
+    calls.clear()
+    for extra in (dict(num_beams=3), dict(output_scores=True), {}):
+        want = model.generate(latent=latent, max_new_tokens=12, **extra)
+        got = model.generate(latent=latent, max_new_tokens=12, output_layer_dtype="mixed", **extra)
+        assert torch.equal(got.sequences, want.sequences)
+        if "output_scores" in extra:
+            for a, b in zip(got.scores, want.scores):
+                torch.testing.assert_close(a, b)
+        else:
+            torch.testing.assert_close(got.sequences_scores, want.sequences_scores)
+    assert not calls

@@ -304,22 +304,23 @@ def test_generation_rejects_top_p_zero_and_non_finite_latents(model_folder):
 
 
 def test_output_layer_dtype_is_a_checked_setting_saved_with_the_generation_config(tmp_path, vae):
-    """`output_layer_dtype` ("float32", the default, or "bfloat16") comes as a keyword or from the generation config
+    """`output_layer_dtype` ("float32", the default, "bfloat16" or "mixed") comes as a keyword or from the generation config
     (and survives saving it); other values are refused, naming the value."""
     z = torch.randn(6, 4, generator=torch.Generator().manual_seed(4))
     default = vae.generate(latent=z)
     assert torch.equal(vae.generate(latent=z, output_layer_dtype="float32"), default)
     assert torch.equal(vae.generate(latent=z, output_layer_dtype=torch.float32), default)
     assert vae.generate(latent=z, output_layer_dtype="bfloat16", num_beams=2).shape[0] == 6
+    assert torch.equal(vae.generate(latent=z, output_layer_dtype="mixed"), default)
     for bad in ("float16", "bf16", torch.float64):
         with pytest.raises(ValueError, match=rf"output_layer_dtype must be one of .*got {bad!r}"):
             vae.generate(latent=z, output_layer_dtype=bad)
     # (transformers drops fields of its own from a generation config derived from the model config when it loads
     # one: the setting is saved in a GenerationConfig of its own)
-    vae.generation_config = GenerationConfig(output_layer_dtype="bfloat16")
+    vae.generation_config = GenerationConfig(output_layer_dtype="mixed")
     vae.save_pretrained(tmp_path / "model")
     loaded = SentenceVAEModel.from_pretrained(tmp_path / "model")
-    assert loaded.generation_config.output_layer_dtype == "bfloat16"
+    assert loaded.generation_config.output_layer_dtype == "mixed"
     assert loaded.generate(latent=z).shape[0] == 6
     with pytest.raises(ValueError, match="output_layer_dtype must be one of"):
         vae.generate(latent=z, generation_config=GenerationConfig(output_layer_dtype="int8"))

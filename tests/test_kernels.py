@@ -188,6 +188,86 @@ def test_bf16_output_layer_reduces_the_bf16_products_and_chooses_nearly_the_fp32
     torch.testing.assert_close(torch.log_softmax(logits, -1).gather(-1, ids), values, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("features", [8, 64, 300])
+@pytest.mark.parametrize("scale", [0.01, 1.0, 30.0])
+def test_screening_bound_holds_for_every_logit(features, scale):
+    """Every bfloat16-screened logit (products of bfloat16-rounded factors, rounded to bfloat16, the float32 bias
+    added) is within `screening_bound` (with its own row's weight norm) of the float32 GEMM's logit and of the exact
+    (float64) one, at small and large magnitudes, and the bound is not vacuous (below 4 % of ||h|| ||w||)."""
+    from hf_sentence_vae import kernels
+
+    generator = torch.Generator().manual_seed(features)
+    hidden = torch.randn(64, features, generator=generator) * scale
+    weight = torch.randn(900, features, generator=generator) * torch.rand(900, 1, generator=generator) * 3
+    bias = torch.randn(900, generator=generator) * 5
+    bias[[0, 2]] = float("-inf")
+    screened = torch.mm(hidden.bfloat16(), weight.bfloat16().t()).float() + bias
+    fp32 = torch.addmm(bias, hidden, weight.t())
+    exact = (hidden.double() @ weight.double().t() + bias.double()).float()
+    norms = weight.norm(dim=-1)
+    bound = kernels.screening_bound(hidden.unsqueeze(1), norms, kernels.finite_bias_bound(bias))
+    live = bias.isfinite().expand_as(fp32)
+    for reference in (fp32, exact):
+        assert bool(((screened - reference).abs() <= bound)[live].all())
+    assert bool((bound < 0.04 * hidden.norm(dim=-1, keepdim=True) * norms + 1e-3).all())
+    assert kernels.finite_bias_bound(bias) == float(bias[bias.isfinite()].abs().max())
+    assert kernels.finite_bias_bound(torch.full((3,), float("-inf"))) == 0.0
+
+
+@pytest.mark.parametrize("rows", [1, 20, 300])
+@pytest.mark.parametrize("banned", [None, [1], [1, 3, 900]], ids=["none", "unk", "three"])
+@pytest.mark.parametrize("budget", [None, 64 * 64], ids=["one_chunk", "many_chunks"])
+def test_screened_greedy_tokens_choose_the_float32_tokens(monkeypatch, rows, banned, budget):
+    """`screened_greedy_tokens` (bfloat16 screen, float32 decision) chooses exactly what the float32 layer chooses,
+    on logits crowded within the bfloat16 rounding (where the bfloat16 layer alone chooses other ids), with banned
+    ids, in one vocabulary chunk or many; fewer than `SCREEN_MIN_ROWS` rows take the float32 path."""
+    from hf_sentence_vae import kernels
+
+    if budget is not None:
+        monkeypatch.setattr(kernels, "SCREEN_BUDGET", budget)
+    hidden, weight, bias, _ = _logit_problem(rows, 24, 1000, seed=rows)
+    # Crowded top scores: 200 ids, from the first chunk to the last, whose logits lead the others and differ from each
+    # other by about the bfloat16 rounding (nearly equal rows of the weight).
+    crowd = torch.linspace(3, 999, 200).long()
+    bias, weight = bias.clone(), weight.clone()
+    bias[crowd] = 30.0
+    weight[crowd] = weight[5] + 1e-3 * torch.randn(200, 24, generator=torch.Generator().manual_seed(1))
+    banned = None if banned is None else torch.tensor(banned)
+    (_, choice), _ = _reference_choice(hidden, weight, bias, banned, 1)
+    calls, plain = [], kernels.greedy_tokens
+    monkeypatch.setattr(kernels, "greedy_tokens", lambda *a: calls.append(1) or plain(*a))
+    tokens = kernels.screened_greedy_tokens(hidden, weight, weight.bfloat16(), bias, banned)
+    assert tokens.dtype == torch.long and torch.equal(tokens, choice)
+    assert calls == ([1] if rows < kernels.SCREEN_MIN_ROWS else [])
+    if rows == 300:
+        low, _ = plain(hidden, weight.bfloat16(), bias, banned)
+        assert float((low != choice).float().mean()) > 0.05  # the screen alone would not do
+    norms, bound = weight.norm(dim=-1), kernels.finite_bias_bound(bias)
+    assert torch.equal(
+        kernels.screened_greedy_tokens(hidden, weight, weight.bfloat16(), bias, banned, norms, bound), tokens
+    )
+
+
+def test_screened_greedy_tokens_ties_banned_rows_and_nan(monkeypatch):
+    """Exact float32 ties (duplicated rows of the weight, in different chunks) go to the lowest id, as argmax does;
+    every id banned gives what the float32 search gives; a row of NaN features has no candidate: a `ValueError`."""
+    from hf_sentence_vae import kernels
+
+    monkeypatch.setattr(kernels, "SCREEN_BUDGET", 64 * 20)
+    hidden, weight, bias, _ = _logit_problem(20, 6, 400)
+    bias = torch.zeros(400)
+    weight[[10, 130, 390]] = 10 * hidden[0]  # the best id of row 0, three times over
+    tokens = kernels.screened_greedy_tokens(hidden, weight, weight.bfloat16(), bias)
+    assert int(tokens[0]) == 10
+    assert torch.equal(tokens, F.linear(hidden, weight, bias).argmax(-1))
+    everything = torch.arange(400)
+    all_banned = kernels.screened_greedy_tokens(hidden, weight, weight.bfloat16(), bias, everything)
+    assert torch.equal(all_banned, kernels.greedy_tokens(hidden, weight, bias, everything)[0])
+    hidden[3] = float("nan")
+    with pytest.raises(ValueError, match="no candidate"):
+        kernels.screened_greedy_tokens(hidden, weight, weight.bfloat16(), bias)
+
+
 @pytest.mark.parametrize("k", [1, 3, 100])
 def test_whole_chunks_banned_or_never_reached(monkeypatch, k):
     """Edge cases of the chunked searches against the full log-softmax: a vocabulary chunk that is banned entirely (its
