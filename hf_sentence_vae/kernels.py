@@ -233,7 +233,7 @@ def _logit_block(
     if weight.dtype == torch.float32:
         return torch.addmm(bias[start:stop], hidden, weight[start:stop].t(), out=out)
     low = torch.mm(hidden, weight[start:stop].t())
-    return torch.add(low, bias[start:stop], out=out)  # float32 (promoted), converted and added in one pass
+    return (low.float() if out is None else out.copy_(low)).add_(bias[start:stop])
 
 
 def _excluded_log_sum_exp(
