@@ -2,7 +2,7 @@
 by `ONEDNN_MAX_CPU_ISA` (e.g. `AVX512_CORE_AMX` = everything on an Intel CPU with AMX, `AVX512_CORE_BF16` = AVX-512
 BF16 without AMX, `AVX512_CORE` = no bf16 instructions at all). Each process reports the instruction set oneDNN
 used, the fp32 and bf16 GEMM rates, a training step in bf16 autocast against fp32, and greedy decoding with the
-bfloat16 output layer against float32."""
+bfloat16 and the mixed output layers against float32."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def isa_probe(spec: dict[str, Any]) -> dict[str, Any]:
         model = SentenceVAEModel.from_pretrained(spec["model_dir"]).eval()
         codes = model.sample_prior(spec["decode_batch_size"], generator=torch.Generator().manual_seed(SEED))
         decode = dict(num_beams=1, do_sample=False, suppress_tokens=None, max_new_tokens=spec["max_new_tokens"])
-        timings: dict[str, list[float]] = {"float32": [], "bfloat16": []}
+        timings: dict[str, list[float]] = {"float32": [], "bfloat16": [], "mixed": []}
         with torch.no_grad():
             for rep in range(repeats + 1):
                 for dtype in timings:
@@ -60,9 +60,8 @@ def isa_probe(spec: dict[str, Any]) -> dict[str, Any]:
                     if rep:
                         timings[dtype].append(codes.shape[0] / (time.perf_counter() - start))
         result["greedy_sentences_per_second"] = {name: statistics.median(v) for name, v in timings.items()}
-        result["greedy_bf16_over_fp32"] = statistics.median(
-            b / a for a, b in zip(timings["float32"], timings["bfloat16"])
-        )
+        for name, key in (("bfloat16", "greedy_bf16_over_fp32"), ("mixed", "greedy_mixed_over_fp32")):
+            result[key] = statistics.median(b / a for a, b in zip(timings["float32"], timings[name]))
     result["load_end"] = load_average()
     return result
 

@@ -166,17 +166,18 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines.append("")
         lines.append(
             "| ONEDNN_MAX_CPU_ISA | oneDNN ISA | fp32 GEMM GFLOP/s | bf16 GEMM GFLOP/s | training bf16 / fp32 "
-            "| greedy bf16 output layer / fp32 | load |"
+            "| greedy bf16 output layer / fp32 | greedy mixed output layer / fp32 | load |"
         )
-        lines.append("|---|---|---|---|---|---|---|")
+        lines.append("|---|---|---|---|---|---|---|---|")
         for row in results["isa"]:
             if "error" in row:
-                lines.append(f"| {row['onednn_max_cpu_isa']} | failed: {row['error'][-200:]} | | | | | |")
+                lines.append(f"| {row['onednn_max_cpu_isa']} | failed: {row['error'][-200:]} | | | | | | |")
                 continue
             rates = row["matmul_gflops"]
             lines.append(
                 f"| {row['onednn_max_cpu_isa']} | {row['onednn_isa']} | {fmt(rates['float32'])} | {fmt(rates['bfloat16'])} "
                 f"| {fmt(row['training_bf16_over_fp32'], 2)} | {fmt(row.get('greedy_bf16_over_fp32'), 2)} "
+                f"| {fmt(row.get('greedy_mixed_over_fp32'), 2)} "
                 f"| {fmt(row['load_start'], 1)} |"
             )
         lines.append("")

@@ -100,6 +100,7 @@ def test_quick_tiny_run_has_every_figure(bench, tmp_path):
     assert "error" not in isa, isa.get("error")
     assert isa["onednn_max_cpu_isa"] == "AVX512_CORE" and "bfloat16" not in isa["onednn_isa"]
     assert _positive(isa["matmul_gflops"]["bfloat16"]) and _positive(isa["greedy_bf16_over_fp32"])
+    assert _positive(isa["greedy_mixed_over_fp32"]) and "| greedy mixed output layer / fp32 |" in results["markdown"]
     imputation = results["imputation"]
     assert "skipped" in imputation or all(_positive(a["sentences_per_second"]) for a in imputation["arms"].values())
 
