@@ -50,7 +50,7 @@ def decoders(model: SentenceVAEModel, args, previous=None) -> tuple[dict[str, Ca
         OURS_MIXED: lambda codes, beams, length: (
             None
             if beams > 1
-            else model.generate(latent=codes, max_new_tokens=length, output_layer_dtype="mixed", **common)
+            else model.generate(latent=codes, num_beams=1, max_new_tokens=length, output_layer_dtype="mixed", **common)
         ),
     }
     skipped = None

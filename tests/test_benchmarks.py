@@ -224,3 +224,24 @@ def test_the_peer_design_refuses_what_it_does_not_cover(bench, tiny_config):
 
     with pytest.raises(ValueError, match=r"tie_word_embeddings.*right_to_left"):
         PeerStyleVAE(tiny_config(tie_word_embeddings=True, right_to_left=True))
+
+
+def test_decoders_search_as_asked_whatever_the_models_generation_config(bench, tiny_model):
+    """Every decoder of the decoding benchmark runs the search it is asked for, not the model's saved default (a
+    trained model's is beam 5): ours, bf16 and mixed greedy decode what the peer design's greedy decodes (the mixed
+    layer the float32 sentences exactly); the mixed one skips beam search (it runs in float32 there)."""
+    import bench_decoding
+    import torch
+
+    model = tiny_model(initializer_range=0.5, vocab_size=300).eval()
+    model.generation_config.num_beams = 5
+    found, skipped = bench_decoding.decoders(model, None)
+    assert skipped is None
+    codes = torch.randn(20, model.config.latent_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = {name: decode(codes, 1, 8) for name, decode in found.items()}
+        assert found[bench_decoding.OURS_MIXED](codes, 5, 8) is None
+    pad = model.config.pad_token_id
+    assert bool(bench_decoding._same(out[bench_decoding.OURS], out[bench_decoding.PEER], pad).all())
+    assert bool(bench_decoding._same(out[bench_decoding.OURS], out[bench_decoding.OURS_MIXED], pad).all())
+    assert out[bench_decoding.OURS_BF16].shape[0] == 20
