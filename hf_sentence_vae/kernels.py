@@ -31,6 +31,9 @@ LOSS_BUDGET = 1 << 18
 INFERENCE_ROWS = 512
 # Logits per vocabulary chunk of the greedy search (512 KiB of float32: the chunk stays in a core's L2 cache).
 GREEDY_BUDGET = 1 << 17
+# The narrowest vocabulary chunk of the greedy search: with many rows, narrower GEMMs lose more speed than the
+# cache saves (6 % faster at 1,000 rows and 256 features than 128-column chunks).
+GREEDY_MIN_CHUNK = 512
 # Logits per vocabulary chunk of the screened greedy search (1 MiB of float32 logits, from 512 KiB of bfloat16).
 SCREEN_BUDGET = 1 << 18
 # Fewer rows than this take the float32 products directly in the screened greedy search.
@@ -42,13 +45,13 @@ TOP_K_BUDGET = 1 << 19
 BF16_ROW_BUCKET = 128
 
 
-def vocabulary_chunk(rows: int, vocab_size: int, budget: int, multiple: int = 64) -> int:
+def vocabulary_chunk(rows: int, vocab_size: int, budget: int, multiple: int = 64, minimum: int = 64) -> int:
     """Columns per vocabulary chunk so that a `(rows, chunk)` float32 block of logits holds at most `budget` elements
-    (so that it stays in cache while it is reduced), a multiple of `multiple`, at least `multiple`, at most
-    `vocab_size`."""
+    (so that it stays in cache while it is reduced), a multiple of `multiple`, at least `max(multiple, minimum)`, at
+    most `vocab_size`."""
     if rows < 1 or vocab_size < 1:
         raise ValueError(f"rows and vocab_size must be >= 1, got rows={rows}, vocab_size={vocab_size}")
-    return min(vocab_size, max(multiple, budget // rows // multiple * multiple))
+    return min(vocab_size, max(multiple, minimum, budget // rows // multiple * multiple))
 
 
 class OutputLayerNLL(torch.autograd.Function):
@@ -275,7 +278,7 @@ def greedy_tokens(
     reduced in float32."""
     rows, vocab = hidden.shape[0], weight.shape[0]
     hidden = hidden.to(weight.dtype)
-    chunk = vocabulary_chunk(rows, vocab, budget=GREEDY_BUDGET)
+    chunk = vocabulary_chunk(rows, vocab, budget=GREEDY_BUDGET, minimum=GREEDY_MIN_CHUNK)
     if chunk >= vocab:  # a few rows: all their logits fit in cache at once
         logits = _logit_block(hidden, weight, bias, 0, vocab)
         lse = torch.logsumexp(logits, dim=-1) if with_log_probs else None

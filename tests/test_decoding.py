@@ -522,6 +522,7 @@ def test_fast_searches_match_the_full_distribution_path(tiny_model, monkeypatch,
     from hf_sentence_vae import modeling_sentence_vae as modeling
 
     monkeypatch.setattr(kernels, "GREEDY_BUDGET", 64 * 8)
+    monkeypatch.setattr(kernels, "GREEDY_MIN_CHUNK", 64)
     monkeypatch.setattr(kernels, "TOP_K_BUDGET", 64 * 8)
     calls = Counter()
     for name in ("greedy_tokens", "top_k_tokens"):

@@ -136,6 +136,7 @@ def test_greedy_and_top_k_tokens_match_the_full_log_softmax(monkeypatch, rows, b
     from hf_sentence_vae import kernels
 
     monkeypatch.setattr(kernels, "GREEDY_BUDGET", 64 * 64)
+    monkeypatch.setattr(kernels, "GREEDY_MIN_CHUNK", 64)
     monkeypatch.setattr(kernels, "TOP_K_BUDGET", 64 * 64)
     hidden, weight, bias, _ = _logit_problem(rows, 10, 1000, seed=rows)
     banned = None if banned is None else torch.tensor(banned)
@@ -155,6 +156,7 @@ def test_greedy_tokens_picks_the_first_of_tied_maxima(monkeypatch):
     from hf_sentence_vae import kernels
 
     monkeypatch.setattr(kernels, "GREEDY_BUDGET", 64 * 8)
+    monkeypatch.setattr(kernels, "GREEDY_MIN_CHUNK", 64)
     hidden, weight, bias, _ = _logit_problem(8, 6, 400)
     bias = torch.zeros(400)
     weight[[10, 130, 390]] = 10 * hidden[0]  # the best id of row 0, three times over
@@ -171,6 +173,7 @@ def test_bf16_output_layer_reduces_the_bf16_products_and_chooses_nearly_the_fp32
 
     if budget is not None:
         monkeypatch.setattr(kernels, "GREEDY_BUDGET", budget)
+        monkeypatch.setattr(kernels, "GREEDY_MIN_CHUNK", 64)
         monkeypatch.setattr(kernels, "TOP_K_BUDGET", budget)
     hidden, weight, bias, _ = _logit_problem(200, 32, 500)
     low = weight.bfloat16()
@@ -276,6 +279,7 @@ def test_whole_chunks_banned_or_never_reached(monkeypatch, k):
     from hf_sentence_vae import kernels
 
     monkeypatch.setattr(kernels, "GREEDY_BUDGET", 64 * 40)
+    monkeypatch.setattr(kernels, "GREEDY_MIN_CHUNK", 64)
     monkeypatch.setattr(kernels, "TOP_K_BUDGET", 64 * 40)
     hidden, weight, bias, _ = _logit_problem(40, 8, 700, seed=3)
     banned = torch.cat([torch.tensor([1]), torch.arange(128, 192)])  # the third chunk of 64 ids, whole
@@ -306,3 +310,6 @@ def test_top_k_and_chunk_arguments_are_checked():
         vocabulary_chunk(0, 20, 1024)
     assert vocabulary_chunk(1, 10_000, 1 << 17) == 10_000
     assert vocabulary_chunk(512, 10_000, 1 << 17) == 256
+    assert vocabulary_chunk(1000, 10_000, 1 << 17, minimum=512) == 512  # the greedy search's narrowest chunk
+    assert vocabulary_chunk(64, 10_000, 1 << 17, minimum=512) == 2048
+    assert vocabulary_chunk(4, 300, 1 << 17, minimum=512) == 300
