@@ -44,8 +44,8 @@ def ids_to_texts(tokenizer, sequences: torch.Tensor | Sequence[Sequence[int]]) -
 
 def decode(model, tokenizer, latent: torch.Tensor, **generate_kwargs) -> list[str]:
     """Decodes of `(B, Z)` codes, as text (the model's generation settings, overridden by `generate_kwargs`)."""
-    out = model.generate(latent=latent, **{**generate_kwargs, "return_dict_in_generate": True})
-    return ids_to_texts(tokenizer, out.sequences)
+    ids = model.generate(latent=latent, **{**generate_kwargs, "return_dict_in_generate": False})  # no scores needed
+    return ids_to_texts(tokenizer, ids)
 
 
 def describe_decoding(model, tokenizer=None, **generate_kwargs) -> str:

@@ -203,6 +203,8 @@ def test_generate_decodes_with_the_models_generation_config(
 
     assert prior() == expected(num_beams=3, suppress_tokens=[unk]) == expected()
     assert prior("--num_beams", "1") == expected(num_beams=1)
+    bf16 = prior("--output_layer_dtype", "bfloat16")
+    assert bf16 == expected(output_layer_dtype="bfloat16") and len(bf16) == 6
     assert prior("--allow_unk") == expected(suppress_tokens=None)
     assert expected(suppress_tokens=None) != expected(), "premise: <unk> is generated unless suppressed"
     assert analysis.describe_decoding(vae, tiny_tokenizer) == "beam search (3 beams), `<unk>` suppressed"
@@ -221,3 +223,23 @@ def test_scripts_name_a_missing_model_folder(generate_script, repo_root, tmp_pat
         status, _, err = run_main(script, argv, capsys)
         assert status == 2
         assert f"{str(missing)!r} does not exist" in err and "Repo id" not in err and "Traceback" not in err
+
+
+def test_generate_passes_the_output_layer_dtype(
+    generate_script, vae, tiny_tokenizer, tmp_path, run_generate, monkeypatch
+):
+    """`--output_layer_dtype mixed` reaches `generate`: greedy search runs the bfloat16 screen and gives the float32
+    sentences."""
+    import hf_sentence_vae.modeling_sentence_vae as modeling
+
+    folder = tmp_path / "model"
+    vae.save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    calls, screened = [], modeling.screened_greedy_tokens
+    monkeypatch.setattr(modeling, "screened_greedy_tokens", lambda *a: calls.append(1) or screened(*a))
+    args = ("--num_samples", "20", "--num_beams", "1")
+    mixed = run_generate(generate_script, "prior", folder, tmp_path, *args, "--output_layer_dtype", "mixed")
+    assert calls
+    calls.clear()
+    assert mixed["samples"] == run_generate(generate_script, "prior", folder, tmp_path, *args)["samples"]
+    assert not calls

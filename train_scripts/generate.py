@@ -14,7 +14,7 @@ projected to 2-D by PCA, coloured by sentence length.
 Every subcommand prints JSON (and writes it to --output_file when given). Decoding follows the model's
 `generation_config.json` (a trained model's: beam search with 5 beams, `<unk>` suppressed where the training text
 had it); `--num_beams 1` decodes greedily as the paper did, `--allow_unk` / `--suppress_unk` override the
-suppression. A homotopy lists every one of its --steps points (--collapse_repeats shows consecutive duplicates
+suppression, `--output_layer_dtype mixed` gives greedy search's float32 sentences faster on CPUs with AVX-512 BF16. A homotopy lists every one of its --steps points (--collapse_repeats shows consecutive duplicates
 once, as the paper's tables do). The paper's models were trained on the Books Corpus; ours on the Penn Treebank.
 
 Input files are read lazily: `posterior --input_file` reads only its first --max_sentences sentences, and `report`
@@ -55,6 +55,14 @@ def _common(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="beam width; default: the model's generation_config (5 for a trained model); 1 = greedy decoding "
         "(the paper's choice)",
+    )
+    parser.add_argument(
+        "--output_layer_dtype",
+        choices=["float32", "bfloat16", "mixed"],
+        default=None,
+        help="precision of the output layer's products in greedy and beam search; default: the model's "
+        "generation_config (float32); mixed = the float32 sentences of greedy search from a bfloat16 screen, faster "
+        "on CPUs with AVX-512 BF16 or AMX",
     )
     unk = parser.add_mutually_exclusive_group()
     unk.add_argument("--suppress_unk", action="store_true", help="never generate <unk> (suppress_tokens)")
@@ -160,6 +168,8 @@ def _generate_kwargs(args: argparse.Namespace, tokenizer) -> dict:
         kwargs["num_beams"] = args.num_beams
     if args.max_new_tokens is not None:
         kwargs["max_new_tokens"] = args.max_new_tokens
+    if args.output_layer_dtype is not None:
+        kwargs["output_layer_dtype"] = args.output_layer_dtype
     if args.suppress_unk:
         kwargs["suppress_tokens"] = [tokenizer.unk_token_id]
     if args.allow_unk:
