@@ -697,7 +697,8 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         rounded to bfloat16 before the float32 bias is added: 1.3-2.5x faster decoding on a CPU with AVX-512 BF16 in
         BENCHMARKS.md, about half the speed on CPUs without bfloat16 instructions). `"mixed"` keeps the float32
         weight and a bfloat16 copy: the greedy choice is screened with bfloat16 products and made with float32 ones
-        (`kernels.screened_greedy_tokens`: the float32 choice at close to bfloat16's speed); the greedy step with
+        (`kernels.screened_greedy_tokens`: the float32 choice at close to bfloat16's speed; on CPU, whose bfloat16
+        GEMMs accumulate in float32 as its bound assumes, else the float32 layer); the greedy step with
         log-probabilities and the top-k step run in float32."""
         if output_layer_dtype not in (torch.float32, torch.bfloat16, "mixed"):
             raise ValueError(
@@ -707,8 +708,10 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         weight = self.lm_head.weight
         if projection is not None and self._fold_projection(batch_size):
             weight, projection = weight @ projection.weight, None
-        mixed = output_layer_dtype == "mixed"
-        weight = weight.detach().to(torch.float32 if mixed else output_layer_dtype)
+        # The screen's bound assumes float32 accumulation of the bfloat16 products, as oneDNN's CPU GEMMs do (cuBLAS
+        # may reduce in lower precision): elsewhere "mixed" runs the float32 layer.
+        mixed = output_layer_dtype == "mixed" and weight.device.type == "cpu"
+        weight = weight.detach().to(torch.float32 if output_layer_dtype == "mixed" else output_layer_dtype)
         low_weight = weight.to(torch.bfloat16) if mixed else None
         bias = self._output_bias().detach().float()
         weight_norms = weight.norm(dim=-1) if mixed else None
@@ -794,8 +797,8 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         within bfloat16's rounding (the default, "float32", gives the float32 model's sequences);
         `output_layer_dtype="mixed"`: greedy search screens the vocabulary with bfloat16 products and chooses among
         the ids within their proven rounding bound with float32 ones, so it gives the float32 sequences, faster for
-        batches of 16 rows or more on such CPUs (beam search, and greedy search with `return_dict_in_generate`, whose
-        scores need every float32 logit, run in float32). Other generation
+        batches of 16 rows or more on such CPUs (beam search, greedy search with `return_dict_in_generate`, whose
+        scores need every float32 logit, and models on other devices run in float32). Other generation
         settings that would change decoding (e.g. `num_beam_groups`, `stop_strings`) and unknown
         arguments raise a `ValueError`.
 
