@@ -361,7 +361,9 @@ def screened_greedy_tokens(
     vocabulary, chunk by chunk in cache: with `e_j` the [`screening_bound`] of id `j`'s chunk (from the largest of
     `weight_norms`, the `(V,)` norms of `weight`'s rows, in the chunk) and `s_j` its screened logit, the float32
     maximum is among the ids with `s_j + e_j >= max_m (s_m - e_m)`. A row with one such id takes it; the others
-    compare their ids' float32 logits, computed from `hidden` and `weight` as dot products. Fewer than
+    compare their ids' float32 logits, computed from `hidden` and `weight` as dot products (so the choice is the
+    float32 layer's up to ids whose logits tie within float32 rounding, where two float32 GEMMs may also differ).
+    Fewer than
     `SCREEN_MIN_ROWS` rows take [`greedy_tokens`]' float32 products directly. `weight_norms` and
     `bias_bound` ([`finite_bias_bound`]) are computed when not given (pass them when decoding step after step).
     Products in bfloat16 run about twice as fast as in float32 on CPUs with AVX-512 BF16 or AMX; where they are
