@@ -253,7 +253,8 @@ def test_screened_greedy_tokens_choose_the_float32_tokens(monkeypatch, rows, ban
 
 def test_screened_greedy_tokens_ties_banned_rows_and_nan(monkeypatch):
     """Exact float32 ties (duplicated rows of the weight, in different chunks) go to the lowest id, as argmax does;
-    every id banned gives what the float32 search gives; a row of NaN features has no candidate: a `ValueError`."""
+    every id banned gives what the float32 search gives; a row of NaN features has no candidate, and a screen that is
+    not the weight in bfloat16 is refused: `ValueError`s."""
     from hf_sentence_vae import kernels
 
     monkeypatch.setattr(kernels, "SCREEN_BUDGET", 64 * 20)
@@ -269,6 +270,9 @@ def test_screened_greedy_tokens_ties_banned_rows_and_nan(monkeypatch):
     hidden[3] = float("nan")
     with pytest.raises(ValueError, match="no candidate"):
         kernels.screened_greedy_tokens(hidden, weight, weight.bfloat16(), bias)
+    for wrong in (weight, weight[:-1].bfloat16()):
+        with pytest.raises(ValueError, match="low_weight must be the weight in bfloat16"):
+            kernels.screened_greedy_tokens(hidden, weight, wrong, bias)
 
 
 @pytest.mark.parametrize("k", [1, 3, 100])
