@@ -70,12 +70,15 @@ def decoders(model: SentenceVAEModel, args, previous=None) -> tuple[dict[str, Ca
     return found, skipped
 
 
-def _paired(measured: dict[str, list[dict[str, Any]]], faster: str, slower: str) -> float | None:
-    """The median over repetitions of `faster`'s sentences/s over `slower`'s (None where either did not run)."""
+def _paired(
+    measured: dict[str, list[dict[str, Any]]], faster: str, slower: str, field: str = "sentences_per_second"
+) -> float | None:
+    """The median over repetitions of `faster`'s `field` (sentences per second, or per CPU second) over `slower`'s
+    (None where either did not run)."""
     if faster not in measured or slower not in measured:
         return None
     pairs = zip(measured[faster], measured[slower])
-    return median(a["sentences_per_second"] / b["sentences_per_second"] for a, b in pairs)
+    return median(a[field] / b[field] for a, b in pairs)
 
 
 def _same(a: torch.Tensor, b: torch.Tensor, pad: int) -> torch.Tensor:
@@ -149,23 +152,17 @@ def bench_decoding(model: SentenceVAEModel, args, previous=None) -> dict[str, An
         mode = key.split("/")[0]
         single = runs.get(f"{mode}/batch1", {}).get(OURS)
         single = [r for r in single if not r["warmup"]] if single else None
-
-        def paired(other: str, mine=mine, measured=measured, field="sentences_per_second") -> float | None:
-            if other not in measured:
-                return None
-            return median(a[field] / b[field] for a, b in zip(mine, measured[other]))
-
         summary[key] = {
             "sentences_per_second": median(r["sentences_per_second"] for r in mine),
             "implementations": {name: median(r["sentences_per_second"] for r in rs) for name, rs in measured.items()},
-            "ratio_vs_peer": paired(PEER),
-            "ratio_vs_peer_cpu_time": paired(PEER, field="sentences_per_cpu_second"),
+            "ratio_vs_peer": _paired(measured, OURS, PEER),
+            "ratio_vs_peer_cpu_time": _paired(measured, OURS, PEER, "sentences_per_cpu_second"),
             "bf16_ratio_vs_peer": _paired(measured, OURS_BF16, PEER),
             "bf16_ratio_vs_ours": _paired(measured, OURS_BF16, OURS),
             "mixed_ratio_vs_peer": _paired(measured, OURS_MIXED, PEER),
             "mixed_ratio_vs_ours": _paired(measured, OURS_MIXED, OURS),
-            "ratio_vs_previous": paired(PREVIOUS),
-            "ratio_vs_previous_cpu_time": paired(PREVIOUS, field="sentences_per_cpu_second"),
+            "ratio_vs_previous": _paired(measured, OURS, PREVIOUS),
+            "ratio_vs_previous_cpu_time": _paired(measured, OURS, PREVIOUS, "sentences_per_cpu_second"),
             "same_sequences": {name: min(values) for name, values in agreement.get(key, {}).items()},
             "per_sentence_speedup_vs_batch1": None
             if not single
