@@ -29,6 +29,7 @@ from .generation_settings import (
     suppressed_ids_only,
 )
 from .kernels import (
+    WordGateLSTM,
     finite_bias_bound,
     greedy_tokens,
     lstm_step,
@@ -674,17 +675,30 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         return torch.log_softmax(self._logits(features).float(), dim=-1), state
 
     def _decoder_features(
-        self, tokens: torch.Tensor, state: tuple[torch.Tensor, ...]
+        self, tokens: torch.Tensor, state: tuple[torch.Tensor, ...], word_gates: WordGateLSTM | None = None
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """The LSTM step of [`decoder_step`]: the `(N, F)` output-layer features after reading `tokens`, and the new
-        state."""
+        state; through `word_gates` (a [`kernels.WordGateLSTM`] of the decoder) when given."""
         h, c = state[0], state[1]
         z = state[2] if len(state) > 2 else None
         if self.config.word_keep_rate == 0.0:
             tokens = self.word_dropout(tokens, 0.0)
-        inputs = self._decoder_inputs(tokens.unsqueeze(1), z)
-        h, c = lstm_step(self.decoder, inputs[:, 0], h, c)
+        if word_gates is not None:
+            h, c = word_gates(tokens, h, c, z if z is not None and self._latent_in("inputs") else None)
+        else:
+            inputs = self._decoder_inputs(tokens.unsqueeze(1), z)
+            h, c = lstm_step(self.decoder, inputs[:, 0], h, c)
         return self._output_features(h, z), (h, c) + (() if z is None else (z,))
+
+    def _word_gates(self) -> WordGateLSTM | None:
+        """A [`kernels.WordGateLSTM`] of the decoder for one search, where its inputs are the embeddings (and z) as
+        they are: in eval mode (or without dropout) and outside autocast; else None."""
+        dropout = self.training and (self.config.dropout > 0 or self.config.embedding_dropout > 0)
+        autocast = torch.is_autocast_enabled(self.decoder.weight_hh_l0.device.type)
+        if dropout or autocast or not isinstance(self.embed_tokens, nn.Embedding):
+            return None
+        latent = self.config.latent_size if self._latent_in("inputs") else 0
+        return WordGateLSTM(self.decoder, self.embed_tokens.weight, latent)
 
     def search_steps(
         self, batch_size: int, output_layer_dtype: torch.dtype | str = torch.float32
@@ -699,7 +713,11 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         weight and a bfloat16 copy: the greedy choice is screened with bfloat16 products and made with float32 ones
         (`kernels.screened_greedy_tokens`: the float32 choice at close to bfloat16's speed; on CPU, whose bfloat16
         GEMMs accumulate in float32 as its bound assumes, else the float32 layer); the greedy step with
-        log-probabilities and the top-k step run in float32."""
+        log-probabilities and the top-k step run in float32. Where bfloat16 products are used (on CPU: "bfloat16",
+        and "mixed"'s screened greedy step), the LSTM step looks each word's input-side gate pre-activations up
+        ([`kernels.WordGateLSTM`], computed once per word and search; float32, summed in another order than
+        `nn.LSTM`'s, so the states agree with the float32 step to rounding): "mixed" then gives the float32 sentences
+        except where two logits tie to within that rounding."""
         if output_layer_dtype not in (torch.float32, torch.bfloat16, "mixed"):
             raise ValueError(
                 f"output_layer_dtype must be torch.float32, torch.bfloat16 or 'mixed', got {output_layer_dtype!r}"
@@ -717,24 +735,28 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         weight_norms = weight.norm(dim=-1) if mixed else None
         bias_bound = finite_bias_bound(bias) if mixed else None
         vocab = weight.shape[0]
+        # Where bfloat16 products are asked for (on CPU), the LSTM's input-side products are looked up per word too.
+        low = weight.device.type == "cpu" and (mixed or output_layer_dtype == torch.bfloat16)
+        word_gates = self._word_gates() if low else None
 
-        def features_of(tokens, state):
-            features, state = self._decoder_features(tokens, state)
+        def features_of(tokens, state, gates=None):
+            features, state = self._decoder_features(tokens, state, gates)
             return (features if projection is None else projection(features)), state
 
         def greedy_step(tokens, state, banned, with_log_probs):
-            features, state = features_of(tokens, state)
             if mixed and not with_log_probs:
+                features, state = features_of(tokens, state, word_gates)
                 return (
                     screened_greedy_tokens(features, weight, low_weight, bias, banned, weight_norms, bias_bound),
                     None,
                     state,
                 )
+            features, state = features_of(tokens, state, None if mixed else word_gates)
             choice, log_probs = greedy_tokens(features, weight, bias, banned, with_log_probs)
             return choice, log_probs, state
 
         def top_k_step(tokens, state, k, banned):
-            features, state = features_of(tokens, state)
+            features, state = features_of(tokens, state, None if mixed else word_gates)
             log_probs, ids = top_k_tokens(features, weight, bias, min(k, vocab), banned)
             return log_probs, ids, state
 

@@ -578,28 +578,62 @@ def test_bf16_output_layer_decodes_nearly_the_same(tiny_model, num_beams):
     assert float(same) >= 0.5
 
 
-@pytest.mark.parametrize("variant", ["default", "tied_projection"])
-def test_mixed_output_layer_decodes_the_float32_sequences(tiny_model, monkeypatch, variant):
-    """`output_layer_dtype="mixed"`: greedy search screens with bfloat16 products (`kernels.screened_greedy_tokens`,
-    which runs here) and gives exactly the float32 sequences; beam search and anything with scores (sequence scores
-    included) run in float32 (identical)."""
-    import hf_sentence_vae.modeling_sentence_vae as modeling
-
+def _count_calls(monkeypatch, owner, name: str) -> list:
+    """Patch `owner.name` to record each call (then run as before); returns the record."""
     calls = []
-    screened = modeling.screened_greedy_tokens
-    monkeypatch.setattr(modeling, "screened_greedy_tokens", lambda *a: calls.append(1) or screened(*a))
+    original = getattr(owner, name)
+    monkeypatch.setattr(owner, name, lambda *a, **k: calls.append(1) or original(*a, **k))
+    return calls
+
+
+@pytest.mark.parametrize("variant", list(FAST_VARIANTS), ids=list(FAST_VARIANTS))
+def test_mixed_output_layer_decodes_the_float32_sequences(tiny_model, monkeypatch, variant):
+    """`output_layer_dtype="mixed"`: greedy search screens with bfloat16 products (`kernels.screened_greedy_tokens`)
+    and steps the LSTM through `kernels.WordGateLSTM` (both run here), and gives the float32 sequences: the screen
+    makes the float32 layer's choice, and the looked-up LSTM states differ from `nn.LSTM`'s by float32 rounding only,
+    which cannot flip a choice whose two best log-probabilities are this test's margin apart (the rows compared). Beam
+    search and anything with scores (sequence scores included) run in float32, as without "mixed" (identical)."""
+    import hf_sentence_vae.modeling_sentence_vae as modeling
+    from hf_sentence_vae.kernels import WordGateLSTM
+
+    screened = _count_calls(monkeypatch, modeling, "screened_greedy_tokens")
+    looked_up = _count_calls(monkeypatch, WordGateLSTM, "__call__")
     model, latent = _model_and_latent(tiny_model, variant, batch=40, vocab_size=300)
-    fp32 = model.generate(latent=latent, max_new_tokens=12, return_dict_in_generate=False)
-    mixed = model.generate(latent=latent, max_new_tokens=12, output_layer_dtype="mixed", return_dict_in_generate=False)
-    assert calls and torch.equal(mixed, fp32)
-    calls.clear()
+    scored = _generate(model, latent, 40, max_new_tokens=12, output_scores=True)
+    top2 = torch.stack(scored.scores).topk(2, dim=-1).values  # (steps, rows, 2)
+    gaps = (top2[..., 0] - top2[..., 1]).nan_to_num(float("inf"))
+    clear = (gaps > 1e-4).all(0)  # rows without a near-tie: 1e-4 is orders of magnitude above the states' rounding
+    assert int(clear.sum()) >= 30
+    fp32 = _generate(model, latent, 40, max_new_tokens=12, return_dict_in_generate=False)
+    assert torch.equal(fp32, scored.sequences) and not screened and not looked_up
+    mixed = _generate(model, latent, 40, max_new_tokens=12, output_layer_dtype="mixed", return_dict_in_generate=False)
+    assert screened and looked_up and torch.equal(mixed[clear], fp32[clear])
+    screened.clear(), looked_up.clear()
     for extra in (dict(num_beams=3), dict(output_scores=True), {}):
-        want = model.generate(latent=latent, max_new_tokens=12, **extra)
-        got = model.generate(latent=latent, max_new_tokens=12, output_layer_dtype="mixed", **extra)
+        want = _generate(model, latent, 40, max_new_tokens=12, **extra)
+        got = _generate(model, latent, 40, max_new_tokens=12, output_layer_dtype="mixed", **extra)
         assert torch.equal(got.sequences, want.sequences)
         if "output_scores" in extra:
             for a, b in zip(got.scores, want.scores):
-                torch.testing.assert_close(a, b)
+                torch.testing.assert_close(a, b, rtol=0, atol=0)
         else:
-            torch.testing.assert_close(got.sequences_scores, want.sequences_scores)
-    assert not calls
+            torch.testing.assert_close(got.sequences_scores, want.sequences_scores, rtol=0, atol=0)
+    assert not screened and not looked_up
+
+
+def test_bfloat16_output_layer_looks_the_lstm_inputs_up_and_float32_does_not(tiny_model, monkeypatch):
+    """With a bfloat16 output layer both searches step the LSTM through `kernels.WordGateLSTM` (on CPU); with the
+    float32 layer, or in training mode with dropout, they run `nn.LSTM`'s step."""
+    from hf_sentence_vae.kernels import WordGateLSTM
+
+    looked_up = _count_calls(monkeypatch, WordGateLSTM, "__call__")
+    model, latent = _model_and_latent(tiny_model, "default", batch=8, dropout=0.3)
+    for beams in (1, 3):
+        _generate(model, latent, 8, max_new_tokens=6, num_beams=beams)
+        assert not looked_up
+        _generate(model, latent, 8, max_new_tokens=6, num_beams=beams, output_layer_dtype="bfloat16")
+        assert looked_up
+        looked_up.clear()
+    model.train()
+    _generate(model, latent, 8, max_new_tokens=6, output_layer_dtype="bfloat16")
+    assert not looked_up

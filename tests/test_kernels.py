@@ -317,3 +317,46 @@ def test_top_k_and_chunk_arguments_are_checked():
     assert vocabulary_chunk(1000, 10_000, 1 << 17, minimum=512) == 512  # the greedy search's narrowest chunk
     assert vocabulary_chunk(64, 10_000, 1 << 17, minimum=512) == 2048
     assert vocabulary_chunk(4, 300, 1 << 17, minimum=512) == 300
+
+
+@pytest.mark.parametrize("latent_size", [0, 3])
+@pytest.mark.parametrize("rows", [1, 7, 70])
+def test_word_gate_lstm_steps_as_the_lstm_does(rows, latent_size):
+    """`WordGateLSTM` (input-side gate pre-activations looked up per word) gives `lstm_step`'s states to float32
+    rounding, over steps that read new and repeated words (the store grows past its first size), with and without
+    a per-row code appended to the embeddings; it stores each distinct word once."""
+    from hf_sentence_vae.kernels import WordGateLSTM, lstm_step
+
+    torch.manual_seed(0)
+    vocab, width, size = 600, 5, 6
+    lstm = torch.nn.LSTM(width + latent_size, size, batch_first=True)
+    embedding = torch.randn(vocab, width)
+    latent = torch.randn(rows, latent_size) if latent_size else None
+    gates = WordGateLSTM(lstm, embedding, latent_size)
+    h, c = torch.randn(rows, size), torch.randn(rows, size)
+    h_ref, c_ref = h, c
+    seen = set()
+    for step in range(12):
+        tokens = torch.randint(0, 40 if step < 6 else vocab, (rows,))
+        seen.update(tokens.tolist())
+        inputs = embedding[tokens] if latent is None else torch.cat([embedding[tokens], latent], -1)
+        with torch.no_grad():
+            h_ref, c_ref = lstm_step(lstm, inputs, h_ref, c_ref)
+        h, c = gates(tokens, h, c, latent)
+        torch.testing.assert_close((h, c), (h_ref, c_ref), rtol=1e-5, atol=1e-6)
+    assert gates.words_read == len(seen)
+    assert not h.requires_grad
+
+
+def test_word_gate_lstm_checks_its_lstm_and_code():
+    from hf_sentence_vae.kernels import WordGateLSTM
+
+    embedding = torch.randn(10, 4)
+    with pytest.raises(ValueError, match="reads 6 features, not embedding 4 \\+ latent 0"):
+        WordGateLSTM(torch.nn.LSTM(6, 3), embedding)
+    with pytest.raises(ValueError, match="single-layer"):
+        WordGateLSTM(torch.nn.LSTM(4, 3, num_layers=2), embedding)
+    gates = WordGateLSTM(torch.nn.LSTM(6, 3), embedding, latent_size=2)
+    state = torch.zeros(2, 3), torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="pass latent exactly"):
+        gates(torch.tensor([1, 2]), *state)
