@@ -29,6 +29,7 @@ from .generation_settings import (
     suppressed_ids_only,
 )
 from .kernels import (
+    SCREEN_MIN_ROWS,
     WordGateLSTM,
     finite_bias_bound,
     greedy_tokens,
@@ -730,11 +731,15 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         # may reduce in lower precision): elsewhere "mixed" runs the float32 layer.
         mixed = output_layer_dtype == "mixed" and weight.device.type == "cpu"
         weight = weight.detach().to(torch.float32 if output_layer_dtype == "mixed" else output_layer_dtype)
-        low_weight = weight.to(torch.bfloat16) if mixed else None
         bias = self._output_bias().detach().float()
-        weight_norms = weight.norm(dim=-1) if mixed else None
-        bias_bound = finite_bias_bound(bias) if mixed else None
         vocab = weight.shape[0]
+        screen: list = []  # the screen's bfloat16 weight, row norms and bias bound: made when a step first needs them
+
+        def screen_terms() -> list:
+            if not screen:
+                screen.extend((weight.to(torch.bfloat16), weight.norm(dim=-1), finite_bias_bound(bias)))
+            return screen
+
         # Where bfloat16 products are asked for (on CPU), the LSTM's input-side products are looked up per word too.
         low = weight.device.type == "cpu" and (mixed or output_layer_dtype == torch.bfloat16)
         word_gates = self._word_gates() if low else None
@@ -746,11 +751,11 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         def greedy_step(tokens, state, banned, with_log_probs):
             if mixed and not with_log_probs:
                 features, state = features_of(tokens, state, word_gates)
-                return (
-                    screened_greedy_tokens(features, weight, low_weight, bias, banned, weight_norms, bias_bound),
-                    None,
-                    state,
-                )
+                if features.shape[0] < SCREEN_MIN_ROWS:  # the float32 products directly (as the screen would)
+                    return greedy_tokens(features, weight, bias, banned)[0], None, state
+                low_weight, weight_norms, bias_bound = screen_terms()
+                choice = screened_greedy_tokens(features, weight, low_weight, bias, banned, weight_norms, bias_bound)
+                return choice, None, state
             features, state = features_of(tokens, state, None if mixed else word_gates)
             choice, log_probs = greedy_tokens(features, weight, bias, banned, with_log_probs)
             return choice, log_probs, state
@@ -818,8 +823,9 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         (slower on CPUs without bfloat16 instructions), at the cost of choosing another token where the top scores are
         within bfloat16's rounding (the default, "float32", gives the float32 model's sequences);
         `output_layer_dtype="mixed"`: greedy search screens the vocabulary with bfloat16 products and chooses among
-        the ids within their proven rounding bound with float32 ones, so it gives the float32 sequences, faster for
-        batches of 16 rows or more on such CPUs (beam search, greedy search with `return_dict_in_generate`, whose
+        the ids within their proven rounding bound with float32 ones, and its float32 LSTM step looks each word's
+        input-side gates up (summed in another order than `nn.LSTM`), so it gives the float32 sequences except where
+        two logits tie to within float32 rounding, faster on such CPUs (beam search, greedy search with `return_dict_in_generate`, whose
         scores need every float32 logit, and models on other devices run in float32). Other generation
         settings that would change decoding (e.g. `num_beam_groups`, `stop_strings`) and unknown
         arguments raise a `ValueError`.

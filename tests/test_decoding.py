@@ -609,6 +609,11 @@ def test_mixed_output_layer_decodes_the_float32_sequences(tiny_model, monkeypatc
     mixed = _generate(model, latent, 40, max_new_tokens=12, output_layer_dtype="mixed", return_dict_in_generate=False)
     assert screened and looked_up and torch.equal(mixed[clear], fp32[clear])
     screened.clear(), looked_up.clear()
+    # under SCREEN_MIN_ROWS rows the float32 products choose directly (the screen does not run)
+    few = None if latent is None else latent[:8]
+    small = _generate(model, few, 8, max_new_tokens=12, output_layer_dtype="mixed", return_dict_in_generate=False)
+    assert looked_up and not screened and torch.equal(small[clear[:8]], fp32[:8][clear[:8]])
+    looked_up.clear()
     for extra in (dict(num_beams=3), dict(output_scores=True), {}):
         want = _generate(model, latent, 40, max_new_tokens=12, **extra)
         got = _generate(model, latent, 40, max_new_tokens=12, output_layer_dtype="mixed", **extra)
