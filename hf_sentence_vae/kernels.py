@@ -40,6 +40,9 @@ GREEDY_MIN_CHUNK = 512
 SCREEN_BUDGET = 1 << 18
 # Fewer rows than this take the float32 products directly in the screened greedy search.
 SCREEN_MIN_ROWS = 16
+# Decoding steps of fewer rows than this multiply the embeddings instead of using `WordGateLSTM`: their rows read
+# mostly words not read before, whose products the lookup must compute anyway.
+WORD_GATES_MIN_ROWS = 16
 # Logits per vocabulary chunk of the top-k search (2 MiB of float32): `topk` costs less per element on wider rows.
 TOP_K_BUDGET = 1 << 19
 # Under CPU bf16 autocast the output layer pads its rows to a multiple of this: oneDNN builds a bf16 GEMM kernel
@@ -618,6 +621,7 @@ __all__ = [
     "BF16_ROW_BUCKET",
     "CELL_MAX_BATCH",
     "OutputLayerNLL",
+    "WORD_GATES_MIN_ROWS",
     "WordGateLSTM",
     "lstm_step",
     "output_layer_nll",

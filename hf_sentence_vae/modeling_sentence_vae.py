@@ -30,6 +30,7 @@ from .generation_settings import (
 )
 from .kernels import (
     SCREEN_MIN_ROWS,
+    WORD_GATES_MIN_ROWS,
     WordGateLSTM,
     finite_bias_bound,
     greedy_tokens,
@@ -715,10 +716,10 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         (`kernels.screened_greedy_tokens`: the float32 choice at close to bfloat16's speed; on CPU, whose bfloat16
         GEMMs accumulate in float32 as its bound assumes, else the float32 layer); the greedy step with
         log-probabilities and the top-k step run in float32. Where bfloat16 products are used (on CPU: "bfloat16",
-        and "mixed"'s screened greedy step), the LSTM step looks each word's input-side gate pre-activations up
-        ([`kernels.WordGateLSTM`], computed once per word and search; float32, summed in another order than
-        `nn.LSTM`'s, so the states agree with the float32 step to rounding): "mixed" then gives the float32 sentences
-        except where two logits tie to within that rounding."""
+        and "mixed"'s screened greedy step; steps of `WORD_GATES_MIN_ROWS` rows or more), the LSTM step looks each
+        word's input-side gate pre-activations up ([`kernels.WordGateLSTM`], computed once per word and search; in
+        float32, summed in another order than `nn.LSTM`'s, so the states agree with the float32 step to rounding):
+        "mixed" then gives the float32 sentences except where two logits tie to within that rounding."""
         if output_layer_dtype not in (torch.float32, torch.bfloat16, "mixed"):
             raise ValueError(
                 f"output_layer_dtype must be torch.float32, torch.bfloat16 or 'mixed', got {output_layer_dtype!r}"
@@ -745,6 +746,8 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         word_gates = self._word_gates() if low else None
 
         def features_of(tokens, state, gates=None):
+            if tokens.shape[0] < WORD_GATES_MIN_ROWS:
+                gates = None
             features, state = self._decoder_features(tokens, state, gates)
             return (features if projection is None else projection(features)), state
 
