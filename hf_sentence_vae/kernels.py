@@ -542,9 +542,9 @@ class WordGateLSTM:
     looked up afterwards, so a step multiplies only the recurrent weight (and the code's `W_ih[:, E:]`, if any).
 
     This is the arithmetic of [`lstm_step`] with the products summed in another order, so the states agree with it
-    to float32 rounding, not bit for bit. At the peer's sizes (E 300, H 256) a step costs about 60 % of
-    [`lstm_step`]'s at 1 to 1,000 rows. One instance serves one search (it keeps the words read so far: at most
-    one `(4H,)` row per distinct word); it holds detached copies, so it is for inference only."""
+    to float32 rounding, not bit for bit. It pays where rows read words read before (many rows, or many steps): at
+    the peer's sizes (E 300, H 256) the input side is half of a step's products. One instance serves one search (it
+    keeps the words read so far: one `(4H,)` row per distinct word); it holds detached copies, for inference only."""
 
     def __init__(self, lstm: nn.LSTM, embedding: torch.Tensor, latent_size: int = 0):
         if lstm.num_layers != 1 or lstm.bidirectional or lstm.proj_size or not lstm.bias:
@@ -556,12 +556,10 @@ class WordGateLSTM:
             )
         size = lstm.hidden_size
         # Gates reordered (i, f, g, o) -> (i, f, o, g): one sigmoid over the first 3H columns, one tanh over the last H.
-        order = torch.cat(
-            [torch.arange(0, 2 * size), torch.arange(3 * size, 4 * size), torch.arange(2 * size, 3 * size)]
-        )
-        order = order.to(lstm.weight_ih_l0.device)
+        index = torch.arange(4 * size, device=lstm.weight_ih_l0.device)
+        order = torch.cat([index[: 2 * size], index[3 * size :], index[2 * size : 3 * size]])
         weight_ih = lstm.weight_ih_l0.detach()[order]
-        self.size = size
+        self.hidden_size = size
         self._word_weight = weight_ih[:, :width]
         self._latent_weight = weight_ih[:, width:].t() if latent_size else None
         self._recurrent_weight = lstm.weight_hh_l0.detach()[order].t()
@@ -610,7 +608,7 @@ class WordGateLSTM:
         if latent is not None:
             gates.addmm_(latent.to(gates.dtype), self._latent_weight)
         gates.addmm_(h, self._recurrent_weight)
-        size = self.size
+        size = self.hidden_size
         gates[:, : 3 * size].sigmoid_()
         gates[:, 3 * size :].tanh_()
         c = torch.addcmul(gates[:, size : 2 * size] * c, gates[:, :size], gates[:, 3 * size :])

@@ -9,6 +9,7 @@ by `SentenceVAETokenizerFast`; the decoder reads `<bos> w_1 ... w_n` and predict
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -734,37 +735,33 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         weight = weight.detach().to(torch.float32 if output_layer_dtype == "mixed" else output_layer_dtype)
         bias = self._output_bias().detach().float()
         vocab = weight.shape[0]
-        screen: list = []  # the screen's bfloat16 weight, row norms and bias bound: made when a step first needs them
-
-        def screen_terms() -> list:
-            if not screen:
-                screen.extend((weight.to(torch.bfloat16), weight.norm(dim=-1), finite_bias_bound(bias)))
-            return screen
-
-        # Where bfloat16 products are asked for (on CPU), the LSTM's input-side products are looked up per word too.
+        # Made on the first step that needs them (none for a batch under 16 rows): the screen's bfloat16 weight, row
+        # norms and bias bound; the word-gate lookup of the LSTM, used (on CPU) where bfloat16 products are.
+        screen_terms = functools.cache(
+            lambda: (weight.to(torch.bfloat16), weight.norm(dim=-1), finite_bias_bound(bias))
+        )
+        word_gates = functools.cache(self._word_gates)
         low = weight.device.type == "cpu" and (mixed or output_layer_dtype == torch.bfloat16)
-        word_gates = self._word_gates() if low else None
 
-        def features_of(tokens, state, gates=None):
-            if tokens.shape[0] < WORD_GATES_MIN_ROWS:
-                gates = None
+        def features_of(tokens, state, look_up: bool):
+            gates = word_gates() if look_up and low and tokens.shape[0] >= WORD_GATES_MIN_ROWS else None
             features, state = self._decoder_features(tokens, state, gates)
             return (features if projection is None else projection(features)), state
 
         def greedy_step(tokens, state, banned, with_log_probs):
             if mixed and not with_log_probs:
-                features, state = features_of(tokens, state, word_gates)
+                features, state = features_of(tokens, state, True)
                 if features.shape[0] < SCREEN_MIN_ROWS:  # the float32 products directly (as the screen would)
                     return greedy_tokens(features, weight, bias, banned)[0], None, state
                 low_weight, weight_norms, bias_bound = screen_terms()
                 choice = screened_greedy_tokens(features, weight, low_weight, bias, banned, weight_norms, bias_bound)
                 return choice, None, state
-            features, state = features_of(tokens, state, None if mixed else word_gates)
+            features, state = features_of(tokens, state, not mixed)
             choice, log_probs = greedy_tokens(features, weight, bias, banned, with_log_probs)
             return choice, log_probs, state
 
         def top_k_step(tokens, state, k, banned):
-            features, state = features_of(tokens, state, None if mixed else word_gates)
+            features, state = features_of(tokens, state, not mixed)
             log_probs, ids = top_k_tokens(features, weight, bias, min(k, vocab), banned)
             return log_probs, ids, state
 
