@@ -711,7 +711,7 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         (`kernels.greedy_tokens`, `kernels.top_k_tokens`), without the `(N, V)` log-probabilities. The output layer is
         prepared once for decoding `batch_size` rows: a tied layer's projection folded into its weight where that is
         cheaper, the weight in `output_layer_dtype` (`torch.bfloat16` runs its products in bfloat16, their results
-        rounded to bfloat16 before the float32 bias is added: 1.3-2.5x faster decoding on a CPU with AVX-512 BF16 in
+        rounded to bfloat16 before the float32 bias is added: 1.1-1.8x faster decoding on a CPU with AVX-512 BF16 in
         BENCHMARKS.md, about half the speed on CPUs without bfloat16 instructions). `"mixed"` keeps the float32
         weight and a bfloat16 copy: the greedy choice is screened with bfloat16 products and made with float32 ones
         (`kernels.screened_greedy_tokens`: the float32 choice at close to bfloat16's speed; on CPU, whose bfloat16
@@ -819,7 +819,7 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         `output_layer_dtype="bfloat16"` (or in the `generation_config`; to save it with the model, in a
         `GenerationConfig(..., output_layer_dtype="bfloat16")` of its own: `transformers` drops unknown fields from a
         generation config derived from the model config when it loads one): greedy and beam search run the output
-        layer's products in bfloat16 (their results rounded to bfloat16), 1.3-2.5x faster on a CPU with AVX-512 BF16
+        layer's products in bfloat16 (their results rounded to bfloat16), 1.1-1.8x faster on a CPU with AVX-512 BF16
         (slower on CPUs without bfloat16 instructions), at the cost of choosing another token where the top scores are
         within bfloat16's rounding (the default, "float32", gives the float32 model's sequences);
         `output_layer_dtype="mixed"`: greedy search screens the vocabulary with bfloat16 products and chooses among
