@@ -61,8 +61,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
         choices=["float32", "bfloat16", "mixed"],
         default=None,
         help="precision of the output layer's products in greedy and beam search; default: the model's "
-        "generation_config (float32); mixed = the float32 sentences of greedy search from a bfloat16 screen, faster "
-        "on CPUs with AVX-512 BF16 or AMX",
+        "generation_config (float32); mixed = the float32 sentences of greedy search (up to near-ties within float32 "
+        "rounding) from a bfloat16 screen, faster on CPUs with AVX-512 BF16 or AMX",
     )
     unk = parser.add_mutually_exclusive_group()
     unk.add_argument("--suppress_unk", action="store_true", help="never generate <unk> (suppress_tokens)")
