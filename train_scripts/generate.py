@@ -14,7 +14,7 @@ projected to 2-D by PCA, coloured by sentence length.
 Every subcommand prints JSON (and writes it to --output_file when given). Decoding follows the model's
 `generation_config.json` (a trained model's: beam search with 5 beams, `<unk>` suppressed where the training text
 had it); `--num_beams 1` decodes greedily as the paper did, `--allow_unk` / `--suppress_unk` override the
-suppression, `--output_layer_dtype mixed` gives greedy search's float32 sentences faster on CPUs with AVX-512 BF16. A homotopy lists every one of its --steps points (--collapse_repeats shows consecutive duplicates
+suppression, `--output_layer_dtype mixed` gives greedy search's float32 sentences (up to near-ties within float32 rounding) faster on CPUs with AVX-512 BF16. A homotopy lists every one of its --steps points (--collapse_repeats shows consecutive duplicates
 once, as the paper's tables do). The paper's models were trained on the Books Corpus; ours on the Penn Treebank.
 
 Input files are read lazily: `posterior --input_file` reads only its first --max_sentences sentences, and `report`
