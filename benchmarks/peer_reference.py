@@ -42,6 +42,7 @@ class PeerStyleVAE(nn.Module):
             "latent_injection": config.latent_injection not in ("initial_state", "initial_state_and_inputs"),
             "dropout": config.dropout > 0 or config.embedding_dropout > 0 or config.decoder_weight_drop > 0,
             "posterior_mean_bn_scale": config.posterior_mean_bn_scale > 0,
+            "bag_of_words_weight": config.bag_of_words_weight > 0,
             "variance_parameterization": config.variance_parameterization != "exp",
         }
         bad = sorted(name for name, is_bad in unsupported.items() if is_bad)

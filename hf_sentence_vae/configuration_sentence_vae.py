@@ -25,6 +25,7 @@ ARCHITECTURE_FIELDS = (
     "latent_injection",
     "variance_parameterization",
     "posterior_mean_bn_scale",
+    "bag_of_words_weight",
     "tie_word_embeddings",
     "share_embeddings",
     "right_to_left",
@@ -62,6 +63,11 @@ class SentenceVAEConfig(PretrainedConfig):
         posterior_mean_bn_scale (`float`): batch-normalise the posterior means and scale them by this fixed gamma,
             with a learned shift (BN-VAE, Zhu et al., 2020). Over a batch, each dimension's KL is then at least
             gamma^2 / 2 on average, so no dimension can collapse. Not in the paper; 0 (the default) turns it off.
+        bag_of_words_weight (`float`): weight of a bag-of-words loss on z (Zhao et al., 2017): a linear layer
+            from z to the vocabulary, whose log-softmax must score every target word of the sentence, order
+            ignored; its summed negative log-likelihood is added to `loss` with this weight. It makes the code
+            carry the sentence's words, which the decoder then reads. Not in the paper; 0 (the default) turns it
+            off and leaves the model without the layer. Training only: it changes no likelihood or bound.
         tie_word_embeddings (`bool`): tie the output layer's weights to the decoder's input embedding (Press &
             Wolf, 2017; Inan et al., 2017). When `embedding_size != decoder_hidden_size` the decoder state goes
             through a learned `decoder_hidden_size -> embedding_size` projection first.
@@ -111,6 +117,7 @@ class SentenceVAEConfig(PretrainedConfig):
     latent_injection: str = "initial_state"
     variance_parameterization: str = "exp"
     posterior_mean_bn_scale: float = 0.0
+    bag_of_words_weight: float = 0.0
     tie_word_embeddings: bool = False
     share_embeddings: bool = True
     word_keep_rate: float = 0.62
@@ -222,6 +229,12 @@ def _check_fields(config: SentenceVAEConfig) -> None:
         "must be a finite number >= 0 (0 turns the batch normalisation off)",
     )
     _check(
+        _is_number(config.bag_of_words_weight) and 0.0 <= config.bag_of_words_weight < math.inf,
+        "bag_of_words_weight",
+        config.bag_of_words_weight,
+        "must be a finite number >= 0 (0 turns the bag-of-words loss off)",
+    )
+    _check(
         _is_number(config.initializer_range) and config.initializer_range > 0,
         "initializer_range",
         config.initializer_range,
@@ -244,12 +257,9 @@ def _check_fields(config: SentenceVAEConfig) -> None:
         "must leave room for words besides the 4 specials",
     )
     if config.is_rnnlm:
-        _check(
-            config.posterior_mean_bn_scale == 0.0,
-            "posterior_mean_bn_scale",
-            config.posterior_mean_bn_scale,
-            "has no effect without a latent variable (latent_size=0); leave it at 0",
-        )
+        for name in ("posterior_mean_bn_scale", "bag_of_words_weight"):
+            value = getattr(config, name)
+            _check(value == 0.0, name, value, "has no effect without a latent variable (latent_size=0); leave it at 0")
         _check(
             config.latent_injection == "initial_state",
             "latent_injection",

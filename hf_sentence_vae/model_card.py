@@ -506,6 +506,8 @@ def render_model_card(
         ("highway layers", config.get("num_highway_layers")) if is_vae else None,
         ("latent injection", injection) if is_vae else None,
         ("variance parameterization", config.get("variance_parameterization")) if is_vae else None,
+        ("batch-normalised posterior means, fixed scale (BN-VAE)", config.get("posterior_mean_bn_scale") or None),
+        ("bag-of-words loss weight (`bag_of_words_weight`)", config.get("bag_of_words_weight") or None),
         ("word keep rate (word dropout)", config.get("word_keep_rate")),
         ("dropout", config.get("dropout")),
         ("dropout masks shared across time steps (locked)", config.get("locked_dropout") or None),
@@ -516,7 +518,6 @@ def render_model_card(
         ("right to left", config.get("right_to_left")),
         ("text mode", text_mode),
     ]
-    injection = config.get("latent_injection", "initial_state")
     model_rows = [(name, _fmt(value)) for name, value in (r for r in model_rows if r) if value is not None]
 
     training_rows = []

@@ -51,10 +51,13 @@ class SentenceVAEOutput(ModelOutput):
     """Output of [`SentenceVAEModel.forward`].
 
     Args:
-        loss: `reconstruction_loss + kl_weight * kl` (with free bits, the KL term is the clamped one).
+        loss: `reconstruction_loss + kl_weight * kl` (with free bits, the KL term is the clamped one), plus
+            `config.bag_of_words_weight * bag_of_words_loss` when that loss is on.
         reconstruction_loss: -log p(x|z) summed over the tokens of a sentence (end of sentence included),
             averaged over the batch (unweighted).
         kl: KL(q(z|x) || p(z)) per sentence, averaged over the batch (unweighted; 0 for the RNNLM).
+        bag_of_words_loss: with `config.bag_of_words_weight > 0`, the bag-of-words loss on z: -sum over the
+            target tokens of log softmax(W z + b), averaged over the batch (unweighted; `loss` adds it weighted).
         logits: `(B, T-1, V)` next-token logits at every decoder position (only when `return_logits`).
         mu, logvar: `(B, Z)` posterior parameters (None for the RNNLM).
         z: `(B, Z)` the latent code the decoder was conditioned on.
@@ -68,6 +71,7 @@ class SentenceVAEOutput(ModelOutput):
     loss: torch.Tensor | None = None
     reconstruction_loss: torch.Tensor | None = None
     kl: torch.Tensor | None = None
+    bag_of_words_loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     mu: torch.Tensor | None = None
     logvar: torch.Tensor | None = None
@@ -105,6 +109,14 @@ class SentenceVAEGenerationOutput(ModelOutput):
     beam_indices: torch.Tensor | None = None
     log_probs: torch.Tensor | None = None
     latent: torch.Tensor | None = None
+
+
+def bag_of_words_nll(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """`(B,)` bag-of-words negative log-likelihoods: -sum over the positions where `mask` is true of
+    `log_softmax(logits)[b, targets[b, t]]`, for one `(B, V)` distribution per sentence and `(B, T)` targets."""
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    picked = log_probs.gather(1, targets.masked_fill(~mask.bool(), 0))
+    return -torch.where(mask.bool(), picked, 0.0).sum(1)
 
 
 def _append_latent(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -195,6 +207,9 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
                 self.posterior_mean_shift = nn.Parameter(torch.zeros(latent))
             self.latent_highway = Highway(latent, config.num_highway_layers)
             self.latent_to_state = nn.Linear(latent, 2 * config.decoder_hidden_size)
+            if config.bag_of_words_weight > 0:
+                # Bag-of-words loss (Zhao et al., 2017): z alone scores the sentence's words, order ignored.
+                self.bag_of_words_head = nn.Linear(latent, config.vocab_size)
         decoder_in = config.embedding_size + (latent if self._latent_in("inputs") else 0)
         self.decoder = nn.LSTM(decoder_in, config.decoder_hidden_size, batch_first=True)
         output_features = config.decoder_hidden_size + (latent if self._latent_in("outputs") else 0)
@@ -280,7 +295,7 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
 
     def _resize_token_embeddings(self, new_num_tokens, pad_to_multiple_of=None, mean_resizing=True):
         """`transformers`' resize of the embedding and the output layer, plus what else is sized by the vocabulary:
-        the encoder's own embedding (when not shared) and the never-predicted mask."""
+        the encoder's own embedding (when not shared), the bag-of-words layer and the never-predicted mask."""
         cfg = self.config
         if new_num_tokens is not None and new_num_tokens <= max(cfg.special_token_ids.values()):
             raise ValueError(
@@ -293,6 +308,10 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
             resized = self._get_resized_embeddings(self.encoder_embed_tokens, size, mean_resizing=mean_resizing)
             resized.requires_grad_(self.encoder_embed_tokens.weight.requires_grad)
             self.encoder_embed_tokens = resized
+        if hasattr(self, "bag_of_words_head"):
+            self.bag_of_words_head = self._get_resized_lm_head(
+                self.bag_of_words_head, size, mean_resizing=mean_resizing
+            )
         mask = self._never_predicted_mask(cfg, size).to(self.logit_mask.device)
         self.register_buffer("logit_mask", mask, persistent=False)
         return embeddings
@@ -641,10 +660,16 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
             kl_term = kl_per_sentence.sum()
         reconstruction_loss = reconstruction.mean()
         loss = reconstruction_loss + kl_weight * kl_term
+        bag_of_words_loss = None
+        if hasattr(self, "bag_of_words_head"):
+            logits_z = self.bag_of_words_head(z) + self.logit_mask
+            bag_of_words_loss = bag_of_words_nll(logits_z, targets, target_mask).mean()
+            loss = loss + cfg.bag_of_words_weight * bag_of_words_loss
         output = SentenceVAEOutput(
             loss=loss,
             reconstruction_loss=reconstruction_loss,
             kl=kl_per_sentence.mean(),
+            bag_of_words_loss=bag_of_words_loss,
             logits=logits,
             mu=mu,
             logvar=logvar,

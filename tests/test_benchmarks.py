@@ -224,6 +224,8 @@ def test_the_peer_design_refuses_what_it_does_not_cover(bench, tiny_config):
 
     with pytest.raises(ValueError, match=r"tie_word_embeddings.*right_to_left"):
         PeerStyleVAE(tiny_config(tie_word_embeddings=True, right_to_left=True))
+    with pytest.raises(ValueError, match=r"bag_of_words_weight=0.5"):
+        PeerStyleVAE(tiny_config(bag_of_words_weight=0.5))
 
 
 def test_decoders_search_as_asked_whatever_the_models_generation_config(bench, tiny_model):

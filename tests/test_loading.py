@@ -150,12 +150,12 @@ def test_config_that_asks_for_other_weights_through_train(scripts, capsys, small
     [
         {},
         {"tie_word_embeddings": True},
-        {"posterior_mean_bn_scale": 0.5},
+        {"posterior_mean_bn_scale": 0.5, "bag_of_words_weight": 0.5},
         {"latent_size": 0},
         {"num_highway_layers": 2, "bidirectional_encoder": True, "share_embeddings": False},
         {"latent_injection": "initial_state_inputs_and_outputs", "tie_word_embeddings": True, "embedding_size": 8},
     ],
-    ids=["default", "tied", "bn", "rnnlm", "highway_bidirectional_unshared", "injected_tied_projected"],
+    ids=["default", "tied", "bn_bag_of_words", "rnnlm", "highway_bidirectional_unshared", "injected_tied_projected"],
 )
 def test_the_strict_loader_loads_every_variant(tiny_model, random_batch, tmp_path, variant):
     """No false alarm: a folder saved by `save_pretrained` loads, whatever the architecture (tied weights absent from

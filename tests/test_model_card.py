@@ -172,6 +172,8 @@ def test_card_names_z_at_the_outputs(tmp_path, tiny_model, tiny_tokenizer):
         ("decoder_weight_drop", 0.25, "| recurrent weight dropout (decoder) | 0.25 |"),
         ("embedding_dropout", 0.1, "| embedding dropout (word types, decoder) | 0.1 |"),
         ("locked_dropout", True, "| dropout masks shared across time steps (locked) | yes |"),
+        ("posterior_mean_bn_scale", 0.5, "| batch-normalised posterior means, fixed scale (BN-VAE) | 0.5 |"),
+        ("bag_of_words_weight", 0.5, "| bag-of-words loss weight (`bag_of_words_weight`) | 0.5 |"),
     ],
 )
 @pytest.mark.parametrize("used", [False, True])

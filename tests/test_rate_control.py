@@ -1,5 +1,5 @@
 """Rate control (`hf_sentence_vae.rate_control`): the KL-weight schedules, free bits, the target-rate controller of
-the KL weight, batch-normalised posterior means (BN-VAE) and the decoder re-initialisation of the encoder warm start.
+the KL weight, batch-normalised posterior means (BN-VAE), the bag-of-words loss and the decoder re-initialisation of the encoder warm start.
 The trainer's use of them is tested in test_training.py."""
 
 from __future__ import annotations
@@ -123,6 +123,85 @@ def test_batch_normalised_means_use_running_statistics_in_eval_mode_and_survive_
     torch.testing.assert_close(reloaded.encode(input_ids, attention_mask)[0], four, atol=1e-5, rtol=1e-5)
 
 
+# --------------------------------------------------------------------------- bag-of-words loss
+@pytest.mark.parametrize("value", [-0.5, float("nan"), float("inf"), "1"])
+def test_bag_of_words_weight_must_be_a_finite_non_negative_number(value):
+    with pytest.raises(ValueError, match="bag_of_words_weight"):
+        SentenceVAEConfig(vocab_size=20, bag_of_words_weight=value)
+
+
+def test_bag_of_words_weight_is_refused_for_the_rnnlm():
+    with pytest.raises(ValueError, match="bag_of_words_weight"):
+        SentenceVAEConfig(vocab_size=20, latent_size=0, bag_of_words_weight=1.0)
+
+
+def test_without_the_bag_of_words_loss_the_model_has_no_layer_and_no_term(tiny_model, random_batch):
+    model = tiny_model(seed=0, train=True)
+    assert not hasattr(model, "bag_of_words_head")
+    assert not any(name.startswith("bag_of_words") for name in model.state_dict())
+    input_ids, attention_mask = random_batch(model.config, [3, 5, 2], seed=1)
+    out = model(input_ids, attention_mask, kl_weight=0.3)
+    assert out.bag_of_words_loss is None
+    torch.testing.assert_close(out.loss, out.reconstruction_loss + 0.3 * out.kl)
+
+
+@pytest.mark.parametrize("right_to_left", [False, True])
+def test_bag_of_words_loss_scores_every_target_word_from_z(tiny_model, random_batch, right_to_left):
+    """The term equals -sum over each sentence's words and <eos> of log softmax(W z + b) (order ignored, so a
+    right-to-left model gets the same), and `loss` adds it with the config's weight."""
+    weight = 0.7
+    model = tiny_model(seed=0, train=True, bag_of_words_weight=weight, right_to_left=right_to_left)
+    input_ids, attention_mask = random_batch(model.config, [3, 5, 2, 6], seed=1)
+    noise = torch.randn(4, model.config.latent_size, generator=torch.Generator().manual_seed(2))
+    out = model(input_ids, attention_mask, kl_weight=0.3, latent_noise=noise)
+    logits = model.bag_of_words_head(out.z).detach()
+    logits[:, [model.config.pad_token_id, model.config.bos_token_id]] = float("-inf")
+    log_probs = torch.log_softmax(logits, -1)
+    expected = []
+    for row in range(4):
+        targets = input_ids[row, 1 : int(attention_mask[row].sum())]  # words and <eos>
+        expected.append(-log_probs[row, targets].sum())
+    torch.testing.assert_close(out.bag_of_words_loss.detach(), torch.stack(expected).mean())
+    total = out.reconstruction_loss + 0.3 * out.kl + weight * out.bag_of_words_loss
+    torch.testing.assert_close(out.loss, total)
+
+
+def test_bag_of_words_loss_of_a_uniform_layer_is_length_times_log_vocabulary(tiny_model, random_batch):
+    """A zero layer predicts every word but <pad> and <bos> with probability 1 / (V - 2)."""
+    model = tiny_model(seed=0, bag_of_words_weight=1.0)
+    with torch.no_grad():
+        model.bag_of_words_head.weight.zero_()
+        model.bag_of_words_head.bias.zero_()
+    lengths = [3, 5, 2]
+    input_ids, attention_mask = random_batch(model.config, lengths, seed=1)
+    out = model(input_ids, attention_mask)
+    tokens = sum(n + 1 for n in lengths) / len(lengths)
+    expected = tokens * math.log(model.config.vocab_size - 2)
+    assert float(out.bag_of_words_loss.detach()) == pytest.approx(expected, rel=1e-5)
+
+
+def test_bag_of_words_loss_trains_the_encoder_and_its_layer_not_the_decoder(tiny_model, random_batch):
+    model = tiny_model(seed=0, train=True, bag_of_words_weight=1.0)
+    input_ids, attention_mask = random_batch(model.config, [3, 5, 2], seed=1)
+    model(input_ids, attention_mask).bag_of_words_loss.backward()
+    assert model.bag_of_words_head.weight.grad.abs().sum() > 0
+    assert model.encoder.weight_ih_l0.grad.abs().sum() > 0
+    assert model.posterior.weight.grad.abs().sum() > 0
+    assert model.decoder.weight_ih_l0.grad is None and model.lm_head.weight.grad is None
+    # The layer is the code's, not the decoder's: the encoder warm start does not redraw it.
+    assert all(model.bag_of_words_head is not m for m in model.decoder_modules())
+    assert all(p is not model.bag_of_words_head.weight for p in model.inference_parameters())
+
+
+def test_bag_of_words_layer_follows_a_vocabulary_resize(tiny_model):
+    model = tiny_model(seed=0, bag_of_words_weight=1.0)
+    old = model.bag_of_words_head.weight.detach().clone()
+    model.resize_token_embeddings(model.config.vocab_size + 3)
+    assert model.bag_of_words_head.weight.shape == (model.config.vocab_size, model.config.latent_size)
+    assert model.bag_of_words_head.bias.shape == (model.config.vocab_size,)
+    torch.testing.assert_close(model.bag_of_words_head.weight[: old.shape[0]].detach(), old)
+
+
 # --------------------------------------------------------------------------- decoder re-initialisation
 @pytest.mark.parametrize("tied", [False, True])
 def test_reinitialize_decoder_redraws_the_decoder_and_keeps_the_encoder(tiny_model, tied):
@@ -143,7 +222,7 @@ def test_reinitialize_decoder_redraws_the_decoder_and_keeps_the_encoder(tiny_mod
     for name, p in model.named_parameters():
         changed = not torch.equal(p, before[name])  # exact: copies of the same tensors, no arithmetic in between
         assert changed == (name in decoder), name
-    assert float(model.lm_head.bias.abs().max()) == 0.0
+    assert float(model.lm_head.bias.detach().abs().max()) == 0.0
     again = tiny_model(seed=0, tie_word_embeddings=tied)
     with torch.no_grad():
         for p in again.parameters():

@@ -463,7 +463,9 @@ class Trainer:
                 if loss is None:
                     self._handle_nonfinite()
                     continue
-                loss_value, reconstruction_value, kl_value = self._global_means(out, len(batch))
+                loss_value, reconstruction_value, kl_value, *bag_of_words = self._global_means(out, len(batch))
+                if bag_of_words:
+                    window["bag_of_words"] = window.get("bag_of_words", 0.0) + bag_of_words[0]
                 window["loss"] += loss_value
                 window["reconstruction"] += reconstruction_value
                 window["kl"] += kl_value
@@ -491,6 +493,8 @@ class Trainer:
                         "learning_rate": self.scheduler.get_last_lr()[0],
                         "tokens_per_second": window["tokens"] / max(elapsed, 1e-9),  # global-batch tokens
                     }
+                    if "bag_of_words" in window:  # the bag-of-words loss (unweighted; in `loss` weighted)
+                        record["bag_of_words"] = window["bag_of_words"] / window["n"]
                     if config.aggressive_encoder_steps:  # encoder-only updates per step (0 once the phase ends)
                         record["encoder_steps"] = window.get("encoder_steps", 0) / window["n"]
                     self._log(record)
@@ -654,10 +658,14 @@ class Trainer:
             "the KL term is on from here"
         )
 
-    def _global_means(self, out, global_size: int) -> tuple[float, float, float]:
-        """Loss, reconstruction and KL averaged over the whole global batch: each process holds the means over
-        its own share, so with several processes they are weighted by share size and summed across processes."""
-        local = torch.stack([out.loss.detach(), out.reconstruction_loss.detach(), out.kl.detach()]).double()
+    def _global_means(self, out, global_size: int) -> tuple[float, ...]:
+        """Loss, reconstruction and KL (and the bag-of-words loss when the model has it) averaged over the whole
+        global batch: each process holds the means over its own share, so with several processes they are weighted
+        by share size and summed across processes."""
+        terms = [out.loss, out.reconstruction_loss, out.kl]
+        if out.bag_of_words_loss is not None:
+            terms.append(out.bag_of_words_loss)
+        local = torch.stack([t.detach().float() for t in terms]).double()
         if self.world == 1:
             return tuple(float(x) for x in local)
         share = len(out.kl_per_sentence)
