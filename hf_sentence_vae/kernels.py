@@ -459,19 +459,20 @@ def top_k_tokens(
     search_bias = bias if banned is None or banned.numel() == 0 else bias.index_fill(0, banned, float("-inf"))
     values, ids, maxima, sums = [], [], [], []
     threshold = None
-    scratch = torch.empty(rows, chunk, device=hidden.device)
     buffer = torch.empty(rows, chunk, device=hidden.device)
     for start in range(0, vocab, chunk):
         stop = min(start + chunk, vocab)
         width = min(k, stop - start)
         block = _logit_block(hidden, weight, search_bias, start, stop, buffer)
+        top = block.amax(-1, keepdim=True)
         if threshold is None:
             top_values, top_ids = block.topk(width, dim=-1)
             threshold = top_values[:, -1:]  # the first chunk's k-th best
         else:
-            # Only a row with a logit above the first chunk's k-th best can take ids from this chunk (rarely: with
-            # the vocabulary in frequency order, the first chunk holds the likely words); `topk` runs on those rows.
-            hits = torch.gt(block, threshold, out=scratch[:, : stop - start]).amax(-1).nonzero().squeeze(-1)
+            # Only a row whose chunk maximum is above the first chunk's k-th best can take ids from this chunk
+            # (rarely: with the vocabulary in frequency order, the first chunk holds the likely words); `topk` runs
+            # on those rows.
+            hits = (top > threshold).squeeze(-1).nonzero().squeeze(-1)
             top_values = block.new_full((rows, width), float("-inf"))
             top_ids = torch.zeros((rows, width), dtype=torch.long, device=block.device)
             if hits.numel():
@@ -480,7 +481,6 @@ def top_k_tokens(
                 top_ids.index_copy_(0, hits, hit_ids)
         values.append(top_values)
         ids.append(top_ids + start)
-        top = block.amax(-1, keepdim=True)
         maxima.append(top)
         top = top.masked_fill(top.isinf(), 0.0)
         sums.append(block.sub_(top).exp_().sum(-1, keepdim=True))
