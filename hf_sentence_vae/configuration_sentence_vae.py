@@ -65,9 +65,10 @@ class SentenceVAEConfig(PretrainedConfig):
             gamma^2 / 2 on average, so no dimension can collapse. Not in the paper; 0 (the default) turns it off.
         bag_of_words_weight (`float`): weight of a bag-of-words loss on z (Zhao et al., 2017): a linear layer
             from z to the vocabulary, whose log-softmax must score every target word of the sentence, order
-            ignored; its summed negative log-likelihood is added to `loss` with this weight. It makes the code
-            carry the sentence's words, which the decoder then reads. Not in the paper; 0 (the default) turns it
-            off and leaves the model without the layer. Training only: it changes no likelihood or bound.
+            ignored; its summed negative log-likelihood is added to `loss` with this weight. It pushes the code
+            to carry the sentence's words (whether the decoder then reads them is for the latent report to show).
+            Not in the paper; 0 (the default) turns it off and leaves the model without the layer. Training only:
+            it changes no likelihood or bound. Like the other architecture fields, fixed once a model is saved.
         tie_word_embeddings (`bool`): tie the output layer's weights to the decoder's input embedding (Press &
             Wolf, 2017; Inan et al., 2017). When `embedding_size != decoder_hidden_size` the decoder state goes
             through a learned `decoder_hidden_size -> embedding_size` projection first.
