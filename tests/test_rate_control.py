@@ -74,16 +74,18 @@ def test_controller_rejects_bad_settings(name, value):
         KLTargetController(**kwargs)
 
 
-# --------------------------------------------------------------------------- BN-VAE
+# --------------------------------------------------------------------------- BN-VAE and the bag-of-words loss
+@pytest.mark.parametrize("field", ["posterior_mean_bn_scale", "bag_of_words_weight"])
 @pytest.mark.parametrize("value", [-0.5, float("nan"), float("inf"), "1"])
-def test_bn_scale_must_be_a_finite_non_negative_number(value):
-    with pytest.raises(ValueError, match="posterior_mean_bn_scale"):
-        SentenceVAEConfig(vocab_size=20, posterior_mean_bn_scale=value)
+def test_latent_regularizer_settings_must_be_finite_non_negative_numbers(field, value):
+    with pytest.raises(ValueError, match=field):
+        SentenceVAEConfig(vocab_size=20, **{field: value})
 
 
-def test_bn_scale_is_refused_for_the_rnnlm():
-    with pytest.raises(ValueError, match="posterior_mean_bn_scale"):
-        SentenceVAEConfig(vocab_size=20, latent_size=0, posterior_mean_bn_scale=0.5)
+@pytest.mark.parametrize("field", ["posterior_mean_bn_scale", "bag_of_words_weight"])
+def test_latent_regularizers_are_refused_for_the_rnnlm(field):
+    with pytest.raises(ValueError, match=field):
+        SentenceVAEConfig(vocab_size=20, latent_size=0, **{field: 0.5})
 
 
 def test_batch_normalised_means_have_the_fixed_scale_and_a_kl_floor(tiny_model, random_batch):
@@ -124,17 +126,6 @@ def test_batch_normalised_means_use_running_statistics_in_eval_mode_and_survive_
 
 
 # --------------------------------------------------------------------------- bag-of-words loss
-@pytest.mark.parametrize("value", [-0.5, float("nan"), float("inf"), "1"])
-def test_bag_of_words_weight_must_be_a_finite_non_negative_number(value):
-    with pytest.raises(ValueError, match="bag_of_words_weight"):
-        SentenceVAEConfig(vocab_size=20, bag_of_words_weight=value)
-
-
-def test_bag_of_words_weight_is_refused_for_the_rnnlm():
-    with pytest.raises(ValueError, match="bag_of_words_weight"):
-        SentenceVAEConfig(vocab_size=20, latent_size=0, bag_of_words_weight=1.0)
-
-
 def test_without_the_bag_of_words_loss_the_model_has_no_layer_and_no_term(tiny_model, random_batch):
     model = tiny_model(seed=0, train=True)
     assert not hasattr(model, "bag_of_words_head")
