@@ -25,11 +25,12 @@ ARCHITECTURE_FIELDS = (
     "latent_injection",
     "variance_parameterization",
     "posterior_mean_bn_scale",
-    "bag_of_words_weight",
     "tie_word_embeddings",
     "share_embeddings",
     "right_to_left",
 )
+# Fields whose value the weights fix only through whether it is on (> 0): the layer it adds exists or not.
+ON_OFF_ARCHITECTURE_FIELDS = ("bag_of_words_weight",)
 # The allowed values of the fields that have a fixed set of them.
 FIELD_CHOICES = {"latent_injection": LATENT_INJECTIONS, "variance_parameterization": VARIANCE_PARAMETERIZATIONS}
 
@@ -68,7 +69,8 @@ class SentenceVAEConfig(PretrainedConfig):
             ignored; its summed negative log-likelihood is added to `loss` with this weight. It pushes the code
             to carry the sentence's words (whether the decoder then reads them is for the latent report to show).
             Not in the paper; 0 (the default) turns it off and leaves the model without the layer. Training only:
-            it changes no likelihood or bound. Like the other architecture fields, fixed once a model is saved.
+            it changes no likelihood or bound. A saved model can be trained on with another positive weight, not
+            switched on or off (that would add or drop the layer).
         tie_word_embeddings (`bool`): tie the output layer's weights to the decoder's input embedding (Press &
             Wolf, 2017; Inan et al., 2017). When `embedding_size != decoder_hidden_size` the decoder state goes
             through a learned `decoder_hidden_size -> embedding_size` projection first.
@@ -267,3 +269,13 @@ def _check_fields(config: SentenceVAEConfig) -> None:
             config.latent_injection,
             "has no effect without a latent variable (latent_size=0); leave it at 'initial_state'",
         )
+
+
+def architecture_changes(changes: dict[str, tuple]) -> dict[str, tuple]:
+    """The entries of `changes` (field -> (saved value, asked value)) that the saved weights cannot follow: any change
+    of an `ARCHITECTURE_FIELDS` field, and switching an `ON_OFF_ARCHITECTURE_FIELDS` field on or off."""
+    return {
+        name: (old, new)
+        for name, (old, new) in changes.items()
+        if name in ARCHITECTURE_FIELDS or (name in ON_OFF_ARCHITECTURE_FIELDS and (old > 0) != (new > 0))
+    }

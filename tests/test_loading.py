@@ -104,6 +104,27 @@ def test_regularisation_flags_with_a_pretrained_model_apply(small_data, pretrain
     assert model.config.word_keep_rate == 0.5 and model.config.dropout == 0.2
 
 
+def test_the_bag_of_words_weight_of_a_pretrained_model_changes_but_does_not_switch(
+    scripts, capsys, small_data, pretrained, tmp_path
+):
+    """The weights fix whether the bag-of-words layer exists, not its loss weight: switching the loss on (or off) is
+    refused like any architecture change, another positive weight is a fine-tuning setting."""
+    argv = tiny_argv(small_data, tmp_path / "on", model_name_or_path=pretrained, bag_of_words_weight=0.5)
+    line = train_cli_error(scripts["train"], capsys, argv, r"--model_name_or_path '.*best' fixes the architecture")
+    assert "--bag_of_words_weight (0.0 -> 0.5)" in line
+    nothing_trained(tmp_path / "on")
+
+    with_layer = tmp_path / "with_layer"
+    train_run(tiny_config(small_data, with_layer, bag_of_words_weight=0.5))
+    tuned = tmp_path / "tuned"
+    train_run(tiny_config(small_data, tuned, model_name_or_path=str(with_layer / "best"), bag_of_words_weight=2.0))
+    model = load_pretrained_model(SentenceVAEModel, tuned / "best")
+    assert model.config.bag_of_words_weight == 2.0 and hasattr(model, "bag_of_words_head")
+    argv = tiny_argv(small_data, tmp_path / "off", model_name_or_path=with_layer / "best", bag_of_words_weight=0)
+    line = train_cli_error(scripts["train"], capsys, argv, r"fixes the architecture")
+    assert "--bag_of_words_weight (0.5 -> 0.0)" in line
+
+
 def _edited_copy(folder: Path, tmp_path: Path, **changes) -> Path:
     copy = tmp_path / "edited"
     shutil.copytree(folder, copy)

@@ -28,7 +28,7 @@ from transformers import GenerationConfig
 from transformers.utils import logging
 
 from .. import hub
-from ..configuration_sentence_vae import ARCHITECTURE_FIELDS, SentenceVAEConfig
+from ..configuration_sentence_vae import SentenceVAEConfig, architecture_changes
 from ..data import TokenizedCorpus, bucketed_batches, load_text_splits, pad_fraction, tokenize_splits
 from ..files import OutputDirLock, removed_on_failure, replace_dir
 from ..loading import CheckpointError, check_pretrained_folder, load_model_config, load_pretrained_model, load_tokenizer
@@ -334,7 +334,7 @@ class Trainer:
         """The model flags that differ from the loaded model's config (name -> (old, new)); a `ValueError` naming
         each architecture flag among them: the weights fix the architecture."""
         changes = model_field_changes(self.config.model_overrides(), model_config)
-        architecture = {name: change for name, change in changes.items() if name in ARCHITECTURE_FIELDS}
+        architecture = architecture_changes(changes)
         if architecture:
             source, flag = self._model_source()
             raise ValueError(
