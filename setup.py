@@ -30,6 +30,7 @@ setup(
         "transformers>=5.0,<6",
         "tokenizers>=0.21",
         "safetensors>=0.4",
+        "numpy>=1.17",
     ],
     extras_require=EXTRAS,
     classifiers=[

@@ -272,7 +272,9 @@ def beam_search(
         raise ValueError(f"num_return_sequences={num_return_sequences} must be <= num_beams={num_beams}")
     device = state[0].device
     k = num_beams
-    state = tuple(s.repeat_interleave(k, dim=0) for s in state)
+    # Every hypothesis of a row starts alike, so the first step runs on `batch_size` rows; its results and the state
+    # are then repeated for the row's `k` hypotheses.
+    state = tuple(state)
     forced = None if forced_tokens is None else forced_tokens.repeat_interleave(k, dim=0)
     processed = logits_processor is not None
     # Results of every row, filled in as rows finish.
@@ -290,7 +292,7 @@ def beam_search(
     origins = torch.empty((batch_size, k, 0), dtype=torch.long, device=device)  # rows of step_scores (output_scores)
     finished = torch.zeros((batch_size, k), dtype=torch.bool, device=device)
     lengths = torch.zeros((batch_size, k), dtype=torch.long, device=device)
-    tokens = torch.full((batch_size * k,), bos_token_id, dtype=torch.long, device=device)
+    tokens = torch.full((batch_size,), bos_token_id, dtype=torch.long, device=device)
     step_scores: list[torch.Tensor] = []
     steps = 0
     fast = top_k_step_fn is not None and not processed and forced_tokens is None and not output_scores
@@ -300,10 +302,16 @@ def beam_search(
         pinned = is_pinned = None
         if fast:
             banned = _banned_ids(suppress_tokens, step, min_new_tokens, eos_token_id, device)
-            top_scores, top_tokens, state = _open_hypotheses_step(top_k_step_fn, tokens, state, k, banned, finished)
+            if step == 0:
+                top_scores, top_tokens, state = top_k_step_fn(tokens, state, k, banned)
+                top_scores, top_tokens = top_scores.repeat_interleave(k, dim=0), top_tokens.repeat_interleave(k, dim=0)
+            else:
+                top_scores, top_tokens, state = _open_hypotheses_step(top_k_step_fn, tokens, state, k, banned, finished)
         else:
             log_probs, state = step_fn(tokens, state)
             log_probs = log_probs.float()
+            if step == 0:
+                log_probs = log_probs.repeat_interleave(k, dim=0)
             step_log_probs = log_probs
             if processed:
                 step_log_probs = logits_processor(sequences.reshape(n * k, step), log_probs.clone())
@@ -313,6 +321,8 @@ def beam_search(
                 step_log_probs = step_log_probs.index_fill(-1, eos, float("-inf"))
             # The best min(k, V) tokens of each hypothesis: the next beam is drawn from these.
             top_scores, top_tokens = step_log_probs.topk(min(k, step_log_probs.shape[-1]), dim=-1)
+        if step == 0:
+            state = tuple(s.repeat_interleave(k, dim=0) for s in state)
         if forced is not None and step < forced.shape[1]:
             pinned = forced[:, step]
             is_pinned = (pinned >= 0).unsqueeze(-1)

@@ -16,11 +16,13 @@ written to memory just to be read back once (training writes them once, for its 
 - [`WordGateLSTM`]: decoding steps of an LSTM that reads word embeddings, with each word's input-side gate
   pre-activations computed once per search and looked up afterwards.
 
-Only `torch` is imported, so this module travels with the model's remote code.
+Only `torch` and `numpy` (a dependency of `transformers`) are imported, so this module travels with the model's
+remote code.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -149,7 +151,7 @@ def _chunked_exponentials(
         top = top.masked_fill(top.isinf(), 0.0)  # a chunk of -inf (masked ids): exponentials of 0, not of NaN
         maxima[:, index : index + 1] = top
         out = exponentials[:, start:stop]
-        torch.sub(block, top, out=out).exp_()
+        _exp_(torch.sub(block, top, out=out))
         torch.sum(out, -1, out=sums[:, index])
     top = maxima.amax(-1, keepdim=True)
     lse = (sums * (maxima - top).exp_()).sum(-1).log_() + top.squeeze(-1)
@@ -222,6 +224,22 @@ def inference_nll(
         target_logits = logits.gather(-1, targets[start:stop].unsqueeze(-1)).squeeze(-1)
         torch.sub(torch.logsumexp(logits, -1), target_logits, out=nll[start:stop])
     return nll
+
+
+def _exp_(values: torch.Tensor) -> torch.Tensor:
+    """`values.exp_()`; on a float32 CPU tensor outside autograd and graph capture by NumPy's vectorised exp (1.6-1.9x
+    torch's on one AVX-512 core, within 2.6 ulps of the exact value where torch's is within 0.6; they differ on about
+    40 % of elements, by at most 3 ulps). The output layer's exponentials take 5-9 % of a decoding or training step."""
+    if (
+        values.device.type == "cpu"
+        and values.dtype == torch.float32
+        and not values.requires_grad
+        and not torch.compiler.is_compiling()
+    ):
+        array = values.numpy()
+        np.exp(array, out=array)
+        return values
+    return values.exp_()
 
 
 def _logit_block(
@@ -306,7 +324,7 @@ def greedy_tokens(
         positions[index] = _first_index(scratch[:, : stop - start], block, top, dim=1)
         if sums is not None:
             top = top.masked_fill(top.isinf(), 0.0)  # a chunk of banned ids only: exponentials of 0, not NaN
-            torch.sum(block.sub_(top).exp_(), -1, out=sums[index])
+            torch.sum(_exp_(block.sub_(top)), -1, out=sums[index])
     best = maxima.amax(0)
     first_chunk = _first_index(torch.empty_like(maxima), maxima, best, dim=0).long()
     tokens = first_chunk * chunk + positions.gather(0, first_chunk.unsqueeze(0)).squeeze(0).long()
@@ -483,7 +501,7 @@ def top_k_tokens(
         ids.append(top_ids + start)
         maxima.append(top)
         top = top.masked_fill(top.isinf(), 0.0)
-        sums.append(block.sub_(top).exp_().sum(-1, keepdim=True))
+        sums.append(_exp_(block.sub_(top)).sum(-1, keepdim=True))
     values, ids = torch.cat(values, -1), torch.cat(ids, -1)
     maxima, sums = torch.cat(maxima, -1), torch.cat(sums, -1)
     best = maxima.amax(-1, keepdim=True)

@@ -741,11 +741,11 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         weight and a bfloat16 copy: the greedy choice is screened with bfloat16 products and made with float32 ones
         (`kernels.screened_greedy_tokens`: the float32 choice at close to bfloat16's speed; on CPU, whose bfloat16
         GEMMs accumulate in float32 as its bound assumes, else the float32 layer); the greedy step with
-        log-probabilities and the top-k step run in float32. Where bfloat16 products are used (on CPU: "bfloat16",
-        and "mixed"'s screened greedy step; steps of `WORD_GATES_MIN_ROWS` rows or more), the LSTM step looks each
-        word's input-side gate pre-activations up ([`kernels.WordGateLSTM`], computed once per word and search; in
-        float32, summed in another order than `nn.LSTM`'s, so the states agree with the float32 step to rounding):
-        "mixed" then gives the float32 sentences except where two logits tie to within that rounding."""
+        log-probabilities and the top-k step use the float32 products. With "bfloat16" and "mixed" (on CPU, steps of
+        `WORD_GATES_MIN_ROWS` rows or more) the LSTM step looks each word's input-side gate pre-activations up
+        ([`kernels.WordGateLSTM`], computed once per word and search; in float32, summed in another order than
+        `nn.LSTM`'s, so the states agree with the float32 step to rounding): "mixed" then gives the float32
+        sentences, greedy and beam, except where two scores tie to within that rounding."""
         if output_layer_dtype not in (torch.float32, torch.bfloat16, "mixed"):
             raise ValueError(
                 f"output_layer_dtype must be torch.float32, torch.bfloat16 or 'mixed', got {output_layer_dtype!r}"
@@ -761,32 +761,32 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         bias = self._output_bias().detach().float()
         vocab = weight.shape[0]
         # Made on the first step that needs them (none for a batch under 16 rows): the screen's bfloat16 weight, row
-        # norms and bias bound; the word-gate lookup of the LSTM, used (on CPU) where bfloat16 products are.
+        # norms and bias bound; the word-gate lookup of the LSTM (on CPU, "bfloat16" and "mixed").
         screen_terms = functools.cache(
             lambda: (weight.to(torch.bfloat16), weight.norm(dim=-1), finite_bias_bound(bias))
         )
         word_gates = functools.cache(self._word_gates)
         low = weight.device.type == "cpu" and (mixed or output_layer_dtype == torch.bfloat16)
 
-        def features_of(tokens, state, look_up: bool):
-            gates = word_gates() if look_up and low and tokens.shape[0] >= WORD_GATES_MIN_ROWS else None
+        def features_of(tokens, state):
+            gates = word_gates() if low and tokens.shape[0] >= WORD_GATES_MIN_ROWS else None
             features, state = self._decoder_features(tokens, state, gates)
             return (features if projection is None else projection(features)), state
 
         def greedy_step(tokens, state, banned, with_log_probs):
             if mixed and not with_log_probs:
-                features, state = features_of(tokens, state, True)
+                features, state = features_of(tokens, state)
                 if features.shape[0] < SCREEN_MIN_ROWS:  # the float32 products directly (as the screen would)
                     return greedy_tokens(features, weight, bias, banned)[0], None, state
                 low_weight, weight_norms, bias_bound = screen_terms()
                 choice = screened_greedy_tokens(features, weight, low_weight, bias, banned, weight_norms, bias_bound)
                 return choice, None, state
-            features, state = features_of(tokens, state, not mixed)
+            features, state = features_of(tokens, state)
             choice, log_probs = greedy_tokens(features, weight, bias, banned, with_log_probs)
             return choice, log_probs, state
 
         def top_k_step(tokens, state, k, banned):
-            features, state = features_of(tokens, state, not mixed)
+            features, state = features_of(tokens, state)
             log_probs, ids = top_k_tokens(features, weight, bias, min(k, vocab), banned)
             return log_probs, ids, state
 
@@ -848,10 +848,11 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         (slower on CPUs without bfloat16 instructions), at the cost of choosing another token where the top scores are
         within bfloat16's rounding (the default, "float32", gives the float32 model's sequences);
         `output_layer_dtype="mixed"`: greedy search screens the vocabulary with bfloat16 products and chooses among
-        the ids within their proven rounding bound with float32 ones, and its float32 LSTM step looks each word's
-        input-side gates up (summed in another order than `nn.LSTM`), so it gives the float32 sequences except where
-        two logits tie to within float32 rounding, faster on such CPUs (beam search, greedy search with `return_dict_in_generate`, whose
-        scores need every float32 logit, and models on other devices run in float32). Other generation
+        the ids within their proven rounding bound with float32 ones (greedy search with `return_dict_in_generate`,
+        whose scores need every float32 logit, and beam search take the float32 products), and the float32 LSTM step
+        of both searches looks each word's input-side gates up (summed in another order than `nn.LSTM`), so it gives
+        the float32 sequences except where two scores tie to within float32 rounding, faster on such CPUs (models on
+        other devices, and searches with logits processors or `output_scores`, run in float32). Other generation
         settings that would change decoding (e.g. `num_beam_groups`, `stop_strings`) and unknown
         arguments raise a `ValueError`.
 

@@ -15,8 +15,9 @@ import hf_sentence_vae
 from hf_sentence_vae import hub
 
 PACKAGE_DIR = Path(hf_sentence_vae.__file__).parent
-# Imported by the shipped code: besides the standard library, these (and `tokenizers` by the tokenizer's file).
-CORE = {"torch", "transformers"}
+# Imported by the shipped code: besides the standard library, these (and `tokenizers` by the tokenizer's file);
+# `numpy` is a requirement of `transformers` itself.
+CORE = {"torch", "transformers", "numpy"}
 # Standard-library modules that do I/O a loaded model has no business doing.
 FORBIDDEN = {"subprocess", "socket", "urllib", "http", "shutil", "pickle", "ctypes"}
 # The only calls evaluated when a shipped file is imported.
@@ -50,7 +51,7 @@ def _shipped_folder(tmp_path, tiny_model, tiny_tokenizer) -> Path:
 
 def test_shipped_code_imports_only_core_packages_and_does_no_io_at_import(tiny_model, tiny_tokenizer, tmp_path):
     """Parse the files a Hub-ready folder actually ships. The remote code (what `save_pretrained` copies): imports are
-    the standard library, torch and transformers (plus tokenizers for the tokenizer), or each other as
+    the standard library, torch, transformers and numpy (plus tokenizers for the tokenizer), or each other as
     `from .module import name` (what transformers follows and copies; `from . import module` is not followed); the
     only calls made at import time are a few harmless ones (no open/read/write, network, subprocess or
     environment-dependent I/O). `pipelines.py` travels alone (`custom_pipelines`): no relative import at all."""

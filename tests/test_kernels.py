@@ -127,6 +127,29 @@ def _reference_choice(hidden, weight, bias, banned, k):
     return scores.max(-1), scores.topk(k, dim=-1)
 
 
+def test_exp_in_place_matches_torch_exp_on_every_path():
+    """`_exp_` exponentiates in place (NumPy's exp on float32 CPU tensors, strided views included; torch's elsewhere):
+    within four float32 ulps of `torch.exp`, 0 at -inf, 1 at 0, NaN kept; tensors in autograd take torch's own."""
+    from hf_sentence_vae.kernels import _exp_
+
+    values = torch.randn(64, 300, generator=torch.Generator().manual_seed(0)) * 8 - 10
+    values[0, :4] = torch.tensor([float("-inf"), 0.0, float("nan"), -120.0])
+    expected = torch.exp(values)
+    for tensor in (values.clone(), values.clone()[:, 100:200], values.t().contiguous().t()):
+        reference = torch.exp(tensor)
+        out = _exp_(tensor)
+        assert out.data_ptr() == tensor.data_ptr()
+        torch.testing.assert_close(out, reference, rtol=5e-7, atol=0, equal_nan=True)
+    out = _exp_(values.clone())
+    assert out[0, 0] == 0.0 and out[0, 1] == 1.0 and out[0, 2].isnan() and out[0, 3] == expected[0, 3]
+    torch.testing.assert_close(_exp_(values.double()), expected.double(), equal_nan=True)
+    leaf = values[1:].clone().requires_grad_()
+    with torch.no_grad():
+        grad_free = leaf.clone()
+    (_exp_(leaf.clone()).sum()).backward()  # torch's exp_: differentiable
+    torch.testing.assert_close(leaf.grad, torch.exp(grad_free))
+
+
 @pytest.mark.parametrize("rows", [1, 5, 300])
 @pytest.mark.parametrize("banned", [None, [1], [1, 3, 900]], ids=["none", "unk", "three"])
 def test_greedy_and_top_k_tokens_match_the_full_log_softmax(monkeypatch, rows, banned):

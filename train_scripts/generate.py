@@ -14,7 +14,8 @@ projected to 2-D by PCA, coloured by sentence length.
 Every subcommand prints JSON (and writes it to --output_file when given). Decoding follows the model's
 `generation_config.json` (a trained model's: beam search with 5 beams, `<unk>` suppressed where the training text
 had it); `--num_beams 1` decodes greedily as the paper did, `--allow_unk` / `--suppress_unk` override the
-suppression, `--output_layer_dtype mixed` gives greedy search's float32 sentences (up to near-ties within float32 rounding) faster on CPUs with AVX-512 BF16. A homotopy lists every one of its --steps points (--collapse_repeats shows consecutive duplicates
+suppression, `--output_layer_dtype mixed` gives the float32 sentences (up to near-ties within float32 rounding) faster (greedy
+search most on CPUs with AVX-512 BF16). A homotopy lists every one of its --steps points (--collapse_repeats shows consecutive duplicates
 once, as the paper's tables do). The paper's models were trained on the Books Corpus; ours on the Penn Treebank.
 
 Input files are read lazily: `posterior --input_file` reads only its first --max_sentences sentences, and `report`
@@ -61,8 +62,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
         choices=["float32", "bfloat16", "mixed"],
         default=None,
         help="precision of the output layer's products in greedy and beam search; default: the model's "
-        "generation_config (float32); mixed = the float32 sentences of greedy search (up to near-ties within float32 "
-        "rounding) from a bfloat16 screen, faster on CPUs with AVX-512 BF16 or AMX",
+        "generation_config (float32); mixed = the float32 sentences (up to near-ties within float32 rounding), "
+        "faster: greedy search from a bfloat16 screen (on CPUs with AVX-512 BF16 or AMX), and an LSTM step that looks "
+        "its word inputs up",
     )
     unk = parser.add_mutually_exclusive_group()
     unk.add_argument("--suppress_unk", action="store_true", help="never generate <unk> (suppress_tokens)")
