@@ -36,8 +36,8 @@ PEER, PREVIOUS = "peer design", "previous revision"
 
 def decoders(model: SentenceVAEModel, args, previous=None) -> tuple[dict[str, Callable], str | None]:
     """The implementations decoding side by side, each `decode(codes, num_beams, max_new_tokens) -> (B, L) ids`:
-    ours (float32, with the bfloat16 output layer, and with the mixed one: bfloat16 screen, float32 choice, greedy
-    only; None for beam search, which runs in float32 there), the peer-style reference (where the model's architecture is
+    ours (float32, with the bfloat16 output layer, and with the mixed one: the float32 sentences, greedy search from
+    a bfloat16 screen, both searches with the LSTM inputs looked up), the peer-style reference (where the model's architecture is
     one it covers; else the reason it is left out) and, with `previous`, another revision's model class."""
     common = dict(do_sample=False, suppress_tokens=None)
     found = {
@@ -47,10 +47,8 @@ def decoders(model: SentenceVAEModel, args, previous=None) -> tuple[dict[str, Ca
         OURS_BF16: lambda codes, beams, length: model.generate(
             latent=codes, num_beams=beams, max_new_tokens=length, output_layer_dtype="bfloat16", **common
         ),
-        OURS_MIXED: lambda codes, beams, length: (
-            None
-            if beams > 1
-            else model.generate(latent=codes, num_beams=1, max_new_tokens=length, output_layer_dtype="mixed", **common)
+        OURS_MIXED: lambda codes, beams, length: model.generate(
+            latent=codes, num_beams=beams, max_new_tokens=length, output_layer_dtype="mixed", **common
         ),
     }
     skipped = None
@@ -115,8 +113,6 @@ def bench_decoding(model: SentenceVAEModel, args, previous=None) -> dict[str, An
             outputs = {}
             for name, decode in implementations.items():
                 if threads != args.threads[0] and name != OURS:
-                    continue
-                if name == OURS_MIXED and beams > 1:
                     continue
                 load = load_average()
                 start, start_cpu = time.perf_counter(), time.process_time()

@@ -30,6 +30,12 @@ TARGETS = (
     ),
     ("beam 5, batch 64: x peer design >= 2", "x", 2.0, ("decoding", "beam5/batch64", "ratio_vs_peer")),
     (
+        "beam 5, batch 64, mixed output layer (the float32 sequences): x peer design >= 2",
+        "x",
+        2.0,
+        ("decoding", "beam5/batch64", "mixed_ratio_vs_peer"),
+    ),
+    (
         "greedy decoding, batch 512: >= 70 % of the fp32 matmul bound",
         "%",
         0.7,

@@ -86,10 +86,8 @@ def test_quick_tiny_run_has_every_figure(bench, tmp_path):
         assert _positive(arm["sentences_per_second"]) and _positive(arm["per_sentence_speedup_vs_batch1"]), key
         assert _positive(arm["ratio_vs_peer"]) and _positive(arm["bf16_ratio_vs_peer"]), key
         assert arm["same_sequences"]["peer design"] == 1.0, key  # the peer design decodes the same sentences
-        if key.startswith("greedy"):  # the mixed output layer: greedy only, the float32 sentences
-            assert _positive(arm["mixed_ratio_vs_peer"]) and arm["same_sequences"]["ours, mixed output layer"] == 1.0
-        else:
-            assert arm["mixed_ratio_vs_peer"] is None and "ours, mixed output layer" not in arm["same_sequences"]
+        # the mixed output layer: the float32 sentences, greedy and beam
+        assert _positive(arm["mixed_ratio_vs_peer"]) and arm["same_sequences"]["ours, mixed output layer"] == 1.0
         assert 1 <= arm["max_length"] <= 6
     assert 0 < decoding["greedy/batch4"]["fraction_of_matmul_bound"] < 1
     machine = results["machine"]
@@ -231,7 +229,7 @@ def test_the_peer_design_refuses_what_it_does_not_cover(bench, tiny_config):
 def test_decoders_search_as_asked_whatever_the_models_generation_config(bench, tiny_model):
     """Every decoder of the decoding benchmark runs the search it is asked for, not the model's saved default (a
     trained model's is beam 5): ours, bf16 and mixed greedy decode what the peer design's greedy decodes (the mixed
-    layer the float32 sentences exactly); the mixed one skips beam search (it runs in float32 there)."""
+    layer the float32 sentences exactly), and ours, mixed and the peer design's beam search the same beams."""
     import bench_decoding
     import torch
 
@@ -242,8 +240,11 @@ def test_decoders_search_as_asked_whatever_the_models_generation_config(bench, t
     codes = torch.randn(20, model.config.latent_size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         out = {name: decode(codes, 1, 8) for name, decode in found.items()}
-        assert found[bench_decoding.OURS_MIXED](codes, 5, 8) is None
+        beams = {name: found[name](codes, 5, 8) for name in (bench_decoding.OURS, bench_decoding.OURS_MIXED)}
+        beams["peer"] = found[bench_decoding.PEER](codes, 5, 8)
     pad = model.config.pad_token_id
     assert bool(bench_decoding._same(out[bench_decoding.OURS], out[bench_decoding.PEER], pad).all())
     assert bool(bench_decoding._same(out[bench_decoding.OURS], out[bench_decoding.OURS_MIXED], pad).all())
+    assert bool(bench_decoding._same(beams[bench_decoding.OURS], beams["peer"], pad).all())
+    assert bool(bench_decoding._same(beams[bench_decoding.OURS], beams[bench_decoding.OURS_MIXED], pad).all())
     assert out[bench_decoding.OURS_BF16].shape[0] == 20
