@@ -257,7 +257,8 @@ def beam_search(
 ) -> SearchResult:
     """Beam search vectorised over batch x beam.
 
-    `state` holds `batch_size` rows; they are expanded to `batch_size * num_beams`. Finished hypotheses
+    `state` holds `batch_size` rows: the first step runs on them (every hypothesis of a row starts alike), and its
+    results and state are repeated for the row's `num_beams` hypotheses. Finished hypotheses
     stay in the beam (extended by padding at no cost) and compete with open ones on their summed
     (processed) log-probability; at the end hypotheses are ranked by `sum log p / length ** length_penalty`
     (`length_penalty=0` ranks by the plain sum). With `num_beams=1` this is greedy decoding; with a beam
@@ -272,9 +273,7 @@ def beam_search(
         raise ValueError(f"num_return_sequences={num_return_sequences} must be <= num_beams={num_beams}")
     device = state[0].device
     k = num_beams
-    # Every hypothesis of a row starts alike, so the first step runs on `batch_size` rows; its results and the state
-    # are then repeated for the row's `k` hypotheses.
-    state = tuple(state)
+    state = tuple(state)  # `batch_size` rows until the first step has run
     forced = None if forced_tokens is None else forced_tokens.repeat_interleave(k, dim=0)
     processed = logits_processor is not None
     # Results of every row, filled in as rows finish.
