@@ -61,9 +61,9 @@ GENERATION_SETTINGS = {
 }
 # `output_layer_dtype` values: "float32" (the default), "bfloat16" (products in bfloat16, for CPUs with AVX-512 BF16
 # or AMX; greedy and beam search without logits processors other than `suppress_tokens`) or "mixed" (greedy search
-# screens the vocabulary with bfloat16 products and chooses with float32 ones, beam search and scores take float32
-# products, and the LSTM step of both searches looks each word's input-side gates up: the float32 sequences up to
-# near-ties within float32 rounding).
+# screens the vocabulary with bfloat16 products, on CPUs with bfloat16 instructions, and chooses with float32 ones;
+# beam search and scores take float32 products; the LSTM step of both searches looks each word's input-side gates
+# up: the float32 sequences up to near-ties within float32 rounding).
 OUTPUT_LAYER_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "mixed": "mixed"}
 # Settings that change decoding in `transformers` and that `generate` does not implement: refused unless unset or
 # at a value without effect (None, False, 0, the `transformers` default; 1 for `guidance_scale`).

@@ -14,7 +14,8 @@ written to memory just to be read back once (training writes them once, for its 
   weights;
 - [`lstm_step`]: one decoding step of an LSTM, through the LSTM cell op for small batches;
 - [`WordGateLSTM`]: decoding steps of an LSTM that reads word embeddings, with each word's input-side gate
-  pre-activations computed once per search and looked up afterwards.
+  pre-activations computed once per search and looked up afterwards;
+- [`native_bfloat16_cpu`]: whether bfloat16 products run natively on this CPU.
 
 Only `torch` and `numpy` (a dependency of `transformers`) are imported, so this module travels with the model's
 remote code.
@@ -50,6 +51,16 @@ TOP_K_BUDGET = 1 << 19
 # Under CPU bf16 autocast the output layer pads its rows to a multiple of this: oneDNN builds a bf16 GEMM kernel
 # per new shape (~4 ms), and the number of target tokens differs almost every batch.
 BF16_ROW_BUCKET = 128
+
+
+def native_bfloat16_cpu() -> bool:
+    """Whether this CPU has bfloat16 instructions (AVX-512 BF16 or AMX), without which oneDNN emulates bfloat16 products
+    at about half the float32 speed (BENCHMARKS.md, "bf16 by oneDNN instruction set"). True where this build of torch
+    cannot tell (its CPU-feature checks are private)."""
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if not all(callable(check) for check in checks):
+        return True
+    return any(check() for check in checks)
 
 
 def vocabulary_chunk(rows: int, vocab_size: int, budget: int, multiple: int = 64, minimum: int = 64) -> int:
@@ -647,5 +658,6 @@ __all__ = [
     "finite_bias_bound",
     "screening_bound",
     "top_k_tokens",
+    "native_bfloat16_cpu",
     "vocabulary_chunk",
 ]

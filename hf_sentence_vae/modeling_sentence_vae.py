@@ -36,6 +36,7 @@ from .kernels import (
     finite_bias_bound,
     greedy_tokens,
     lstm_step,
+    native_bfloat16_cpu,
     output_layer_nll,
     run_lstm,
     screened_greedy_tokens,
@@ -739,9 +740,9 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         rounded to bfloat16 before the float32 bias is added: 1.1-1.8x faster decoding on a CPU with AVX-512 BF16 in
         BENCHMARKS.md, about half the speed on CPUs without bfloat16 instructions). `"mixed"` keeps the float32
         weight and a bfloat16 copy: the greedy choice is screened with bfloat16 products and made with float32 ones
-        (`kernels.screened_greedy_tokens`: the float32 choice at close to bfloat16's speed; on CPU, whose bfloat16
-        GEMMs accumulate in float32 as its bound assumes, else the float32 layer); the greedy step with
-        log-probabilities and the top-k step use the float32 products. With "bfloat16" and "mixed" (on CPU, steps of
+        (`kernels.screened_greedy_tokens`: the float32 choice at close to bfloat16's speed; on a CPU with bfloat16
+        instructions, whose bfloat16 GEMMs accumulate in float32 as its bound assumes, else the float32 layer); the
+        greedy step with log-probabilities and the top-k step use the float32 products. With "bfloat16" and "mixed" (on CPU, steps of
         `WORD_GATES_MIN_ROWS` rows or more) the LSTM step looks each word's input-side gate pre-activations up
         ([`kernels.WordGateLSTM`], computed once per word and search; in float32, summed in another order than
         `nn.LSTM`'s, so the states agree with the float32 step to rounding): "mixed" then gives the float32
@@ -757,6 +758,14 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         # The screen's bound assumes float32 accumulation of the bfloat16 products, as oneDNN's CPU GEMMs do (cuBLAS
         # may reduce in lower precision): elsewhere "mixed" runs the float32 layer.
         mixed = output_layer_dtype == "mixed" and weight.device.type == "cpu"
+        # Without bfloat16 instructions oneDNN emulates bfloat16 products at about half the float32 speed: "mixed"
+        # then skips the screen (its float32 choice and looked-up LSTM inputs stay).
+        screen = mixed and native_bfloat16_cpu()
+        if output_layer_dtype == torch.bfloat16 and weight.device.type == "cpu" and not native_bfloat16_cpu():
+            logger.warning_once(
+                "output_layer_dtype='bfloat16' on a CPU without bfloat16 instructions (AVX-512 BF16 or AMX): its "
+                "products are emulated at about half the float32 speed; 'mixed' decodes the float32 sentences faster"
+            )
         weight = weight.detach().to(torch.float32 if output_layer_dtype == "mixed" else output_layer_dtype)
         bias = self._output_bias().detach().float()
         vocab = weight.shape[0]
@@ -774,7 +783,7 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
             return (features if projection is None else projection(features)), state
 
         def greedy_step(tokens, state, banned, with_log_probs):
-            if mixed and not with_log_probs:
+            if screen and not with_log_probs:
                 features, state = features_of(tokens, state)
                 if features.shape[0] < SCREEN_MIN_ROWS:  # the float32 products directly (as the screen would)
                     return greedy_tokens(features, weight, bias, banned)[0], None, state
@@ -848,7 +857,8 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         (slower on CPUs without bfloat16 instructions), at the cost of choosing another token where the top scores are
         within bfloat16's rounding (the default, "float32", gives the float32 model's sequences);
         `output_layer_dtype="mixed"`: greedy search screens the vocabulary with bfloat16 products and chooses among
-        the ids within their proven rounding bound with float32 ones (greedy search with `return_dict_in_generate`,
+        the ids within their proven rounding bound with float32 ones (on a CPU with bfloat16 instructions; elsewhere
+        it skips the screen, which would be slower; greedy search with `return_dict_in_generate`,
         whose scores need every float32 logit, and beam search take the float32 products), and the float32 LSTM step
         of both searches looks each word's input-side gates up (summed in another order than `nn.LSTM`), so it gives
         the float32 sequences except where two scores tie to within float32 rounding, faster on such CPUs (models on

@@ -631,6 +631,7 @@ def test_mixed_output_layer_decodes_the_float32_sequences(tiny_model, monkeypatc
     import hf_sentence_vae.modeling_sentence_vae as modeling
     from hf_sentence_vae.kernels import WordGateLSTM
 
+    monkeypatch.setattr(modeling, "native_bfloat16_cpu", lambda: True)  # the screen runs on any CPU (emulated or not)
     screened = _count_calls(monkeypatch, modeling, "screened_greedy_tokens")
     looked_up = _count_calls(monkeypatch, WordGateLSTM, "__call__")
     model, latent = _model_and_latent(tiny_model, variant, batch=40, vocab_size=300)
@@ -667,6 +668,36 @@ def test_mixed_output_layer_decodes_the_float32_sequences(tiny_model, monkeypatc
     assert torch.equal(got.sequences, want.sequences) and not looked_up and not screened
     for a, b in zip(got.scores, want.scores):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_mixed_output_layer_skips_its_screen_without_bfloat16_instructions(tiny_model, monkeypatch):
+    """On a CPU without bfloat16 instructions (`kernels.native_bfloat16_cpu` False), where emulated bfloat16 products
+    run at half the float32 speed, "mixed" greedy search makes the float32 choice without the screen (the LSTM
+    lookup stays, and so do the float32 sentences); the bfloat16 output layer still runs as asked, with a warning."""
+    import hf_sentence_vae.modeling_sentence_vae as modeling
+    from hf_sentence_vae.kernels import WordGateLSTM
+
+    screened = _count_calls(monkeypatch, modeling, "screened_greedy_tokens")
+    looked_up = _count_calls(monkeypatch, WordGateLSTM, "__call__")
+    model, latent = _model_and_latent(tiny_model, "default", batch=40, vocab_size=300)
+    scored = _generate(model, latent, 40, max_new_tokens=12, output_scores=True)
+    top2 = torch.stack(scored.scores).topk(2, dim=-1).values
+    clear = ((top2[..., 0] - top2[..., 1]).nan_to_num(float("inf")) > 1e-4).all(0)
+    assert int(clear.sum()) >= 30
+    monkeypatch.setattr(modeling, "native_bfloat16_cpu", lambda: True)
+    _generate(model, latent, 40, max_new_tokens=12, output_layer_dtype="mixed", return_dict_in_generate=False)
+    assert screened and looked_up
+    screened.clear(), looked_up.clear()
+    monkeypatch.setattr(modeling, "native_bfloat16_cpu", lambda: False)
+    mixed = _generate(model, latent, 40, max_new_tokens=12, output_layer_dtype="mixed", return_dict_in_generate=False)
+    assert looked_up and not screened
+    assert torch.equal(mixed[clear], scored.sequences[clear])
+    messages = []
+    monkeypatch.setattr(modeling.logger, "warning_once", lambda message, *a, **k: messages.append(message))
+    _generate(model, latent, 40, max_new_tokens=12, output_layer_dtype="bfloat16")
+    assert len(messages) == 1 and "without bfloat16 instructions" in messages[0]
+    _generate(model, latent, 40, max_new_tokens=12, output_layer_dtype="mixed")
+    assert len(messages) == 1  # "mixed" adapts instead
 
 
 def test_bfloat16_output_layer_looks_the_lstm_inputs_up_and_float32_does_not(tiny_model, monkeypatch):

@@ -127,6 +127,19 @@ def _reference_choice(hidden, weight, bias, banned, k):
     return scores.max(-1), scores.topk(k, dim=-1)
 
 
+def test_native_bfloat16_cpu_reads_torchs_cpu_feature_checks(monkeypatch):
+    """AVX-512 BF16 or AMX: True; neither: False; a torch without the (private) checks: True, the behaviour before."""
+    from hf_sentence_vae.kernels import native_bfloat16_cpu
+
+    assert isinstance(native_bfloat16_cpu(), bool)
+    for avx512_bf16, amx, expected in ((True, False, True), (False, True, True), (False, False, False)):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v, raising=False)
+        assert native_bfloat16_cpu() is expected
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    assert native_bfloat16_cpu() is True
+
+
 def test_exp_in_place_matches_torch_exp_on_every_path():
     """`_exp_` exponentiates in place (NumPy's exp on float32 CPU tensors, strided views included; torch's elsewhere):
     within four float32 ulps of `torch.exp`, 0 at -inf, 1 at 0, NaN kept; tensors in autograd take torch's own."""
