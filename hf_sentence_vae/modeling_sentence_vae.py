@@ -742,10 +742,10 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         weight and a bfloat16 copy: the greedy choice is screened with bfloat16 products and made with float32 ones
         (`kernels.screened_greedy_tokens`: the float32 choice at close to bfloat16's speed; on a CPU with bfloat16
         instructions, whose bfloat16 GEMMs accumulate in float32 as its bound assumes, else the float32 layer); the
-        greedy step with log-probabilities and the top-k step use the float32 products. With "bfloat16" and "mixed" (on CPU, steps of
-        `WORD_GATES_MIN_ROWS` rows or more) the LSTM step looks each word's input-side gate pre-activations up
-        ([`kernels.WordGateLSTM`], computed once per word and search; in float32, summed in another order than
-        `nn.LSTM`'s, so the states agree with the float32 step to rounding): "mixed" then gives the float32
+        greedy step with log-probabilities and the top-k step use the float32 products. With "bfloat16" and "mixed"
+        (on CPU, steps of `WORD_GATES_MIN_ROWS` rows or more) the LSTM step looks each word's input-side gate
+        pre-activations up ([`kernels.WordGateLSTM`], computed once per word and search; in float32, summed in another
+        order than `nn.LSTM`'s, so the states agree with the float32 step to rounding): "mixed" then gives the float32
         sentences, greedy and beam, except where two scores tie to within that rounding."""
         if output_layer_dtype not in (torch.float32, torch.bfloat16, "mixed"):
             raise ValueError(
@@ -760,8 +760,9 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         mixed = output_layer_dtype == "mixed" and weight.device.type == "cpu"
         # Without bfloat16 instructions oneDNN emulates bfloat16 products at about half the float32 speed: "mixed"
         # then skips the screen (its float32 choice and looked-up LSTM inputs stay).
-        screen = mixed and native_bfloat16_cpu()
-        if output_layer_dtype == torch.bfloat16 and weight.device.type == "cpu" and not native_bfloat16_cpu():
+        native = weight.device.type != "cpu" or native_bfloat16_cpu()
+        screen = mixed and native
+        if output_layer_dtype == torch.bfloat16 and not native:
             logger.warning_once(
                 "output_layer_dtype='bfloat16' on a CPU without bfloat16 instructions (AVX-512 BF16 or AMX): its "
                 "products are emulated at about half the float32 speed; 'mixed' decodes the float32 sentences faster"
@@ -858,8 +859,8 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         within bfloat16's rounding (the default, "float32", gives the float32 model's sequences);
         `output_layer_dtype="mixed"`: greedy search screens the vocabulary with bfloat16 products and chooses among
         the ids within their proven rounding bound with float32 ones (on a CPU with bfloat16 instructions; elsewhere
-        it skips the screen, which would be slower; greedy search with `return_dict_in_generate`,
-        whose scores need every float32 logit, and beam search take the float32 products), and the float32 LSTM step
+        it skips the screen, which would be slower; greedy search with `return_dict_in_generate`, whose scores need
+        every float32 logit, and beam search take the float32 products), and the float32 LSTM step
         of both searches looks each word's input-side gates up (summed in another order than `nn.LSTM`), so it gives
         the float32 sequences except where two scores tie to within float32 rounding, faster on such CPUs (models on
         other devices, and searches with logits processors or `output_scores`, run in float32). Other generation
