@@ -612,6 +612,13 @@ def test_bf16_output_layer_decodes_nearly_the_same(tiny_model, num_beams):
     assert float(same) >= 0.5
 
 
+def _tie_free_rows(scored, margin: float = 1e-4) -> torch.Tensor:
+    """`(B,)` rows of a greedy search (run with `output_scores`) whose two best log-probabilities were at least `margin`
+    apart at every step: a choice no float32 rounding of the states can flip (orders of magnitude above it)."""
+    top2 = torch.stack(scored.scores).topk(2, dim=-1).values  # (steps, rows, 2)
+    return ((top2[..., 0] - top2[..., 1]).nan_to_num(float("inf")) > margin).all(0)
+
+
 def _count_calls(monkeypatch, owner, name: str) -> list:
     """Patch `owner.name` to record each call (then run as before); returns the record."""
     calls = []
@@ -636,9 +643,7 @@ def test_mixed_output_layer_decodes_the_float32_sequences(tiny_model, monkeypatc
     looked_up = _count_calls(monkeypatch, WordGateLSTM, "__call__")
     model, latent = _model_and_latent(tiny_model, variant, batch=40, vocab_size=300)
     scored = _generate(model, latent, 40, max_new_tokens=12, output_scores=True)
-    top2 = torch.stack(scored.scores).topk(2, dim=-1).values  # (steps, rows, 2)
-    gaps = (top2[..., 0] - top2[..., 1]).nan_to_num(float("inf"))
-    clear = (gaps > 1e-4).all(0)  # rows without a near-tie: 1e-4 is orders of magnitude above the states' rounding
+    clear = _tie_free_rows(scored)
     assert int(clear.sum()) >= 30
     fp32 = _generate(model, latent, 40, max_new_tokens=12, return_dict_in_generate=False)
     assert torch.equal(fp32, scored.sequences) and not screened and not looked_up
@@ -681,8 +686,7 @@ def test_mixed_output_layer_skips_its_screen_without_bfloat16_instructions(tiny_
     looked_up = _count_calls(monkeypatch, WordGateLSTM, "__call__")
     model, latent = _model_and_latent(tiny_model, "default", batch=40, vocab_size=300)
     scored = _generate(model, latent, 40, max_new_tokens=12, output_scores=True)
-    top2 = torch.stack(scored.scores).topk(2, dim=-1).values
-    clear = ((top2[..., 0] - top2[..., 1]).nan_to_num(float("inf")) > 1e-4).all(0)
+    clear = _tie_free_rows(scored)
     assert int(clear.sum()) >= 30
     monkeypatch.setattr(modeling, "native_bfloat16_cpu", lambda: True)
     _generate(model, latent, 40, max_new_tokens=12, output_layer_dtype="mixed", return_dict_in_generate=False)
