@@ -8,7 +8,7 @@ DATA ?= $(if $(SENTENCE_VAE_DATA),$(SENTENCE_VAE_DATA),../shared/data)
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 TOKENIZERS_PARALLELISM=false
 WORDNET := /usr/share/wordnet/data.noun
 
-.PHONY: install test test-all demo lint format bench clean
+.PHONY: install test test-all test-isa demo lint format bench clean
 
 install: $(VENV)/.installed
 
@@ -23,6 +23,17 @@ test: install
 
 test-all: install
 	$(OFFLINE) $(BIN)/python -m pytest -q tests
+
+# The suite as on older x86 CPUs: torch's kernels, oneDNN, MKL, NumPy and its OpenBLAS capped to AVX2 (no AVX-512),
+# then to SSE4 (no AVX). Their floats differ in the last bits from the full instruction set's; the tests compare with
+# tolerances. A cap above what the CPU has changes nothing; MKL honours its cap on Intel CPUs only.
+AVX2_CAP := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 OPENBLAS_CORETYPE=Haswell \
+	NPY_DISABLE_CPU_FEATURES="AVX512_ICL AVX512_SPR X86_V4"
+SSE4_CAP := ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 MKL_ENABLE_INSTRUCTIONS=SSE4_2 OPENBLAS_CORETYPE=Nehalem \
+	NPY_DISABLE_CPU_FEATURES="AVX512_ICL AVX512_SPR X86_V4 X86_V3"
+test-isa: install
+	$(AVX2_CAP) $(OFFLINE) $(BIN)/python -m pytest -q -m "not slow" tests
+	$(SSE4_CAP) $(OFFLINE) $(BIN)/python -m pytest -q -m "not slow" tests
 
 $(WORDNET):
 	@echo "Installing the default demo corpus (Debian's wordnet-base: WordNet 3.0 example sentences)..."

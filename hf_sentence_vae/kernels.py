@@ -15,7 +15,8 @@ written to memory just to be read back once (training writes them once, for its 
 - [`lstm_step`]: one decoding step of an LSTM, through the LSTM cell op for small batches;
 - [`WordGateLSTM`]: decoding steps of an LSTM that reads word embeddings, with each word's input-side gate
   pre-activations computed once per search and looked up afterwards;
-- [`native_bfloat16_cpu`]: whether bfloat16 products run natively on this CPU.
+- [`native_bfloat16_cpu`]: whether bfloat16 products run natively on this CPU;
+- [`exporting`]: whether `torch.export` is tracing (where sizes may be symbolic).
 
 Only `torch` and `numpy` (a dependency of `transformers`) are imported, so this module travels with the model's
 remote code.
@@ -63,6 +64,19 @@ def native_bfloat16_cpu() -> bool:
     return any(check() for check in checks)
 
 
+def exporting() -> bool:
+    """True while `torch.export` traces (strict or not); False on torch releases without `is_exporting`."""
+    is_exporting = getattr(torch.compiler, "is_exporting", None)
+    return is_exporting is not None and is_exporting()
+
+
+def _concrete(size) -> bool:
+    """Whether a tensor size is a plain `int` the kernels can loop over: not a `torch.SymInt` of a traced graph.
+    Strict `torch.export` traces with TorchDynamo, where a symbolic size passes `isinstance(size, int)` too (a loop
+    over a data-dependent one then fails to export), so an export's sizes never count as concrete."""
+    return isinstance(size, int) and not exporting()
+
+
 def vocabulary_chunk(rows: int, vocab_size: int, budget: int, multiple: int = 64, minimum: int = 64) -> int:
     """Columns per vocabulary chunk so that a `(rows, chunk)` float32 block of logits holds at most `budget` elements
     (so that it stays in cache while it is reduced), a multiple of `multiple`, at least `max(multiple, minimum)`, at
@@ -97,7 +111,7 @@ class OutputLayerNLL(torch.autograd.Function):
         ctx.rows = rows = hidden.shape[0]
         with torch.autocast(device, enabled=False):
             fp32 = dtype == torch.float32 and hidden.dtype == weight.dtype == bias.dtype == torch.float32
-            if fp32 and isinstance(rows, int):  # a concrete row count (not a torch.SymInt of a traced graph)
+            if fp32 and _concrete(rows):
                 ctx.chunked = True
                 exponentials, maxima, lse = _chunked_exponentials(hidden, weight, bias)
                 target_logits = torch.einsum("nf,nf->n", hidden, weight[targets]) + bias[targets]
@@ -105,7 +119,7 @@ class OutputLayerNLL(torch.autograd.Function):
                 return lse - target_logits
             ctx.chunked = False
             hidden_c, weight_c = hidden.to(dtype), weight.to(dtype)
-            pad = (-rows) % BF16_ROW_BUCKET if device == "cpu" and dtype != torch.float32 else 0
+            ctx.pad = pad = (-rows) % BF16_ROW_BUCKET if device == "cpu" and dtype != torch.float32 else 0
             if pad:  # zero rows, whose gradient is zero: a few shapes for oneDNN's per-shape bf16 GEMM kernels
                 hidden_c = torch.cat([hidden_c, hidden_c.new_zeros(pad, hidden_c.shape[1])])
                 targets = torch.cat([targets, targets.new_zeros(pad)])
@@ -116,7 +130,7 @@ class OutputLayerNLL(torch.autograd.Function):
             log_probs = torch.log_softmax(log_probs, dim=-1, out=log_probs)
             nll = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1).neg()
         ctx.save_for_backward(hidden_c, weight_c, log_probs, targets)
-        return nll[:rows]
+        return nll[:rows] if pad else nll
 
     @staticmethod
     def backward(ctx, grad):
@@ -125,15 +139,16 @@ class OutputLayerNLL(torch.autograd.Function):
         hidden_c, weight_c, log_probs, targets = ctx.saved_tensors
         hidden_dtype, weight_dtype, bias_dtype = ctx.dtypes
         grad = grad.to(log_probs.dtype)
-        if log_probs.shape[0] > ctx.rows:
-            grad = torch.cat([grad, grad.new_zeros(log_probs.shape[0] - ctx.rows)])
+        if ctx.pad:  # (the sizes are compared only where rows were padded: under export they are symbolic)
+            grad = torch.cat([grad, grad.new_zeros(ctx.pad)])
         grad = grad.unsqueeze(-1)
         grad_logits = log_probs.exp_().mul_(grad)  # softmax * grad - onehot * grad, in the saved buffer
         grad_logits.scatter_add_(-1, targets.unsqueeze(-1), -grad)
         grad_logits = grad_logits.to(hidden_c.dtype)
         grad_hidden = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
-            grad_hidden = torch.mm(grad_logits, weight_c)[: ctx.rows].to(hidden_dtype)
+            grad_hidden = torch.mm(grad_logits, weight_c)
+            grad_hidden = (grad_hidden[: ctx.rows] if ctx.pad else grad_hidden).to(hidden_dtype)
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
             ones = hidden_c.new_ones(hidden_c.shape[0], 1)
             both = torch.mm(grad_logits.t(), torch.cat([hidden_c, ones], dim=1))
@@ -210,7 +225,7 @@ def output_layer_nll(
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (hidden, weight, bias))
     plain = (
         not needs_grad
-        and isinstance(hidden.shape[0], int)
+        and _concrete(hidden.shape[0])
         and not torch.is_autocast_enabled(hidden.device.type)
         and hidden.dtype == weight.dtype == bias.dtype
         and hidden.dtype in (torch.float32, torch.float64)
@@ -655,6 +670,7 @@ __all__ = [
     "greedy_tokens",
     "run_lstm",
     "screened_greedy_tokens",
+    "exporting",
     "finite_bias_bound",
     "screening_bound",
     "top_k_tokens",

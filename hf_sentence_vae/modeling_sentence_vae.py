@@ -33,6 +33,7 @@ from .kernels import (
     SCREEN_MIN_ROWS,
     WORD_GATES_MIN_ROWS,
     WordGateLSTM,
+    exporting,
     finite_bias_bound,
     greedy_tokens,
     lstm_step,
@@ -149,8 +150,7 @@ class Highway(nn.Module):
 
 def _tracing() -> bool:
     """True under `torch.compile` / `torch.export`, where checks that read tensor values cannot run."""
-    is_exporting = getattr(torch.compiler, "is_exporting", None)
-    return torch.compiler.is_compiling() or (is_exporting is not None and is_exporting())
+    return torch.compiler.is_compiling() or exporting()
 
 
 class SentenceVAEPreTrainedModel(PreTrainedModel):
@@ -239,7 +239,14 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         return mask
 
     def _init_weights(self, module: nn.Module) -> None:
-        super()._init_weights(module)
+        if isinstance(module, nn.LSTM):
+            # Xavier-uniform weights, zero biases: what `transformers` draws for an LSTM from 5.9 on, written here so
+            # that every supported release draws it (earlier ones left torch's default) and `reinitialize_decoder`
+            # redraws it.
+            for name, param in module.named_parameters():
+                (init.xavier_uniform_ if "weight" in name else init.zeros_)(param)
+        else:
+            super()._init_weights(module)
         if module is self:  # non-persistent buffers are not loaded from checkpoints: rebuild them
             init.copy_(self.logit_mask, self._never_predicted_mask(self.config))
             if hasattr(self, "posterior_mean_shift"):

@@ -101,9 +101,11 @@ def test_output_layer_nll_under_bf16_autocast_stays_close_to_fp32():
     torch.testing.assert_close(nll, expected, rtol=0.05, atol=0.5)
 
 
-def test_output_layer_nll_exports_with_a_data_dependent_row_count():
-    """Traced by `torch.export` with the rows chosen by the data (as the model's forward chooses the real tokens of a
-    batch), the node runs over the whole vocabulary at once and gives the same losses as when chunked."""
+@pytest.mark.parametrize("strict", [False, True], ids=["non_strict", "strict"])
+def test_output_layer_nll_exports_with_a_data_dependent_row_count(strict):
+    """Traced by `torch.export` (strict: by TorchDynamo, where a symbolic size passes `isinstance(size, int)`) with the
+    rows chosen by the data (as the model's forward chooses the real tokens of a batch), the node runs over the whole
+    vocabulary at once and gives the same losses as when chunked."""
     from hf_sentence_vae.kernels import output_layer_nll
 
     class Loss(torch.nn.Module):
@@ -114,7 +116,7 @@ def test_output_layer_nll_exports_with_a_data_dependent_row_count():
     hidden, weight, bias, targets = _logit_problem(30, 8, 200)
     mask = torch.rand(30, generator=torch.Generator().manual_seed(5)) < 0.6
     inputs = (hidden, weight, bias, targets, mask)
-    exported = torch.export.export(Loss(), args=inputs)
+    exported = torch.export.export(Loss(), args=inputs, strict=strict)
     expected = F.cross_entropy(F.linear(hidden[mask], weight, bias), targets[mask], reduction="none")
     torch.testing.assert_close(exported.module()(*inputs), expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(Loss()(*inputs), expected, rtol=1e-5, atol=1e-5)

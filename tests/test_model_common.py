@@ -132,15 +132,19 @@ def test_save_and_load_give_the_same_outputs(tmp_path, tiny_model, inputs, varia
     torch.testing.assert_close(after.loss, before.loss, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("strict", [False, True], ids=["non_strict", "strict"])
 @pytest.mark.parametrize("variant", ["default", "rnnlm"])
-def test_torch_export_of_forward(tiny_model, inputs, variant):
+def test_torch_export_of_forward(tiny_model, inputs, variant, strict):
+    """`torch.export` of the forward, non-strict and strict (traced by TorchDynamo, through the loss node's backward
+    too): the exported program computes the eager logits and loss."""
     model = tiny_model(**VARIANTS[variant])
     batch = inputs(model.config)
-    exported = torch.export.export(model, args=(), kwargs=batch)
+    exported = torch.export.export(model, args=(), kwargs=batch, strict=strict)
     with torch.no_grad():
         eager = model(**batch)
     again = exported.module()(**batch)
     torch.testing.assert_close(again.logits if hasattr(again, "logits") else again["logits"], eager.logits)
+    torch.testing.assert_close(again.loss if hasattr(again, "loss") else again["loss"], eager.loss)
     # the input checks skipped while tracing still run eagerly
     bad = batch["input_ids"].clone()
     bad[0, 0] = model.config.eos_token_id

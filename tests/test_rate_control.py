@@ -223,6 +223,40 @@ def test_reinitialize_decoder_redraws_the_decoder_and_keeps_the_encoder(tiny_mod
         assert torch.equal(a, b), name  # the same seed draws the same weights (same process, same ops)
 
 
+def test_lstms_are_drawn_by_the_model_whatever_the_transformers_release(tiny_model, monkeypatch):
+    """`transformers` initialises LSTMs itself only from 5.9 on: under a base `_init_weights` that leaves them alone
+    (as 5.4-5.8 do), the model still draws its LSTMs (Xavier-uniform weights, zero biases) at construction, and
+    `reinitialize_decoder` still redraws the decoder's."""
+    import math
+
+    from transformers import PreTrainedModel
+
+    base = PreTrainedModel._init_weights
+
+    def without_lstms(self, module):
+        if not isinstance(module, torch.nn.LSTM):
+            base(self, module)
+
+    monkeypatch.setattr(PreTrainedModel, "_init_weights", without_lstms)
+    model = tiny_model(seed=0)
+    for lstm in (model.encoder, model.decoder):
+        for name, param in lstm.named_parameters():
+            if "bias" in name:
+                assert float(param.detach().abs().max()) == 0.0, name
+            else:
+                bound = math.sqrt(6.0 / sum(param.shape))  # Xavier-uniform: fan_in + fan_out of a 2-d weight
+                assert float(param.detach().abs().max()) <= bound, name
+                assert float(param.detach().std()) > 0.5 * bound / math.sqrt(3.0), name  # drawn, not torch's default
+    with torch.no_grad():
+        for p in model.decoder.parameters():
+            p.add_(0.5)
+    before = [p.detach().clone() for p in model.decoder.parameters()]
+    model.reinitialize_decoder(seed=7)
+    for (name, p), old in zip(model.decoder.named_parameters(), before):
+        assert not torch.equal(p, old), name
+        assert float(p.detach().abs().max()) <= (0.0 if "bias" in name else math.sqrt(6.0 / sum(p.shape))), name
+
+
 # --------------------------------------------------------------------------- KL-weight schedules and free bits
 def test_sigmoid_schedule_values():
     schedule = KLSchedule("sigmoid", kl_sigmoid_slope=0.0025, kl_sigmoid_midpoint=2500)
