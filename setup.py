@@ -26,8 +26,8 @@ setup(
     package_data={"hf_sentence_vae": ["templates/*.j2"]},  # the model card's template
     python_requires=">=3.10",
     install_requires=[
-        "torch>=2.4,<=2.14.1",
-        "transformers>=5.0,<6",
+        "torch>=2.6,<=2.14.1",
+        "transformers>=5.18,<6",
         "tokenizers>=0.21",
         "safetensors>=0.4",
         "numpy>=1.17",

@@ -6,6 +6,16 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
+# `torch.export` of a size chosen by the data (the forward scores the real tokens of a batch only): torch 2.6-2.9's
+# TorchDynamo and meta kernels guard on such a size and fail to export it.
+needs_data_dependent_export = pytest.mark.skipif(
+    torch.__version__ < "2.10",
+    reason=f"torch.export of a data-dependent size needs torch >= 2.10, this is {torch.__version__}",
+)
+
 
 def reset_accelerate() -> None:
     """Forget any Accelerate singleton state left by an earlier run in this process (or inherited by a fork)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import needs_data_dependent_export
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -101,6 +102,7 @@ def test_output_layer_nll_under_bf16_autocast_stays_close_to_fp32():
     torch.testing.assert_close(nll, expected, rtol=0.05, atol=0.5)
 
 
+@needs_data_dependent_export
 @pytest.mark.parametrize("strict", [False, True], ids=["non_strict", "strict"])
 def test_output_layer_nll_exports_with_a_data_dependent_row_count(strict):
     """Traced by `torch.export` (strict: by TorchDynamo, where a symbolic size passes `isinstance(size, int)`) with the

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import needs_data_dependent_export
 from transformers import AutoModel
 
 VARIANTS = {
@@ -132,6 +133,7 @@ def test_save_and_load_give_the_same_outputs(tmp_path, tiny_model, inputs, varia
     torch.testing.assert_close(after.loss, before.loss, rtol=1e-5, atol=1e-5)
 
 
+@needs_data_dependent_export
 @pytest.mark.parametrize("strict", [False, True], ids=["non_strict", "strict"])
 @pytest.mark.parametrize("variant", ["default", "rnnlm"])
 def test_torch_export_of_forward(tiny_model, inputs, variant, strict):
