@@ -8,7 +8,7 @@ DATA ?= $(if $(SENTENCE_VAE_DATA),$(SENTENCE_VAE_DATA),../shared/data)
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 TOKENIZERS_PARALLELISM=false
 WORDNET := /usr/share/wordnet/data.noun
 
-.PHONY: install test test-all test-isa demo lint format bench clean
+.PHONY: install test test-all test-isa test-floor demo lint format bench clean
 
 install: $(VENV)/.installed
 
@@ -34,6 +34,15 @@ SSE4_CAP := ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 MKL_ENABLE_INST
 test-isa: install
 	$(AVX2_CAP) $(OFFLINE) $(BIN)/python -m pytest -q -m "not slow" tests
 	$(SSE4_CAP) $(OFFLINE) $(BIN)/python -m pytest -q -m "not slow" tests
+
+# The suite at the bottom of the supported range (setup.py), in an environment of its own; torch 2.6.0 comes from
+# the package index (a CUDA build, a few GB).
+FLOOR_VENV := .venv-floor
+FLOOR_SPEC ?= torch==2.6.0 transformers==5.18.0
+test-floor:
+	test -x $(FLOOR_VENV)/bin/python || $(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/pip install --quiet --disable-pip-version-check $(FLOOR_SPEC) -e ".[all]"
+	$(OFFLINE) $(FLOOR_VENV)/bin/python -m pytest -q -m "not slow" tests
 
 $(WORDNET):
 	@echo "Installing the default demo corpus (Debian's wordnet-base: WordNet 3.0 example sentences)..."
@@ -63,4 +72,4 @@ format: install
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info
+	rm -rf $(VENV) $(FLOOR_VENV) runs build *.egg-info
