@@ -158,6 +158,40 @@ def test_profile_decoding_reports_the_roofline(repo_root, tiny_model, tmp_path, 
     assert 0 < result["row_steps"] <= 4 * 5 * beams and result["row_steps"] % beams == 0
     assert all(_positive(result[k]) for k in ("sentences_per_second", "ms_per_row_step", "matmul_gflops"))
     assert "Self CPU" in text
+    assert "steps" not in result and "--by_rows" not in result["command"]
+
+
+def test_profile_decoding_times_the_steps_by_their_rows(repo_root, tiny_model, tmp_path, capsys):
+    """`--by_rows`: every output-layer choice and LSTM step of one more beam search is filed by its row count (the
+    first step runs one row per sentence, later ones a row per open hypothesis), the parts add up to at most the
+    call's wall time, and the bounds follow the FLOPs per row-step."""
+    profile = load_script(repo_root / "benchmarks" / "profile_decoding.py")
+    model = tiny_model()
+    model.save_pretrained(tmp_path / "model")
+    argv = ["--model", str(tmp_path / "model"), "--batch_size", "6", "--max_new_tokens", "7", "--num_beams", "3"]
+    status, text, _ = run_main(profile, [*argv, "--by_rows"], capsys)
+    assert status == 0
+    result = json.loads(text[: text.index("\n}\n") + 2])  # the JSON object, then the profiler table
+    assert result["command"].endswith("--by_rows")
+    steps = result["steps"]
+    assert list(steps["by_rows"]) == ["1-16", "17-64", "65-256", ">256"]
+    small, larger = steps["by_rows"]["1-16"], steps["by_rows"]["17-64"]
+    assert sum(b["steps"] for b in steps["by_rows"].values()) == small["steps"] + larger["steps"] >= 2
+    assert larger["steps"] == 0 or larger["row_steps"] <= 18 * larger["steps"]  # at most 6 x 3 open hypotheses
+    # the first step (a row per sentence), then at least two open hypotheses per sentence (one <eos> at most)
+    assert small["row_steps"] + larger["row_steps"] >= 6 + 6 * 2
+    parts = sum(b["output_layer_ms"] + b["lstm_ms"] for b in steps["by_rows"].values())
+    assert parts > 0 and steps["bookkeeping_ms"] >= 0
+    assert steps["total_ms"] == pytest.approx(parts + steps["bookkeeping_ms"])
+    h, config = model.config.decoder_hidden_size, model.config
+    for bucket in steps["by_rows"].values():
+        expected = bucket["row_steps"] * 2 * h * config.vocab_size / (result["matmul_gflops"] * 1e6)
+        assert bucket["output_layer_bound_ms"] == pytest.approx(expected)
+    records = [("output_layer", 300, 0.5), ("lstm", 300, 0.25)]
+    summary = profile.steps_by_rows(records, seconds=1.0, output_flops=1e9, lstm_flops=1e9, gflops=1000.0)
+    expected = dict(steps=1, row_steps=300, output_layer_ms=500.0, lstm_ms=250.0)
+    assert summary["by_rows"][">256"] == dict(expected, output_layer_bound_ms=300.0, lstm_bound_ms=300.0)
+    assert summary["bookkeeping_ms"] == pytest.approx(250.0)
 
 
 def _peer_problem(tiny_config, random_batch, **overrides):
