@@ -240,9 +240,9 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.LSTM):
-            # Xavier-uniform weights, zero biases: what `transformers` draws for an LSTM from 5.9 on, written here so
-            # that every supported release draws it (earlier ones left torch's default) and `reinitialize_decoder`
-            # redraws it.
+            # Xavier-uniform weights, zero biases (what `transformers` draws for an LSTM since 5.9), written here so
+            # that the model's initialisation, and `reinitialize_decoder`, do not depend on the `transformers` release
+            # (before 5.9 it left LSTMs to torch's default, and the warm start then kept the decoder's LSTM).
             for name, param in module.named_parameters():
                 (init.xavier_uniform_ if "weight" in name else init.zeros_)(param)
         else:
