@@ -130,6 +130,7 @@ def sample_search(
     suppress_tokens: torch.Tensor | None = None,
     greedy_step_fn: GreedyStepFn | None = None,
     compute_scores: bool = True,
+    on_tokens: Callable[[torch.Tensor], None] | None = None,
 ) -> SearchResult:
     """Greedy decoding (`do_sample=False`) or ancestral sampling, batched over `batch_size` rows.
 
@@ -145,6 +146,10 @@ def sample_search(
 
     Greedy decoding runs on `greedy_step_fn` where it can (see the module docstring); with `compute_scores=False`
     it then skips the log-probabilities, and the result's `scores` and `log_probs` are zeros.
+
+    `on_tokens` (e.g. a `transformers` streamer's `put`) is called after each step with that step's chosen ids:
+    `(N,)` for the rows still being decoded in greedy search, for every row in sampling (`<pad>` for rows that have
+    ended).
     """
     device = state[0].device
     tokens = torch.full((batch_size,), bos_token_id, dtype=torch.long, device=device)
@@ -191,6 +196,8 @@ def sample_search(
                     step_scores.append(ended.expand(batch_size, -1).index_copy(0, rows, scores))
         if not do_sample:
             generated[rows, step] = choice
+            if on_tokens is not None:
+                on_tokens(choice)
             if chosen is not None:
                 total.index_add_(0, rows, chosen)
             if logits_processor is not None:
@@ -223,6 +230,8 @@ def sample_search(
             ranking = total
         lengths = lengths + (~finished).long()
         generated[:, step] = choice
+        if on_tokens is not None:
+            on_tokens(choice)
         finished = finished | (choice == eos_token_id)
         tokens = choice
         if bool(finished.all()):

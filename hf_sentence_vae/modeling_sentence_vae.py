@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
-from transformers.generation import LogitsProcessorList
+from transformers.generation import BaseStreamer, LogitsProcessorList
 from transformers.utils import ModelOutput, logging
 
 from .configuration_sentence_vae import SentenceVAEConfig
@@ -835,6 +835,7 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         logits_processor: LogitsProcessorList | None = None,
         forced_tokens: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        streamer: BaseStreamer | None = None,
         **kwargs: Any,
     ) -> torch.LongTensor | SentenceVAEGenerationOutput:
         """Decode sentences, batched, from one of three sources:
@@ -883,6 +884,11 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
             logits_processor: extra `transformers` logits processors, applied after the built-in ones.
             forced_tokens: `(B, T)` ids to pin at each step (`-1` = free), in the decoder's order.
             generator: random generator for prior samples, posterior samples and sampling.
+            streamer: a `transformers` streamer (`TextStreamer`, `TextIteratorStreamer`, ...) fed as in `transformers`
+                for one sentence decoded greedily or by sampling: `put` first with the `(1, 1)` `<bos>` the decoder
+                starts from (in place of a prompt: `skip_prompt=True` skips it, `skip_special_tokens=True` hides
+                it), then with each new token, and `end` once done. Several sentences, beam search and
+                right-to-left models (whose tokens come last word first) raise a `ValueError`.
 
         Returns the `(B * num_return_sequences, L)` generated ids (a `torch.LongTensor`, no `<bos>`, right-padded;
         `tokenizer.batch_decode(ids, skip_special_tokens=True)` gives the text), or with
@@ -903,12 +909,16 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         processors, warpers = build_logits_processors(
             self.config, settings, logits_processor, forced_tokens, self.device
         )
+        if streamer is not None:
+            self._check_streamer(batch_size * settings.num_return_sequences, settings.num_beams)
 
         cfg = self.config
         max_new_tokens, min_new_tokens = settings.max_new_tokens, settings.min_new_tokens
         num_beams, num_return_sequences = settings.num_beams, settings.num_return_sequences
         output_scores = bool(settings.return_dict_in_generate and settings.output_scores)
         state = self.initial_decoder_state(latent, batch_size)
+        if streamer is not None:  # what the decoder starts from, where `transformers` puts the prompt first
+            streamer.put(torch.full((1, 1), cfg.bos_token_id, dtype=torch.long))
         special = dict(bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id, pad_token_id=cfg.pad_token_id)
         # Suppression alone is applied by the searches, whose fast steps then choose tokens without the full
         # distribution (see `decoding`); other processors see every step's log-probabilities.
@@ -956,8 +966,11 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
                 suppress_tokens=suppressed,
                 greedy_step_fn=greedy_step,
                 compute_scores=settings.return_dict_in_generate,
+                on_tokens=None if streamer is None else (lambda ids: streamer.put(ids.cpu())),
                 **special,
             )
+            if streamer is not None:
+                streamer.end()
             result = flat._replace(
                 **{
                     name: getattr(flat, name).view(batch_size, num_return_sequences, *getattr(flat, name).shape[2:])
@@ -966,6 +979,20 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
             )
         output = self._generation_output(result, latent)
         return output if settings.return_dict_in_generate else output.sequences
+
+    def _check_streamer(self, num_sequences: int, num_beams: int) -> None:
+        """A streamer follows one sentence, in reading order, token by token (as in `transformers`)."""
+        if num_sequences != 1:
+            raise ValueError(
+                f"a streamer follows one sentence: decode one (batch size x num_return_sequences = 1), got "
+                f"{num_sequences}"
+            )
+        if num_beams > 1:
+            raise ValueError(f"a streamer cannot follow beam search (num_beams={num_beams}): its hypotheses change")
+        if self.config.right_to_left:
+            raise ValueError(
+                "a streamer cannot follow a right_to_left model: it generates the sentence last word first"
+            )
 
     def _codes_to_decode(
         self,

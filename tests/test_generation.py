@@ -7,7 +7,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModel, GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers import (
+    AutoModel,
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    TextIteratorStreamer,
+    TextStreamer,
+)
+from transformers.generation import BaseStreamer
 
 from hf_sentence_vae import SentenceVAEGenerationOutput, SentenceVAEModel
 from hf_sentence_vae.latent import reparameterize
@@ -324,3 +332,72 @@ def test_output_layer_dtype_is_a_checked_setting_saved_with_the_generation_confi
     assert loaded.generate(latent=z).shape[0] == 6
     with pytest.raises(ValueError, match="output_layer_dtype must be one of"):
         vae.generate(latent=z, generation_config=GenerationConfig(output_layer_dtype="int8"))
+
+
+# --------------------------------------------------------------------------- streamers
+class _RecordingStreamer(BaseStreamer):
+    """What `generate` hands a streamer: every `put`, and how often `end` was called."""
+
+    def __init__(self):
+        self.puts: list[list[int]] = []
+        self.ends = 0
+
+    def put(self, value):
+        assert self.ends == 0, "put after end"
+        assert value.device.type == "cpu"
+        self.puts.append(value.reshape(-1).tolist())
+
+    def end(self):
+        self.ends += 1
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{}, {"repetition_penalty": 1.5}, {"do_sample": True, "top_k": 5}],
+    ids=["greedy_fast_path", "greedy_with_processor", "sampling"],
+)
+def test_a_streamer_gets_the_bos_then_each_token_of_the_one_sentence(vae, settings):
+    """As in `transformers`: the start (here `<bos>`, in place of a prompt) first, then one token per step, the
+    `<eos>` included, then `end` once; together they are the returned sequence."""
+    z = torch.randn(1, 4, generator=torch.Generator().manual_seed(1))
+    streamer = _RecordingStreamer()
+    ids = vae.generate(latent=z, streamer=streamer, generator=torch.Generator().manual_seed(2), **settings)
+    expected = vae.generate(latent=z, generator=torch.Generator().manual_seed(2), **settings)
+    assert torch.equal(ids, expected)  # token ids: streaming changes nothing
+    assert streamer.ends == 1
+    assert streamer.puts[0] == [vae.config.bos_token_id]
+    assert all(len(put) == 1 for put in streamer.puts[1:])
+    assert [put[0] for put in streamer.puts[1:]] == list(_rows(ids)[0])
+
+
+def test_text_streamers_show_the_decoded_sentence(vae, tiny_tokenizer, capsys):
+    """`TextStreamer` prints, and `TextIteratorStreamer` yields, the text `batch_decode` gives."""
+    z = torch.randn(1, 4, generator=torch.Generator().manual_seed(3))
+    text = tiny_tokenizer.batch_decode(vae.generate(latent=z), skip_special_tokens=True)[0]
+    assert text.strip()
+    vae.generate(latent=z, streamer=TextStreamer(tiny_tokenizer, skip_prompt=True, skip_special_tokens=True))
+    assert capsys.readouterr().out.strip() == text.strip()
+    iterator = TextIteratorStreamer(tiny_tokenizer, skip_prompt=True, skip_special_tokens=True)
+    vae.generate(latent=z, streamer=iterator)
+    assert "".join(iterator).strip() == text.strip()
+
+
+def test_a_streamer_refuses_what_it_cannot_follow(vae, tiny_model, batch):
+    """Several sentences, beam search and right-to-left decoding raise, naming the problem, before anything is
+    streamed."""
+    z = torch.randn(1, 4)
+    cases = [
+        (
+            vae,
+            dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]),
+            "follows one sentence.*got 3",
+        ),
+        (vae, dict(latent=z, num_return_sequences=2, do_sample=True), "follows one sentence.*got 2"),
+        (vae, dict(latent=z, num_beams=3), r"cannot follow beam search \(num_beams=3\)"),
+        (tiny_model(right_to_left=True), dict(latent=z), "cannot follow a right_to_left model"),
+    ]
+    for model, kwargs, match in cases:
+        streamer = _RecordingStreamer()
+        with pytest.raises(ValueError, match=match):
+            model.generate(streamer=streamer, **kwargs)
+        assert streamer.puts == [] and streamer.ends == 0

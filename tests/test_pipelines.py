@@ -48,6 +48,8 @@ def test_pipeline_tasks_in_process(staged, best_model):
     assert rebuilt["input_text"] == sentence and len(rebuilt["posterior_samples"]) == 2
     assert rebuilt["generated_text"] == tokenizer.decode(model.generate(latent=mu)[0], skip_special_tokens=True)
     assert rebuilt["generated_text"] == tokenizer.decode(model.generate(**batch)[0], skip_special_tokens=True)
+    features = pipe(sentence, return_latent=True)  # a sentence's features: its posterior mean
+    assert torch.tensor(features["latent"]).allclose(mu[0]) and features["posterior_sample_latents"] == []
 
     path = pipe((sentence, "a dog ran to the park ."), steps=4)
     assert [row["alpha"] for row in path] == pytest.approx([0, 1 / 3, 2 / 3, 1])
