@@ -5,6 +5,8 @@ import ast
 import re
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -33,6 +35,34 @@ def test_usage_example_runs_as_written(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "my-vae" / "model.safetensors").is_file()
     assert (tmp_path / "my-vae" / "modeling_sentence_vae.py").is_file()
     assert (tmp_path / "my-vae" / "generation_config.json").is_file()
+
+
+def test_transformers_trainer_example_runs_as_written(
+    tmp_path, monkeypatch, tiny_model, tiny_tokenizer, tiny_sentences
+):
+    """The README's `transformers.Trainer` example trains, given its `model`, `tokenizer` and datasets (two steps,
+    in a temporary folder, on the CPU)."""
+    import transformers
+
+    datasets = pytest.importorskip("datasets")
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("### With `transformers.Trainer`") :]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    arguments = transformers.TrainingArguments
+
+    def short(**kwargs):
+        kwargs.update(output_dir=str(tmp_path / "run"), max_steps=2, logging_steps=1, report_to=[], use_cpu=True)
+        return arguments(**kwargs)
+
+    monkeypatch.setattr(transformers, "TrainingArguments", short)
+    data = datasets.Dataset.from_dict({"text": list(tiny_sentences)}).map(
+        lambda rows: tiny_tokenizer(rows["text"]), batched=True, remove_columns=["text"]
+    )
+    namespace = {"model": tiny_model(train=True), "tokenizer": tiny_tokenizer, "train": data, "valid": data}
+    exec(compile(code, str(README), "exec"), namespace)
+    trainer = namespace["trainer"]
+    assert trainer.state.global_step == 2
+    assert [entry["kl_weight"] for entry in trainer.state.log_history if "kl_weight" in entry] == [0.0, 0.0002]
 
 
 def test_readme_speaks_to_users():

@@ -143,6 +143,22 @@ def build_rate_control(config: TrainingConfig, total_steps: int) -> RateControl:
     )
 
 
+def restart_decoder(model: SentenceVAEModel, optimizer: torch.optim.Optimizer, seed: int) -> set[int]:
+    """The encoder warm start's second phase (Li et al., 2019): the decoder's weights drawn afresh
+    (`model.reinitialize_decoder(seed)`) and their optimizer moments dropped (`optimizer` may be wrapped, as by
+    Accelerate), the encoder's kept. Returns the `id`s of the parameters reset."""
+    model.reinitialize_decoder(seed=seed)
+    reset = {id(p) for module in model.decoder_modules() for p in module.parameters()}
+    if model.config.tie_word_embeddings:
+        reset.add(id(model.lm_head.bias))
+    optimizer = getattr(optimizer, "optimizer", optimizer)
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            if id(param) in reset:
+                optimizer.state.pop(param, None)
+    return reset
+
+
 # --------------------------------------------------------------------------- the run
 class Trainer:
     """One run's objects, set up on construction; `run()` trains, evaluates, checkpoints and returns the final
@@ -640,16 +656,7 @@ class Trainer:
     def _reinitialize_decoder(self) -> None:
         """The encoder warm start's second phase (Li et al., 2019): fresh decoder weights, their optimizer moments
         (and weight averages) dropped, the encoder kept."""
-        model = self.accelerator.unwrap_model(self.model)
-        model.reinitialize_decoder(seed=self.config.seed + 1)
-        reset = {id(p) for module in model.decoder_modules() for p in module.parameters()}
-        if model.config.tie_word_embeddings:
-            reset.add(id(model.lm_head.bias))
-        optimizer = getattr(self.optimizer, "optimizer", self.optimizer)
-        for group in optimizer.param_groups:
-            for param in group["params"]:
-                if id(param) in reset:
-                    optimizer.state.pop(param, None)
+        reset = restart_decoder(self.accelerator.unwrap_model(self.model), self.optimizer, seed=self.config.seed + 1)
         if self.weight_average is not None:
             self.weight_average.restart(reset)
         self.state.decoder_reinitialized = True

@@ -1,0 +1,152 @@
+"""`SentenceVAETrainer`: `transformers.Trainer` with the rate control of `train_scripts/train.py` (the KL weight of
+each optimizer step, the encoder warm start, the target-rate controller), its logs, its evaluation bound and its
+checkpointed state."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+from transformers import DataCollatorWithPadding, TrainingArguments
+
+from hf_sentence_vae.rate_control import KLSchedule, RateControl
+from hf_sentence_vae.training.transformers_trainer import RateControlCallback, SentenceVAETrainer
+
+datasets = pytest.importorskip("datasets")
+
+
+@pytest.fixture
+def dataset(tiny_tokenizer, tiny_sentences):
+    texts = list(tiny_sentences) * 4
+    return datasets.Dataset.from_dict({"text": texts}).map(
+        lambda rows: tiny_tokenizer(rows["text"]), batched=True, remove_columns=["text"]
+    )
+
+
+def _trainer(model, tokenizer, dataset, out, rate_control, **arguments):
+    settings = dict(
+        output_dir=str(out),
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=len(dataset),
+        learning_rate=1e-2,
+        max_steps=6,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=3,
+    )
+    settings.update(arguments)
+    return SentenceVAETrainer(
+        model=model,
+        args=TrainingArguments(**settings),
+        train_dataset=dataset,
+        eval_dataset=dataset,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        rate_control=rate_control,
+    )
+
+
+def _record_kl_weights(model) -> list[float]:
+    """The `kl_weight` of every training-mode forward of `model`, in order."""
+    seen, forward = [], model.forward
+
+    @functools.wraps(forward)  # transformers.Trainer reads the signature for the columns to keep
+    def recording(*args, **kwargs):
+        if model.training:
+            seen.append(kwargs["kl_weight"])
+        return forward(*args, **kwargs)
+
+    model.forward = recording
+    return seen
+
+
+def test_each_step_trains_at_its_scheduled_kl_weight_and_logs_the_bound(tiny_model, tiny_tokenizer, dataset, tmp_path):
+    """Every micro-batch of optimizer step t sees the schedule's weight at t (two per step with gradient
+    accumulation); each training log holds the step's mean reconstruction loss and KL, whose weighted sum is the
+    logged loss, and the weight."""
+    model = tiny_model(train=True)
+    schedule = KLSchedule("linear", kl_warmup_steps=4)
+    trainer = _trainer(model, tiny_tokenizer, dataset, tmp_path, RateControl(schedule), gradient_accumulation_steps=2)
+    seen = _record_kl_weights(model)
+    trainer.train()
+    assert seen == pytest.approx([schedule(step) for step in range(6) for _ in range(2)])
+    logs = [entry for entry in trainer.state.log_history if "kl_weight" in entry]
+    assert [entry["step"] for entry in logs] == [1, 2, 3, 4, 5, 6]
+    for entry in logs:
+        assert entry["kl_weight"] == pytest.approx(schedule(entry["step"] - 1))
+        assert entry["kl"] > 0
+        bound = entry["reconstruction_loss"] + entry["kl_weight"] * entry["kl"]
+        assert entry["loss"] == pytest.approx(bound, rel=1e-4)
+
+
+def test_the_encoder_warm_start_redraws_the_decoder_once_and_drops_its_moments(
+    tiny_model, tiny_tokenizer, dataset, tmp_path
+):
+    """`encoder_warmup_steps=3`: weight 0 for steps 0-2, then the decoder drawn afresh before step 3 (once) with its
+    Adam moments dropped, so its parameters have taken 3 steps where the encoder's have taken 6."""
+    model = tiny_model(train=True)
+    calls = []
+    reinitialize = model.reinitialize_decoder
+    model.reinitialize_decoder = lambda seed: (calls.append(seed), reinitialize(seed))
+    rate = RateControl(KLSchedule("constant", kl_constant=0.5), encoder_warmup_steps=3)
+    trainer = _trainer(model, tiny_tokenizer, dataset, tmp_path, rate)
+    seen = _record_kl_weights(model)
+    trainer.train()
+    assert seen == [0.0, 0.0, 0.0, 0.5, 0.5, 0.5]
+    assert calls == [trainer.args.seed + 1] and trainer.rate_callback.decoder_reinitialized
+    steps = {name: int(trainer.optimizer.state[p]["step"]) for name, p in model.named_parameters()}
+    assert steps["decoder.weight_hh_l0"] == 3 and steps["lm_head.bias"] == 3
+    assert steps["encoder.weight_hh_l0"] == 6
+
+
+def test_the_rate_control_resumes_from_a_checkpoint(tiny_model, tiny_tokenizer, dataset, tmp_path):
+    """The controller's state and the warm start's progress go into the checkpoint and come back on resuming: the
+    resumed run does not redraw the decoder again and ends with the uninterrupted run's controller."""
+
+    def run(out, resume=None):
+        model = tiny_model(train=True)
+        calls = []
+        reinitialize = model.reinitialize_decoder
+        model.reinitialize_decoder = lambda seed: (calls.append(seed), reinitialize(seed))
+        rate = RateControl(KLSchedule(), kl_target=0.001, kl_target_kp=0.5, kl_target_ki=0.05, encoder_warmup_steps=1)
+        trainer = _trainer(model, tiny_tokenizer, dataset, out, rate, save_strategy="steps", save_steps=3)
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer, calls
+
+    whole, whole_calls = run(tmp_path / "whole")
+    saved = whole.state.stateful_callbacks["RateControlCallback"]["attributes"]
+    assert saved["decoder_reinitialized"] and whole_calls == [4]
+    assert whole.rate_control.controller.weight > 0  # the KL rose above its target: the controller acted
+    resumed, resumed_calls = run(tmp_path / "whole", resume=str(tmp_path / "whole" / "checkpoint-3"))
+    assert resumed_calls == []
+    assert resumed.rate_callback.decoder_reinitialized
+    assert resumed.rate_control.controller.integral == pytest.approx(whole.rate_control.controller.integral, rel=1e-4)
+    assert resumed.rate_control.controller.weight == pytest.approx(whole.rate_control.controller.weight, rel=1e-4)
+
+
+def test_evaluation_reports_the_negative_elbo(tiny_model, tiny_tokenizer, dataset, tmp_path):
+    """`evaluate` gives the bound at full KL weight, without free bits or word dropout, whatever the training
+    weight: the model's own reconstruction loss plus KL on the evaluation set."""
+    model = tiny_model(word_keep_rate=0.5)
+    trainer = _trainer(model, tiny_tokenizer, dataset, tmp_path, RateControl(KLSchedule(), free_bits=2.0))
+    metrics = trainer.evaluate()
+    batch = DataCollatorWithPadding(tiny_tokenizer)(list(dataset))
+    model.eval()
+    with torch.no_grad():
+        out = model(batch["input_ids"], batch["attention_mask"], return_logits=False)
+    assert metrics["eval_reconstruction_loss"] == pytest.approx(float(out.reconstruction_loss), rel=1e-5)
+    assert metrics["eval_kl"] == pytest.approx(float(out.kl), rel=1e-5)
+    assert metrics["eval_loss"] == pytest.approx(float(out.reconstruction_loss + out.kl), rel=1e-5)
+
+
+def test_the_callback_state_is_what_a_checkpoint_needs():
+    rate = RateControl(KLSchedule(), kl_target=5.0)
+    rate.controller.update(7.0)
+    callback = RateControlCallback(rate)
+    assert callback.state() == {
+        "args": {},
+        "attributes": {"decoder_reinitialized": False, "controller": rate.controller.state_dict()},
+    }
