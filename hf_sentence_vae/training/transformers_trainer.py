@@ -33,6 +33,7 @@ importance-weighted bound, which `train_scripts/train.py` has.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -51,9 +52,14 @@ class RateControlCallback(TrainerCallback, ExportableState):
     start's decoder re-initialisation when it is due; after it, the step's mean KL fed to the target-rate
     controller. Its state goes into checkpoints (`ExportableState`) and is read back on resuming."""
 
-    def __init__(self, rate_control: RateControl, seed: int = 0):
+    def __init__(
+        self, rate_control: RateControl, seed: int = 0, mean: Callable[[list[float]], list[float]] | None = None
+    ):
         self.rate_control = rate_control
         self.seed = seed
+        # The mean over the processes of a few numbers (the step's KL), so that every process's controller sees the
+        # same KL and sets the same weight.
+        self.mean = mean if mean is not None else (lambda values: values)
         self.decoder_reinitialized = False
         self.step_kls: list[float] = []
 
@@ -82,7 +88,8 @@ class RateControlCallback(TrainerCallback, ExportableState):
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.step_kls:
-            self.rate_control.observe(state.global_step - 1, sum(self.step_kls) / len(self.step_kls))
+            (kl,) = self.mean([sum(self.step_kls) / len(self.step_kls)])
+            self.rate_control.observe(state.global_step - 1, kl)
         self.step_kls = []
 
 
@@ -94,7 +101,7 @@ class SentenceVAETrainer(Trainer):
     def __init__(self, *args, rate_control: RateControl | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.rate_control = RateControl(KLSchedule()) if rate_control is None else rate_control
-        self.rate_callback = RateControlCallback(self.rate_control, seed=self.args.seed)
+        self.rate_callback = RateControlCallback(self.rate_control, seed=self.args.seed, mean=self._mean_over_processes)
         self.add_callback(self.rate_callback)
         # The loss is a mean per sentence, which knows nothing of `num_items_in_batch`: `transformers` then divides
         # it by the gradient accumulation steps itself.
@@ -146,10 +153,17 @@ class SentenceVAETrainer(Trainer):
             output.metrics[f"{metric_key_prefix}_kl"] = float(sums[1] / sums[2])
         return output
 
+    def _mean_over_processes(self, values: list[float]) -> list[float]:
+        if self.args.world_size == 1:
+            return values
+        local = torch.tensor(values, dtype=torch.float64, device=self.args.device)
+        return self.accelerator.reduce(local, reduction="mean").tolist()
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Training logs gain the window's mean `reconstruction_loss` and `kl`, and the last `kl_weight`."""
         if "loss" in logs and self._window_batches:
-            logs.update({name: value / self._window_batches for name, value in self._window.items()})
+            means = self._mean_over_processes([value / self._window_batches for value in self._window.values()])
+            logs.update(zip(self._window, means))
             logs["kl_weight"] = self._last_kl_weight
             self._window = dict.fromkeys(WINDOW_METRICS, 0.0)
             self._window_batches = 0
