@@ -38,7 +38,7 @@ test-isa: install
 # The suite at the bottom of the supported ranges (setup.py's floors of torch, transformers and the extras), in an
 # environment of its own; torch 2.6.0 comes from the package index (a CUDA build, a few GB).
 FLOOR_VENV := .venv-floor
-FLOOR_SPEC ?= torch==2.6.0 transformers==5.18.0 accelerate==1.1.0 datasets==3.0.0 evaluate==0.4.0 \
+FLOOR_SPEC ?= torch==2.6.0 transformers==5.18.0 accelerate==1.3.0 datasets==3.0.0 evaluate==0.4.0 \
 	scikit-learn==1.4.2 sacrebleu==2.0.0 pytest==8.0.0
 test-floor:
 	test -x $(FLOOR_VENV)/bin/python || $(PYTHON) -m venv $(FLOOR_VENV)

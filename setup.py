@@ -7,7 +7,7 @@ from setuptools import find_packages, setup
 ROOT = Path(__file__).parent
 
 EXTRAS = {
-    "train": ["accelerate>=1.1", "datasets>=3.0", "tqdm", "pyyaml", "matplotlib", "tensorboard"],
+    "train": ["accelerate>=1.3", "datasets>=3.0", "tqdm", "pyyaml", "matplotlib", "tensorboard"],
     "eval": ["evaluate>=0.4", "scikit-learn>=1.4.2", "sacrebleu>=2.0"],
     "hub": ["huggingface_hub>=1.0", "jinja2"],
     "test": ["pytest>=8", "pytest-timeout", "hypothesis"],
