@@ -49,6 +49,13 @@ SCREEN_MIN_ROWS = 16
 WORD_GATES_MIN_ROWS = 16
 # Logits per vocabulary chunk of the top-k search (2 MiB of float32): `topk` costs less per element on wider rows.
 TOP_K_BUDGET = 1 << 19
+# Decoding steps of this many rows or more, up to PACKED_MAX_ROWS, take their float32 CPU products (the output layer
+# over the whole vocabulary, the LSTM cell's gates) from oneDNN with the weight packed once per search
+# ([`PackedWeight`]): at these row counts MKL's GEMM runs far below the memory bound (5 rows x 10k words x 256
+# features: 0.75-0.92 ms, oneDNN on the packed weight 0.27 ms). One row stays on MKL's GEMV, about as fast, which
+# spares a batch-1 search the packing (~2 ms for a 10 MB output layer).
+PACKED_MIN_ROWS = 2
+PACKED_MAX_ROWS = 64
 # Under CPU bf16 autocast the output layer pads its rows to a multiple of this: oneDNN builds a bf16 GEMM kernel
 # per new shape (~4 ms), and the number of target tokens differs almost every batch.
 BF16_ROW_BUCKET = 128
@@ -309,12 +316,61 @@ def _first_index(hits_buffer: torch.Tensor, values: torch.Tensor, target: torch.
     return size - hits.mul_(ramp).amax(dim)
 
 
+class PackedWeight:
+    """`x @ weight.T + bias` for float32 CPU rows, by oneDNN's GEMM on a copy of the `(O, I)` float32 `weight` (or of
+    its `(O, I_k)` pieces, joined along the inputs) packed in oneDNN's own layout, made on the first call and kept for the object's life (one search): at a few rows
+    (`PACKED_MIN_ROWS` to `PACKED_MAX_ROWS`) 1.1-3.4x MKL's GEMM at the peer's sizes, the products summed in another
+    order (float32 rounding apart, the same results). [`PackedWeight.supports`] says where it runs: a CPU float32
+    weight, torch built with oneDNN (`torch.ops.mkldnn`), outside graph capture."""
+
+    def __init__(self, weight: torch.Tensor | tuple[torch.Tensor, ...], bias: torch.Tensor):
+        pieces = tuple(w.detach() for w in (weight if isinstance(weight, tuple) else (weight,)))
+        if not all(self.supports(w) for w in pieces):
+            raise ValueError(
+                f"PackedWeight needs a float32 CPU weight and torch's oneDNN ops, got a {pieces[0].dtype} weight on "
+                f"{pieces[0].device}"
+            )
+        # `weight` as `(O, I_k)` pieces is joined along its inputs on the first call, with the packing.
+        self.pieces, self.bias = pieces, bias.detach().float()
+        self._packed = None
+
+    @staticmethod
+    def supports(weight: torch.Tensor) -> bool:
+        ops = torch.ops.mkldnn
+        return (
+            weight.device.type == "cpu"
+            and weight.dtype == torch.float32
+            and torch.backends.mkldnn.is_available()
+            and hasattr(ops, "_reorder_linear_weight")
+            and hasattr(ops, "_linear_pointwise")
+            and not exporting()
+            and not torch.compiler.is_compiling()
+        )
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self._packed is None:
+            weight = self.pieces[0] if len(self.pieces) == 1 else torch.cat(self.pieces, 1)
+            self._packed = torch.ops.mkldnn._reorder_linear_weight(weight, None)
+        rows = x.shape[0]
+        # Above 16 rows, rows padded to a multiple of 4: oneDNN keeps a kernel (and its buffers) per shape.
+        padded = rows if rows <= 16 else -(-rows // 4) * 4
+        if padded != rows:
+            x = torch.cat([x, x.new_zeros(padded - rows, x.shape[1])])
+        return torch.ops.mkldnn._linear_pointwise(x, self._packed, self.bias, "none", [], "")[:rows]
+
+
+def _packed_rows(packed: PackedWeight | None, rows: int) -> bool:
+    """Whether a step of `rows` rows takes its products from `packed`."""
+    return packed is not None and PACKED_MIN_ROWS <= rows <= PACKED_MAX_ROWS
+
+
 def greedy_tokens(
     hidden: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor,
     banned: torch.Tensor | None = None,
     with_log_probs: bool = False,
+    packed: PackedWeight | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The greedy choice of an output layer without its `(N, V)` logits or log-softmax: the `(N,)` ids maximising
     `hidden @ weight.T + bias` (`hidden` `(N, F)`, `weight` `(V, F)`, `bias` `(V,)` float32; the first such id,
@@ -324,12 +380,14 @@ def greedy_tokens(
     The vocabulary is processed in chunks whose `(N, chunk)` logits stay in cache: each is reduced there to its
     maximum, the position of its first maximum and, for the log-probabilities, its sum of exponentials. A `weight`
     in bfloat16 (with `hidden` converted to it) runs the products in bfloat16; their bfloat16 results are
-    reduced in float32."""
+    reduced in float32. With `packed` (a [`PackedWeight`] of `weight` and `bias`), a step of `PACKED_MIN_ROWS` to
+    `PACKED_MAX_ROWS` rows takes its logits, all at once, from it."""
     rows, vocab = hidden.shape[0], weight.shape[0]
     hidden = hidden.to(weight.dtype)
     chunk = vocabulary_chunk(rows, vocab, budget=GREEDY_BUDGET, minimum=GREEDY_MIN_CHUNK)
-    if chunk >= vocab:  # a few rows: all their logits fit in cache at once
-        logits = _logit_block(hidden, weight, bias, 0, vocab)
+    few = _packed_rows(packed, rows)
+    if few or chunk >= vocab:  # a few rows: all their logits at once
+        logits = packed(hidden) if few else _logit_block(hidden, weight, bias, 0, vocab)
         lse = torch.logsumexp(logits, dim=-1) if with_log_probs else None
         if banned is not None and banned.numel():
             logits.index_fill_(1, banned, float("-inf"))
@@ -482,19 +540,21 @@ def top_k_tokens(
     bias: torch.Tensor,
     k: int,
     banned: torch.Tensor | None = None,
+    packed: PackedWeight | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The `k` best ids of an output layer, without its `(N, V)` logits or log-softmax: `(N, k)` log-probabilities
     (under the softmax over every id, the banned ones included) and ids, best first, of the ids not in `banned`,
     for `hidden @ weight.T + bias` as in [`greedy_tokens`]. Each vocabulary chunk, in cache, gives its `k` best (only
     for the rows where it can beat the first chunk's `k`-th best) and its sum of exponentials; the `k` best of those
-    are the row's."""
+    are the row's. With `packed`, as in [`greedy_tokens`]."""
     rows, vocab = hidden.shape[0], weight.shape[0]
     if not 1 <= k <= vocab:
         raise ValueError(f"k must be in [1, {vocab}], got {k}")
     hidden = hidden.to(weight.dtype)
     chunk = max(vocabulary_chunk(rows, vocab, budget=TOP_K_BUDGET), k)
-    if chunk >= vocab:  # a few rows: all their logits fit in cache at once
-        logits = _logit_block(hidden, weight, bias, 0, vocab)
+    few = _packed_rows(packed, rows)
+    if few or chunk >= vocab:  # a few rows: all their logits at once
+        logits = packed(hidden) if few else _logit_block(hidden, weight, bias, 0, vocab)
         lse = torch.logsumexp(logits, dim=-1, keepdim=True)
         if banned is not None and banned.numel():
             logits.index_fill_(1, banned, float("-inf"))
@@ -559,18 +619,42 @@ def run_lstm(lstm: nn.LSTM, inputs, state: tuple[torch.Tensor, torch.Tensor] | N
     return call(inputs, state)
 
 
+def packed_lstm_gates(lstm: nn.LSTM) -> PackedWeight | None:
+    """The gate pre-activations of a single-layer `lstm`'s step as one [`PackedWeight`] over `[inputs, h]`
+    (`[W_ih, W_hh]`, `b_ih + b_hh`), for [`lstm_step`]; None where `PackedWeight` does not run."""
+    weight = lstm.weight_ih_l0
+    if lstm.num_layers != 1 or lstm.bidirectional or lstm.proj_size or not lstm.bias:
+        return None
+    if not PackedWeight.supports(weight):
+        return None
+    with torch.no_grad():
+        return PackedWeight((weight, lstm.weight_hh_l0), lstm.bias_ih_l0 + lstm.bias_hh_l0)
+
+
 def lstm_step(
-    lstm: nn.LSTM, inputs: torch.Tensor, h: torch.Tensor, c: torch.Tensor
+    lstm: nn.LSTM,
+    inputs: torch.Tensor,
+    h: torch.Tensor,
+    c: torch.Tensor,
+    packed_gates: PackedWeight | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One step of a single-layer `lstm` on `(B, D)` inputs from the `(B, H)` state `(h, c)`; returns the new
-    `(h, c)`."""
-    if inputs.shape[0] <= CELL_MAX_BATCH and not torch.is_autocast_enabled(inputs.device.type):
+    `(h, c)`. With `packed_gates` ([`packed_lstm_gates`] of `lstm`), a step of `PACKED_MIN_ROWS` to
+    `CELL_MAX_BATCH` rows takes its gates from it (the products summed in another order: the states agree with the
+    cell op's to float32 rounding)."""
+    rows = inputs.shape[0]
+    autocast = torch.is_autocast_enabled(inputs.device.type)
+    if packed_gates is not None and PACKED_MIN_ROWS <= rows <= CELL_MAX_BATCH and not autocast:
+        gates = packed_gates(torch.cat([inputs, h], 1))
+        in_gate, forget_gate, cell_gate, out_gate = gates.chunk(4, 1)  # nn.LSTM's order
+        c = torch.sigmoid(forget_gate).mul_(c).add_(torch.sigmoid(in_gate).mul_(torch.tanh(cell_gate)))
+        return torch.sigmoid(out_gate).mul_(torch.tanh(c)), c
+    if rows <= CELL_MAX_BATCH and not autocast:
         # A single step of a small batch: the LSTM cell op is ~5x faster than nn.LSTM's (oneDNN) call.
         return torch.lstm_cell(inputs, (h, c), lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0)
     # Rows padded to a multiple of CELL_MAX_BATCH: oneDNN caches a kernel (with its buffers) per batch size, and the
     # searches drop finished rows, so unpadded batches would fill that cache (+400 MB RSS over 100k greedy
     # sentences). Rows do not interact; the padding rows are dropped.
-    rows = inputs.shape[0]
     pad = (-rows) % CELL_MAX_BATCH
     if pad:
         inputs = torch.cat([inputs, inputs.new_zeros(pad, inputs.shape[1])])
@@ -663,9 +747,13 @@ __all__ = [
     "BF16_ROW_BUCKET",
     "CELL_MAX_BATCH",
     "OutputLayerNLL",
+    "PACKED_MAX_ROWS",
+    "PACKED_MIN_ROWS",
+    "PackedWeight",
     "WORD_GATES_MIN_ROWS",
     "WordGateLSTM",
     "lstm_step",
+    "packed_lstm_gates",
     "output_layer_nll",
     "greedy_tokens",
     "run_lstm",

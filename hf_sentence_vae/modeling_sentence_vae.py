@@ -32,6 +32,7 @@ from .generation_settings import (
 from .kernels import (
     SCREEN_MIN_ROWS,
     WORD_GATES_MIN_ROWS,
+    PackedWeight,
     WordGateLSTM,
     exporting,
     finite_bias_bound,
@@ -39,6 +40,7 @@ from .kernels import (
     lstm_step,
     native_bfloat16_cpu,
     output_layer_nll,
+    packed_lstm_gates,
     run_lstm,
     screened_greedy_tokens,
     top_k_tokens,
@@ -711,10 +713,15 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         return torch.log_softmax(self._logits(features).float(), dim=-1), state
 
     def _decoder_features(
-        self, tokens: torch.Tensor, state: tuple[torch.Tensor, ...], word_gates: WordGateLSTM | None = None
+        self,
+        tokens: torch.Tensor,
+        state: tuple[torch.Tensor, ...],
+        word_gates: WordGateLSTM | None = None,
+        packed_gates: PackedWeight | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """The LSTM step of [`decoder_step`]: the `(N, F)` output-layer features after reading `tokens`, and the new
-        state; through `word_gates` (a [`kernels.WordGateLSTM`] of the decoder) when given."""
+        state; through `word_gates` (a [`kernels.WordGateLSTM`] of the decoder) when given, else `kernels.lstm_step`
+        (with `packed_gates`, [`kernels.packed_lstm_gates`] of the decoder, for its steps of a few rows)."""
         h, c = state[0], state[1]
         z = state[2] if len(state) > 2 else None
         if self.config.word_keep_rate == 0.0:
@@ -723,7 +730,7 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
             h, c = word_gates(tokens, h, c, z if z is not None and self._latent_in("inputs") else None)
         else:
             inputs = self._decoder_inputs(tokens.unsqueeze(1), z)
-            h, c = lstm_step(self.decoder, inputs[:, 0], h, c)
+            h, c = lstm_step(self.decoder, inputs[:, 0], h, c, packed_gates)
         return self._output_features(h, z), (h, c) + (() if z is None else (z,))
 
     def _word_gates(self) -> WordGateLSTM | None:
@@ -784,27 +791,31 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         )
         word_gates = functools.cache(self._word_gates)
         low = weight.device.type == "cpu" and (mixed or output_layer_dtype == torch.bfloat16)
+        # Steps of a few rows (PACKED_MIN_ROWS to PACKED_MAX_ROWS) on CPU in float32: the output layer's and the LSTM
+        # cell's products by oneDNN on weights packed for it (made on the first such step: a batch-1 search has none).
+        packed = PackedWeight(weight, bias) if PackedWeight.supports(weight) else None
+        packed_gates = packed_lstm_gates(self.decoder)
 
         def features_of(tokens, state):
             gates = word_gates() if low and tokens.shape[0] >= WORD_GATES_MIN_ROWS else None
-            features, state = self._decoder_features(tokens, state, gates)
+            features, state = self._decoder_features(tokens, state, gates, packed_gates)
             return (features if projection is None else projection(features)), state
 
         def greedy_step(tokens, state, banned, with_log_probs):
             if screen and not with_log_probs:
                 features, state = features_of(tokens, state)
                 if features.shape[0] < SCREEN_MIN_ROWS:  # the float32 products directly (as the screen would)
-                    return greedy_tokens(features, weight, bias, banned)[0], None, state
+                    return greedy_tokens(features, weight, bias, banned, packed=packed)[0], None, state
                 low_weight, weight_norms, bias_bound = screen_terms()
                 choice = screened_greedy_tokens(features, weight, low_weight, bias, banned, weight_norms, bias_bound)
                 return choice, None, state
             features, state = features_of(tokens, state)
-            choice, log_probs = greedy_tokens(features, weight, bias, banned, with_log_probs)
+            choice, log_probs = greedy_tokens(features, weight, bias, banned, with_log_probs, packed)
             return choice, log_probs, state
 
         def top_k_step(tokens, state, k, banned):
             features, state = features_of(tokens, state)
-            log_probs, ids = top_k_tokens(features, weight, bias, min(k, vocab), banned)
+            log_probs, ids = top_k_tokens(features, weight, bias, min(k, vocab), banned, packed)
             return log_probs, ids, state
 
         return greedy_step, top_k_step

@@ -400,3 +400,89 @@ def test_word_gate_lstm_checks_its_lstm_and_code():
     state = torch.zeros(2, 3), torch.zeros(2, 3)
     with pytest.raises(ValueError, match="pass latent exactly"):
         gates(torch.tensor([1, 2]), *state)
+
+
+def _onednn_packs() -> bool:
+    from hf_sentence_vae.kernels import PackedWeight
+
+    return PackedWeight.supports(torch.zeros(1, 1))
+
+
+needs_onednn = pytest.mark.skipif(not _onednn_packs(), reason="torch without its oneDNN (mkldnn) ops")
+
+
+@needs_onednn
+@pytest.mark.parametrize("rows", [1, 2, 5, 16, 17, 30, 64])
+def test_packed_weight_gives_the_linear_layer(rows):
+    """`PackedWeight` (oneDNN on a packed copy; rows above 16 padded to a multiple of 4 and cut back) gives
+    `F.linear` to float32 rounding, from one weight or from pieces joined along the inputs; it packs on its first
+    call only."""
+    from hf_sentence_vae.kernels import PackedWeight
+
+    hidden, weight, bias, _ = _logit_problem(rows, 12, 300, seed=rows)
+    bias[[0, 2]] = 0.0
+    packed = PackedWeight(weight, bias)
+    assert packed._packed is None
+    out = packed(hidden)
+    torch.testing.assert_close(out, F.linear(hidden, weight, bias), rtol=1e-5, atol=1e-4)
+    assert out.shape == (rows, 300) and packed._packed is not None
+    first = packed._packed
+    packed(hidden)
+    assert packed._packed is first
+    pieces = PackedWeight((weight[:, :5], weight[:, 5:]), bias)
+    torch.testing.assert_close(pieces(hidden), out, rtol=1e-5, atol=1e-4)
+
+
+def test_packed_weight_refuses_what_it_cannot_pack():
+    from hf_sentence_vae.kernels import PackedWeight, packed_lstm_gates
+
+    assert not PackedWeight.supports(torch.zeros(3, 2, dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match="needs a float32 CPU weight.*torch.bfloat16"):
+        PackedWeight(torch.zeros(3, 2, dtype=torch.bfloat16), torch.zeros(3))
+    assert packed_lstm_gates(torch.nn.LSTM(4, 3, num_layers=2)) is None
+    assert packed_lstm_gates(torch.nn.LSTM(4, 3, bias=False)) is None
+
+
+@needs_onednn
+@pytest.mark.parametrize("rows", [1, 3, 40, 80])
+@pytest.mark.parametrize("banned", [None, [1, 3, 900]], ids=["none", "three"])
+def test_greedy_and_top_k_tokens_from_a_packed_layer_match_the_full_log_softmax(rows, banned):
+    """With a `PackedWeight`, steps of 2 to 64 rows take their logits from it, others the chunked products: the ids
+    of the full log-softmax either way (scores to float tolerance); a 1-row step never packs the weight."""
+    from hf_sentence_vae import kernels
+
+    hidden, weight, bias, _ = _logit_problem(rows, 10, 1000, seed=rows)
+    banned = None if banned is None else torch.tensor(banned)
+    packed = kernels.PackedWeight(weight, bias)
+    (best, choice), (top_values, top_ids) = _reference_choice(hidden, weight, bias, banned, 4)
+    tokens, log_probs = kernels.greedy_tokens(hidden, weight, bias, banned, True, packed)
+    assert torch.equal(tokens, choice)
+    torch.testing.assert_close(log_probs, best, rtol=1e-5, atol=1e-5)
+    values, ids = kernels.top_k_tokens(hidden, weight, bias, 4, banned, packed)
+    assert torch.equal(ids, top_ids)
+    torch.testing.assert_close(values, top_values, rtol=1e-5, atol=1e-5)
+    used = kernels.PACKED_MIN_ROWS <= rows <= kernels.PACKED_MAX_ROWS
+    assert (packed._packed is not None) is used
+
+
+@needs_onednn
+@pytest.mark.parametrize("rows", [1, 2, 9, 64, 65])
+def test_lstm_step_with_packed_gates_steps_as_the_cell_does(rows):
+    """`lstm_step` with `packed_lstm_gates`: the cell op's states to float32 rounding, over several steps; outside 2 to
+    64 rows (the cell op, or nn.LSTM) the gates are not packed."""
+    from hf_sentence_vae.kernels import CELL_MAX_BATCH, PACKED_MIN_ROWS, lstm_step, packed_lstm_gates
+
+    torch.manual_seed(rows)
+    lstm = torch.nn.LSTM(7, 5, batch_first=True)
+    gates = packed_lstm_gates(lstm)
+    h = h_ref = torch.randn(rows, 5)
+    c = c_ref = torch.randn(rows, 5)
+    with torch.no_grad():
+        for _ in range(4):
+            inputs = torch.randn(rows, 7)
+            h, c = lstm_step(lstm, inputs, h, c, gates)
+            h_ref, c_ref = torch.lstm_cell(
+                inputs, (h_ref, c_ref), lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0
+            )
+            torch.testing.assert_close((h, c), (h_ref, c_ref), rtol=1e-5, atol=1e-6)
+    assert (gates._packed is not None) is (PACKED_MIN_ROWS <= rows <= CELL_MAX_BATCH)
