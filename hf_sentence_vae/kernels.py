@@ -52,10 +52,10 @@ TOP_K_BUDGET = 1 << 19
 # Decoding steps of this many rows or more, up to PACKED_MAX_ROWS, take their float32 CPU products (the output layer
 # over the whole vocabulary, the LSTM cell's gates) from oneDNN with the weight packed once per search
 # ([`PackedWeight`]): at these row counts MKL's GEMM runs far below the memory bound (5 rows x 10k words x 256
-# features: 0.75-0.92 ms, oneDNN on the packed weight 0.27 ms). One row stays on MKL's GEMV, about as fast, which
-# spares a batch-1 search the packing (~2 ms for a 10 MB output layer).
+# features: 0.75-0.92 ms, oneDNN on the packed weight 0.27 ms; 64 rows 4.5 ms against 3.0), and on par above. One row
+# stays on MKL's GEMV, about as fast, which spares a batch-1 search the packing (~2 ms for a 10 MB output layer).
 PACKED_MIN_ROWS = 2
-PACKED_MAX_ROWS = 64
+PACKED_MAX_ROWS = 128
 # Under CPU bf16 autocast the output layer pads its rows to a multiple of this: oneDNN builds a bf16 GEMM kernel
 # per new shape (~4 ms), and the number of target tokens differs almost every batch.
 BF16_ROW_BUCKET = 128
@@ -640,11 +640,11 @@ def lstm_step(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One step of a single-layer `lstm` on `(B, D)` inputs from the `(B, H)` state `(h, c)`; returns the new
     `(h, c)`. With `packed_gates` ([`packed_lstm_gates`] of `lstm`), a step of `PACKED_MIN_ROWS` to
-    `CELL_MAX_BATCH` rows takes its gates from it (the products summed in another order: the states agree with the
+    `PACKED_MAX_ROWS` rows takes its gates from it (the products summed in another order: the states agree with the
     cell op's to float32 rounding)."""
     rows = inputs.shape[0]
     autocast = torch.is_autocast_enabled(inputs.device.type)
-    if packed_gates is not None and PACKED_MIN_ROWS <= rows <= CELL_MAX_BATCH and not autocast:
+    if packed_gates is not None and PACKED_MIN_ROWS <= rows <= PACKED_MAX_ROWS and not autocast:
         gates = packed_gates(torch.cat([inputs, h], 1))
         in_gate, forget_gate, cell_gate, out_gate = gates.chunk(4, 1)  # nn.LSTM's order
         c = torch.sigmoid(forget_gate).mul_(c).add_(torch.sigmoid(in_gate).mul_(torch.tanh(cell_gate)))

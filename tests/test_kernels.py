@@ -444,10 +444,10 @@ def test_packed_weight_refuses_what_it_cannot_pack():
 
 
 @needs_onednn
-@pytest.mark.parametrize("rows", [1, 3, 40, 80])
+@pytest.mark.parametrize("rows", [1, 3, 40, 80, 130])
 @pytest.mark.parametrize("banned", [None, [1, 3, 900]], ids=["none", "three"])
 def test_greedy_and_top_k_tokens_from_a_packed_layer_match_the_full_log_softmax(rows, banned):
-    """With a `PackedWeight`, steps of 2 to 64 rows take their logits from it, others the chunked products: the ids
+    """With a `PackedWeight`, steps of 2 to 128 rows take their logits from it, others the chunked products: the ids
     of the full log-softmax either way (scores to float tolerance); a 1-row step never packs the weight."""
     from hf_sentence_vae import kernels
 
@@ -466,11 +466,11 @@ def test_greedy_and_top_k_tokens_from_a_packed_layer_match_the_full_log_softmax(
 
 
 @needs_onednn
-@pytest.mark.parametrize("rows", [1, 2, 9, 64, 65])
+@pytest.mark.parametrize("rows", [1, 2, 9, 64, 65, 129])
 def test_lstm_step_with_packed_gates_steps_as_the_cell_does(rows):
     """`lstm_step` with `packed_lstm_gates`: the cell op's states to float32 rounding, over several steps; outside 2 to
-    64 rows (the cell op, or nn.LSTM) the gates are not packed."""
-    from hf_sentence_vae.kernels import CELL_MAX_BATCH, PACKED_MIN_ROWS, lstm_step, packed_lstm_gates
+    128 rows (the cell op, or nn.LSTM) the gates are not packed."""
+    from hf_sentence_vae.kernels import PACKED_MAX_ROWS, PACKED_MIN_ROWS, lstm_step, packed_lstm_gates
 
     torch.manual_seed(rows)
     lstm = torch.nn.LSTM(7, 5, batch_first=True)
@@ -485,4 +485,4 @@ def test_lstm_step_with_packed_gates_steps_as_the_cell_does(rows):
                 inputs, (h_ref, c_ref), lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0
             )
             torch.testing.assert_close((h, c), (h_ref, c_ref), rtol=1e-5, atol=1e-6)
-    assert (gates._packed is not None) is (PACKED_MIN_ROWS <= rows <= CELL_MAX_BATCH)
+    assert (gates._packed is not None) is (PACKED_MIN_ROWS <= rows <= PACKED_MAX_ROWS)
