@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +22,15 @@ from transformers.generation import BaseStreamer, LogitsProcessorList
 from transformers.utils import ModelOutput, logging
 
 from .configuration_sentence_vae import SentenceVAEConfig
-from .decoding import GreedyStepFn, SearchResult, TopKStepFn, beam_search, reverse_tokens, sample_search
+from .decoding import (
+    GreedyStepFn,
+    SearchResult,
+    StepFn,
+    TopKStepFn,
+    beam_search,
+    reverse_tokens,
+    sample_search,
+)
 from .generation_settings import (
     OUTPUT_LAYER_DTYPES,
     build_logits_processors,
@@ -30,6 +38,8 @@ from .generation_settings import (
     suppressed_ids_only,
 )
 from .kernels import (
+    PACKED_MAX_ROWS,
+    PACKED_MIN_ROWS,
     SCREEN_MIN_ROWS,
     WORD_GATES_MIN_ROWS,
     PackedWeight,
@@ -133,6 +143,16 @@ def _append_latent(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 def _keep_mask(buffer: torch.Tensor, p: float) -> torch.Tensor:
     """An inverted-dropout mask the shape of `buffer`: 1/(1-p) with probability 1-p, else 0."""
     return buffer.bernoulli_(1.0 - p).div_(1.0 - p)
+
+
+class SearchSteps(NamedTuple):
+    """The step functions of one search (see [`SentenceVAEModel.search_steps`]): `step` gives the `(N, V)`
+    log-probabilities (`decoding`'s `step_fn`), `greedy` and `top_k` choose tokens straight from the output layer
+    (`greedy_step_fn`, `top_k_step_fn`)."""
+
+    step: StepFn
+    greedy: GreedyStepFn
+    top_k: TopKStepFn
 
 
 class Highway(nn.Module):
@@ -743,10 +763,9 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         latent = self.config.latent_size if self._latent_in("inputs") else 0
         return WordGateLSTM(self.decoder, self.embed_tokens.weight, latent)
 
-    def search_steps(
-        self, batch_size: int, output_layer_dtype: torch.dtype | str = torch.float32
-    ) -> tuple[GreedyStepFn, TopKStepFn]:
-        """The fast steps of the searches in `decoding` (`greedy_step_fn`, `top_k_step_fn`): the LSTM step of
+    def search_steps(self, batch_size: int, output_layer_dtype: torch.dtype | str = torch.float32) -> SearchSteps:
+        """The steps of one search in `decoding`, as a [`SearchSteps`]: `step` (the full distribution, for
+        `step_fn`) and the fast `greedy` and `top_k` steps (`greedy_step_fn`, `top_k_step_fn`): the LSTM step of
         [`decoder_step`], then the greedy choice or the `k` best tokens straight from the output layer
         (`kernels.greedy_tokens`, `kernels.top_k_tokens`), without the `(N, V)` log-probabilities. The output layer is
         prepared once for decoding `batch_size` rows: a tied layer's projection folded into its weight where that is
@@ -760,7 +779,12 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         (on CPU, steps of `WORD_GATES_MIN_ROWS` rows or more) the LSTM step looks each word's input-side gate
         pre-activations up ([`kernels.WordGateLSTM`], computed once per word and search; in float32, summed in another
         order than `nn.LSTM`'s, so the states agree with the float32 step to rounding): "mixed" then gives the float32
-        sentences, greedy and beam, except where two scores tie to within that rounding."""
+        sentences, greedy and beam, except where two scores tie to within that rounding.
+
+        On CPU, steps of `kernels.PACKED_MIN_ROWS` to `kernels.PACKED_MAX_ROWS` rows take the float32 products of the
+        LSTM cell and of the output layer from oneDNN on weights packed once per search ([`kernels.PackedWeight`]),
+        in the fast steps and in `step` alike (with a float32 layer), so that a search computes the same states and
+        scores whichever path it takes."""
         if output_layer_dtype not in (torch.float32, torch.bfloat16, "mixed"):
             raise ValueError(
                 f"output_layer_dtype must be torch.float32, torch.bfloat16 or 'mixed', got {output_layer_dtype!r}"
@@ -793,8 +817,9 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         low = weight.device.type == "cpu" and (mixed or output_layer_dtype == torch.bfloat16)
         # Steps of a few rows (PACKED_MIN_ROWS to PACKED_MAX_ROWS) on CPU in float32: the output layer's and the LSTM
         # cell's products by oneDNN on weights packed for it (made on the first such step: a batch-1 search has none).
-        packed = PackedWeight(weight, bias) if PackedWeight.supports(weight) else None
-        packed_gates = packed_lstm_gates(self.decoder)
+        autocast = torch.is_autocast_enabled(weight.device.type)
+        packed = PackedWeight(weight, bias) if PackedWeight.supports(weight) and not autocast else None
+        packed_gates = None if autocast else packed_lstm_gates(self.decoder)
 
         def features_of(tokens, state):
             gates = word_gates() if low and tokens.shape[0] >= WORD_GATES_MIN_ROWS else None
@@ -818,7 +843,19 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
             log_probs, ids = top_k_tokens(features, weight, bias, min(k, vocab), banned, packed)
             return log_probs, ids, state
 
-        return greedy_step, top_k_step
+        def distribution_step(tokens, state):
+            # `decoder_step` with this search's packed products (and its weight: folded or not as the fast steps)
+            features, state = self._decoder_features(tokens, state, None, packed_gates)
+            features = features if projection is None else projection(features)
+            rows = features.shape[0]
+            few = packed is not None and PACKED_MIN_ROWS <= rows <= PACKED_MAX_ROWS
+            logits = packed(features) if few else F.linear(features, weight, bias)
+            return torch.log_softmax(logits, dim=-1), state
+
+        # (a model in another dtype, or a search under autocast, keeps `decoder_step`'s arithmetic)
+        float32 = weight.dtype == self.lm_head.weight.dtype == torch.float32 and not autocast
+        step = distribution_step if float32 else self.decoder_step
+        return SearchSteps(step, greedy_step, top_k_step)
 
     def sample_prior(self, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """`(num_samples, Z)` codes drawn from the prior N(0, I) on the model's device."""
@@ -936,13 +973,13 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         suppressed = suppressed_ids_only(processors)
         if suppressed is not None:
             processors = LogitsProcessorList()
+        steps = self.search_steps(batch_size * num_beams, OUTPUT_LAYER_DTYPES[settings.output_layer_dtype])
         greedy_step = top_k_step = None
         if not settings.do_sample and not processors and forced_tokens is None and not output_scores:
-            rows = batch_size * num_beams
-            greedy_step, top_k_step = self.search_steps(rows, OUTPUT_LAYER_DTYPES[settings.output_layer_dtype])
+            greedy_step, top_k_step = steps.greedy, steps.top_k
         if num_beams > 1:
             result = beam_search(
-                self.decoder_step,
+                steps.step,
                 state,
                 batch_size,
                 num_beams,
@@ -963,7 +1000,7 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
                 if forced_tokens is not None:
                     forced_tokens = forced_tokens.repeat_interleave(num_return_sequences, dim=0)
             flat = sample_search(
-                self.decoder_step,
+                steps.step,
                 state,
                 batch_size * num_return_sequences,
                 max_new_tokens=max_new_tokens,

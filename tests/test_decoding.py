@@ -590,6 +590,53 @@ def test_fast_searches_match_the_full_distribution_path(tiny_model, monkeypatch,
     assert calls["greedy_tokens"] and calls["top_k_tokens"]
 
 
+def test_every_path_of_a_search_takes_the_packed_products(tiny_model, monkeypatch):
+    """Steps of 2 to 128 rows take the LSTM's and the output layer's products from the search's packed weights
+    (`kernels.PackedWeight`) on the fast path and on the full-distribution path alike (logits processors,
+    `output_scores`, sampling), so both compute the same states and scores; a batch-1 greedy search packs nothing;
+    a bfloat16 model, and a search under autocast, keep their own arithmetic."""
+    from transformers.generation import LogitsProcessorList
+
+    from hf_sentence_vae import kernels
+
+    if not kernels.PackedWeight.supports(torch.zeros(1, 1)):
+        pytest.skip("torch without its oneDNN (mkldnn) ops")
+    calls = Counter()
+    original = kernels.PackedWeight.__call__
+
+    def counted(self, x):
+        calls[len(self.pieces)] += 1  # 1: the output layer, 2: the LSTM's [W_ih, W_hh]
+        return original(self, x)
+
+    monkeypatch.setattr(kernels.PackedWeight, "__call__", counted)
+    model = tiny_model(initializer_range=INIT)
+    latent = torch.randn(3, model.config.latent_size, generator=torch.Generator().manual_seed(5))
+    paths = {
+        "greedy": {},
+        "greedy, output_scores": dict(return_dict_in_generate=True, output_scores=True),
+        "beam, logits processor": dict(num_beams=3, logits_processor=LogitsProcessorList([_NoOp()])),
+        "sampling": dict(do_sample=True, generator=torch.Generator().manual_seed(0)),
+    }
+    for name, kwargs in paths.items():
+        calls.clear()
+        model.generate(latent=latent, max_new_tokens=6, **kwargs)
+        assert calls[1] > 0 and calls[2] > 0, name
+    fast = model.generate(latent=latent, max_new_tokens=6, return_dict_in_generate=True)
+    full = model.generate(latent=latent, max_new_tokens=6, return_dict_in_generate=True, output_scores=True)
+    assert torch.equal(fast.sequences, full.sequences)
+    torch.testing.assert_close(fast.log_probs, full.log_probs, rtol=1e-5, atol=1e-5)
+    calls.clear()
+    model.generate(latent=latent[:1], max_new_tokens=6)
+    assert not calls
+    low = tiny_model(initializer_range=INIT).to(torch.bfloat16)
+    out = low.generate(latent=latent.bfloat16(), max_new_tokens=6, return_dict_in_generate=True, output_scores=True)
+    assert out.sequences.shape[0] == 3 and not calls
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model.generate(latent=latent, max_new_tokens=6, do_sample=True, return_dict_in_generate=True)
+        assert out.sequences.shape[0] == 3
+    assert not calls
+
+
 def test_greedy_ids_alone_skip_the_scores_and_match(tiny_model):
     """`generate` returning ids only (the default) skips the log-probabilities on the fast path; the ids are those of
     the full output."""
