@@ -8,6 +8,7 @@ import json
 import sys
 
 import pytest
+import torch
 from helpers import load_script, run_main
 
 
@@ -282,3 +283,26 @@ def test_decoders_search_as_asked_whatever_the_models_generation_config(bench, t
     assert bool(bench_decoding._same(beams[bench_decoding.OURS], beams["peer"], pad).all())
     assert bool(bench_decoding._same(beams[bench_decoding.OURS], beams[bench_decoding.OURS_MIXED], pad).all())
     assert out[bench_decoding.OURS_BF16].shape[0] == 20
+
+
+def test_bench_packed_times_both_products_and_measures_memory(repo_root, tiny_model, tmp_path, capsys):
+    """`bench_packed.py`: per row count, MKL's and the packed oneDNN product of the model's output layer (the same
+    values to float32 rounding), and the RSS of two fresh processes searching with and without the packed products."""
+    from hf_sentence_vae.kernels import PackedWeight
+
+    if not PackedWeight.supports(torch.zeros(1, 1)):
+        pytest.skip("torch without its oneDNN (mkldnn) ops")
+    script = load_script(repo_root / "benchmarks" / "bench_packed.py")
+    tiny_model().save_pretrained(tmp_path / "model")
+    argv = ["--model", str(tmp_path / "model"), "--rows", "1,3", "--repeats", "1", "--number", "2"]
+    argv += ["--searches", "3", "--max_rows", "4", "--max_new_tokens", "4", "--output", str(tmp_path / "out.json")]
+    status, _, _ = run_main(script, argv, capsys)
+    assert status == 0
+    result = json.loads((tmp_path / "out.json").read_text())
+    assert [row["rows"] for row in result["products"]] == [1, 3]
+    for row in result["products"]:
+        assert _positive(row["mkl_ms"]) and _positive(row["packed_ms"]) and row["max_abs_diff"] < 1e-4
+    for key, packed in (("packed", True), ("unpacked", False)):
+        run = result["memory"][key]
+        assert run["packed"] is packed and list(run["rss_mb_after_searches"]) == ["1", "3"]
+        assert all(_positive(value) for value in run["rss_mb_after_searches"].values())
