@@ -486,3 +486,22 @@ def test_lstm_step_with_packed_gates_steps_as_the_cell_does(rows):
             )
             torch.testing.assert_close((h, c), (h_ref, c_ref), rtol=1e-5, atol=1e-6)
     assert (gates._packed is not None) is (PACKED_MIN_ROWS <= rows <= PACKED_MAX_ROWS)
+
+
+def test_log_sum_exp_in_place_matches_torch_with_excluded_ids_and_empty_rows():
+    """`_log_sum_exp_` (NumPy's exp, in place) gives `torch.logsumexp` of the row and its excluded values together,
+    to float32 rounding; a row of -inf only gives -inf, not NaN."""
+    from hf_sentence_vae.kernels import _exclude_, _log_sum_exp_
+
+    logits = torch.randn(4, 300, generator=torch.Generator().manual_seed(0)) * 5
+    logits[3] = float("-inf")
+    expected = torch.logsumexp(logits, dim=-1, keepdim=True)
+    banned = torch.tensor([0, 7, 299])
+    work = logits.clone()
+    excluded = _exclude_(work, banned)
+    assert torch.equal(excluded, logits[:, banned]) and work[:, banned].isneginf().all()
+    lse = _log_sum_exp_(work, excluded)
+    torch.testing.assert_close(lse[:3], expected[:3], rtol=1e-6, atol=1e-5)
+    assert lse[3].isneginf().all()
+    assert _exclude_(logits.clone(), None) is None
+    torch.testing.assert_close(_log_sum_exp_(logits[:3].clone()), expected[:3], rtol=1e-6, atol=1e-5)
