@@ -24,6 +24,8 @@ remote code.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -340,10 +342,12 @@ def _first_index(hits_buffer: torch.Tensor, values: torch.Tensor, target: torch.
 
 class PackedWeight:
     """`x @ weight.T + bias` for float32 CPU rows, by oneDNN's GEMM on a copy of the `(O, I)` float32 `weight` (or of
-    its `(O, I_k)` pieces, joined along the inputs) packed in oneDNN's own layout, made on the first call and kept for the object's life (one search): at a few rows
-    (`PACKED_MIN_ROWS` to `PACKED_MAX_ROWS`) 1.1-3.4x MKL's GEMM at the peer's sizes, the products summed in another
-    order (float32 rounding apart, the same results). [`PackedWeight.supports`] says where it runs: a CPU float32
-    weight, torch built with oneDNN (`torch.ops.mkldnn`), outside graph capture."""
+    its `(O, I_k)` pieces, joined along the inputs) packed in oneDNN's own layout, made on the first call and kept for
+    the object's life (one search): at a few rows (`PACKED_MIN_ROWS` to `PACKED_MAX_ROWS`) 1.3-3.9x MKL's GEMM at the
+    peer's sizes, the products summed in another order (float32 rounding apart, the same results). Where this build's
+    oneDNN cannot run the packed product, the first call warns (`RuntimeWarning`) and `F.linear` serves from then on.
+    [`PackedWeight.supports`] says where it runs: a CPU float32 weight, torch built with oneDNN (`torch.ops.mkldnn`),
+    outside graph capture."""
 
     def __init__(self, weight: torch.Tensor | tuple[torch.Tensor, ...], bias: torch.Tensor):
         pieces = tuple(w.detach() for w in (weight if isinstance(weight, tuple) else (weight,)))
@@ -369,10 +373,30 @@ class PackedWeight:
             and not torch.compiler.is_compiling()
         )
 
+    @staticmethod
+    def _pack(weight: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._reorder_linear_weight(weight, None)
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self._packed is None:
-            weight = self.pieces[0] if len(self.pieces) == 1 else torch.cat(self.pieces, 1)
-            self._packed = torch.ops.mkldnn._reorder_linear_weight(weight, None)
+        if self._packed is False:
+            return F.linear(x, self._weight, self.bias)
+        if self._packed is not None:
+            return self._product(x)
+        weight = self.pieces[0] if len(self.pieces) == 1 else torch.cat(self.pieces, 1)
+        try:
+            self._packed = self._pack(weight)
+            return self._product(x)
+        except RuntimeError as error:  # a oneDNN build without these kernels: the plain product from here on
+            warnings.warn(
+                f"oneDNN could not run a packed {tuple(weight.shape)} float32 product ({error}); decoding takes "
+                "torch's own products instead",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            self._packed, self._weight = False, weight
+            return F.linear(x, weight, self.bias)
+
+    def _product(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.shape[0]
         # Above 16 rows, rows padded to a multiple of 4: oneDNN keeps a kernel (and its buffers) per shape.
         padded = rows if rows <= 16 else -(-rows // 4) * 4

@@ -505,3 +505,25 @@ def test_log_sum_exp_in_place_matches_torch_with_excluded_ids_and_empty_rows():
     assert lse[3].isneginf().all()
     assert _exclude_(logits.clone(), None) is None
     torch.testing.assert_close(_log_sum_exp_(logits[:3].clone()), expected[:3], rtol=1e-6, atol=1e-5)
+
+
+def test_packed_weight_falls_back_to_the_plain_product_where_onednn_cannot_pack(monkeypatch):
+    """A oneDNN build that cannot run the packed product: one `RuntimeWarning` on the first call, then `F.linear`."""
+    from hf_sentence_vae.kernels import PackedWeight
+
+    def refuse(weight):
+        raise RuntimeError("no packed kernel for this build")
+
+    monkeypatch.setattr(PackedWeight, "_pack", staticmethod(refuse))
+    hidden, weight, bias, _ = _logit_problem(5, 12, 300)
+    packed = PackedWeight(weight, bias) if PackedWeight.supports(weight) else None
+    if packed is None:
+        pytest.skip("torch without its oneDNN (mkldnn) ops")
+    with pytest.warns(RuntimeWarning, match=r"could not run a packed \(300, 12\) float32 product"):
+        out = packed(hidden)
+    torch.testing.assert_close(out, F.linear(hidden, weight, bias))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.testing.assert_close(packed(hidden[:2]), F.linear(hidden[:2], weight, bias))
