@@ -53,9 +53,10 @@ WORD_GATES_MIN_ROWS = 16
 TOP_K_BUDGET = 1 << 19
 # Decoding steps of this many rows or more, up to PACKED_MAX_ROWS, take their float32 CPU products (the output layer
 # over the whole vocabulary, the LSTM cell's gates) from oneDNN with the weight packed once per search
-# ([`PackedWeight`]): at these row counts MKL's GEMM runs far below the memory bound (5 rows x 10k words x 256
-# features: 0.75-0.92 ms, oneDNN on the packed weight 0.27 ms; 64 rows 4.5 ms against 3.0), and on par above. One row
-# stays on MKL's GEMV, about as fast, which spares a batch-1 search the packing (~2 ms for a 10 MB output layer).
+# ([`PackedWeight`]): at these row counts MKL's GEMM runs far below the memory bound (10k words x 256 features, one
+# thread, benchmarks/bench_packed.py: 5 rows 0.78 ms, oneDNN on the packed weight 0.28 ms; 64 rows 4.05 against 3.06
+# ms); above them the searches' chunked products do as well. One row stays on MKL's GEMV, which spares a batch-1
+# search the packing (~2 ms for a 10 MB output layer, more than its steps would save).
 PACKED_MIN_ROWS = 2
 PACKED_MAX_ROWS = 128
 # Under CPU bf16 autocast the output layer pads its rows to a multiple of this: oneDNN builds a bf16 GEMM kernel
