@@ -51,6 +51,8 @@ SCREEN_MIN_ROWS = 16
 WORD_GATES_MIN_ROWS = 16
 # Logits per vocabulary chunk of the top-k search (2 MiB of float32): `topk` costs less per element on wider rows.
 TOP_K_BUDGET = 1 << 19
+# Columns per block of the two-stage top-k of wide rows ([`_top_k`]).
+TOP_K_BLOCK = 64
 # Decoding steps of this many rows or more, up to PACKED_MAX_ROWS, take their float32 CPU products (the output layer
 # over the whole vocabulary, the LSTM cell's gates) from oneDNN with the weight packed once per search
 # ([`PackedWeight`]): at these row counts MKL's GEMM runs far below the memory bound (10k words x 256 features, one
@@ -318,6 +320,27 @@ def _log_sum_exp_(logits: torch.Tensor, excluded: torch.Tensor | None = None) ->
     if excluded is not None:
         lse = torch.logaddexp(lse, torch.logsumexp(excluded, dim=-1, keepdim=True))
     return lse
+
+
+def _top_k(values: torch.Tensor, k: int, block: int = TOP_K_BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
+    """`values.topk(k, dim=-1)` of a `(N, W)` float tensor, in two stages on wide rows: the maxima of blocks of `block`
+    columns, the `k` blocks with the largest (the `k` best values lie in them: a value outside them is beaten by
+    their `k` maxima), then `topk` over those blocks' `k * block` values and the columns after the last whole block.
+    The same values and ids (ties apart), 1.2-2.2x `topk` on 10k-wide rows of 5-128 rows."""
+    rows, width = values.shape
+    whole = width // block * block
+    if k * block * 4 > whole:  # narrow rows: topk itself
+        return values.topk(k, dim=-1)
+    blocks = values[:, :whole].unflatten(1, (whole // block, block))
+    chosen = blocks.amax(-1).topk(k, dim=-1).indices  # (N, k)
+    candidates = blocks.gather(1, chosen.unsqueeze(-1).expand(-1, -1, block)).flatten(1)
+    ids = (chosen.unsqueeze(-1) * block + torch.arange(block, device=values.device)).flatten(1)
+    if whole < width:
+        candidates = torch.cat([candidates, values[:, whole:]], 1)
+        tail = torch.arange(whole, width, device=values.device).expand(rows, -1)
+        ids = torch.cat([ids, tail], 1)
+    best, positions = candidates.topk(k, dim=-1)
+    return best, ids.gather(1, positions)
 
 
 def _excluded_log_sum_exp(
@@ -603,7 +626,7 @@ def top_k_tokens(
     if few or chunk >= vocab:  # a few rows: all their logits at once
         logits = packed(hidden) if few else _logit_block(hidden, weight, bias, 0, vocab)
         excluded = _exclude_(logits, banned)
-        values, ids = logits.topk(k, dim=-1)
+        values, ids = _top_k(logits, k)
         return values - _log_sum_exp_(logits, excluded), ids
     search_bias = bias if banned is None or banned.numel() == 0 else bias.index_fill(0, banned, float("-inf"))
     values, ids, maxima, sums = [], [], [], []

@@ -527,3 +527,18 @@ def test_packed_weight_falls_back_to_the_plain_product_where_onednn_cannot_pack(
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         torch.testing.assert_close(packed(hidden[:2]), F.linear(hidden[:2], weight, bias))
+
+
+@pytest.mark.parametrize(("rows", "width", "k"), [(5, 10002, 10), (3, 4096, 5), (2, 700, 10), (4, 300, 4)])
+def test_two_stage_top_k_gives_topk(rows, width, k):
+    """`_top_k` (block maxima, then the best blocks' values and the columns after the last whole block) gives
+    `topk`'s values and ids on wide rows, with -inf entries and the best ids in the tail; narrow rows take `topk`."""
+    from hf_sentence_vae.kernels import _top_k
+
+    values = torch.randn(rows, width, generator=torch.Generator().manual_seed(width))
+    values[:, ::7] = float("-inf")
+    values[0, -1] = 50.0  # in the columns after the last whole block
+    values[1, :3] = torch.tensor([40.0, 39.0, 38.0])  # several in one block
+    best, ids = _top_k(values, k)
+    expected_best, expected_ids = values.topk(k, dim=-1)
+    assert torch.equal(best, expected_best) and torch.equal(ids, expected_ids)
