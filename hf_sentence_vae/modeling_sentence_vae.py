@@ -170,6 +170,22 @@ class Highway(nn.Module):
         return x
 
 
+def right_padded(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, pad_token_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(input_ids, attention_mask)` with left-padded rows (padding first, as a tokenizer with
+    `padding_side="left"` makes them) moved to the front of their row and padded on the right with `pad_token_id`;
+    a batch without left padding is returned as it is."""
+    mask = attention_mask.bool()
+    start = (~mask).long().cumprod(-1).sum(-1)  # each row's leading padding
+    if _tracing() or not bool(start.any()):
+        return input_ids, attention_mask
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+    source = (positions + start.unsqueeze(-1)).clamp(max=input_ids.shape[1] - 1)
+    kept = positions < mask.sum(-1, keepdim=True)
+    return input_ids.gather(1, source).masked_fill(~kept, pad_token_id), kept.to(attention_mask.dtype)
+
+
 def _tracing() -> bool:
     """True under `torch.compile` / `torch.export`, where checks that read tensor values cannot run."""
     return torch.compiler.is_compiling() or exporting()
@@ -355,15 +371,7 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         """Check that `input_ids` `(B, T)` are `<bos> words <eos>` rows, right-padded, of ids in the vocabulary (a
         `ValueError` naming the offending row or id otherwise); returns the boolean attention mask (inferred from
         padding if absent)."""
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must be a (batch, length) tensor, got shape {tuple(input_ids.shape)}")
-        if input_ids.shape[1] < 2:
-            raise ValueError(
-                f"input_ids must hold at least <bos> and <eos> (length >= 2), got length {input_ids.shape[1]}"
-            )
-        if attention_mask is None:
-            attention_mask = input_ids.ne(self.config.pad_token_id)
-        attention_mask = attention_mask.bool()
+        attention_mask = self._attention_mask(input_ids, attention_mask)
         if _tracing():  # the checks below read tensor values; a traced graph is checked where it runs eagerly
             return attention_mask
         lengths = attention_mask.sum(-1)
@@ -372,6 +380,12 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         )
         if bool(bad.any()):
             row = int(bad.nonzero()[0, 0])
+            if not bool(attention_mask[row, 0]) and bool(attention_mask[row].any()):
+                raise ValueError(
+                    f"row {row} of input_ids is left-padded ({input_ids[row].tolist()}): scoring needs right-padded "
+                    "rows, <bos> words <eos> then padding (tokenizer.padding_side = 'right', the SentenceVAE "
+                    "tokenizer's default); generate and encode accept either"
+                )
             raise ValueError(
                 f"each row of input_ids must be <bos> words <eos> (ids {self.config.bos_token_id} ... "
                 f"{self.config.eos_token_id}) followed by padding, as the SentenceVAE tokenizer produces; "
@@ -391,11 +405,37 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         attention_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The posterior q(z|x): returns `(mu, logvar)`, each `(B, Z)`. Tokenize texts with the tokenizer first
-        (`tokenizer(texts, padding=True, return_tensors="pt")`)."""
+        (`tokenizer(texts, padding=True, return_tensors="pt")`; right- or left-padded)."""
         if self.config.is_rnnlm:
             raise ValueError("this model is an RNNLM (latent_size=0): it has no encoder")
+        input_ids, attention_mask = self._right_padded(input_ids, attention_mask)
         attention_mask = self.check_inputs(input_ids, attention_mask)
         return self._encode(input_ids, attention_mask)
+
+    def _attention_mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """The boolean `(B, T)` attention mask of `input_ids` (inferred from padding if absent), after checking the
+        shapes."""
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be a (batch, length) tensor, got shape {tuple(input_ids.shape)}")
+        if input_ids.shape[1] < 2:
+            raise ValueError(
+                f"input_ids must hold at least <bos> and <eos> (length >= 2), got length {input_ids.shape[1]}"
+            )
+        if attention_mask is None:
+            return input_ids.ne(self.config.pad_token_id)
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, got "
+                f"{tuple(attention_mask.shape)}"
+            )
+        return attention_mask.bool()
+
+    def _right_padded(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """[`right_padded`] with this model's padding id: left-padded rows, as `generate` and `encode` accept them."""
+        mask = self._attention_mask(input_ids, attention_mask)
+        return right_padded(input_ids, mask, self.config.pad_token_id)
 
     def _encode(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, embedded: torch.Tensor | None = None
@@ -924,7 +964,8 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         arguments raise a `ValueError`.
 
         Args:
-            input_ids, attention_mask: `(B, T)` sentences to reconstruct, as the tokenizer produces them.
+            input_ids, attention_mask: `(B, T)` sentences to reconstruct, as the tokenizer produces them (right- or
+                left-padded).
             latent: `(B, Z)` codes to decode.
             num_samples: the number of prior samples when neither `input_ids` nor `latent` is given.
             sample_latent: reconstruct from a posterior sample (drawn with `generator`) instead of the mean.
@@ -1072,10 +1113,10 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
                     "this model is an RNNLM (latent_size=0): it has no encoder, so input_ids cannot be "
                     "reconstructed; generate(num_samples=n) samples sentences"
                 )
-            input_ids = input_ids.to(self.device)
-            attention_mask = self.check_inputs(
-                input_ids, None if attention_mask is None else attention_mask.to(self.device)
+            input_ids, attention_mask = self._right_padded(
+                input_ids.to(self.device), None if attention_mask is None else attention_mask.to(self.device)
             )
+            attention_mask = self.check_inputs(input_ids, attention_mask)
             mu, logvar = self._encode(input_ids, attention_mask)
             latent = reparameterize(mu, logvar, generator=generator) if sample_latent else mu
             source = "input_ids"

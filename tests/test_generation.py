@@ -19,6 +19,7 @@ from transformers.generation import BaseStreamer
 
 from hf_sentence_vae import SentenceVAEGenerationOutput, SentenceVAEModel
 from hf_sentence_vae.latent import reparameterize
+from hf_sentence_vae.modeling_sentence_vae import right_padded
 from hf_sentence_vae.training import READABLE_NUM_BEAMS, readable_generation_config
 
 INIT = 0.5  # peaked, tie-free distributions: decodes are real sentences with repeated words
@@ -138,6 +139,30 @@ def test_an_rnnlm_refuses_sentences_to_reconstruct(tiny_model, batch):
     rnnlm = tiny_model(latent_size=0)
     with pytest.raises(ValueError, match="RNNLM.*cannot be reconstructed"):
         rnnlm.generate(**batch)
+
+
+def test_left_padded_sentences_are_reconstructed_as_right_padded_ones(vae, batch, tiny_tokenizer, tiny_sentences):
+    # A tokenizer set to pad on the left (the habit of decoder-only generation) gives the same codes and decodes.
+    left = tiny_tokenizer(tiny_sentences[:3], padding=True, padding_side="left", return_tensors="pt")
+    assert not bool(left["attention_mask"][:, 0].all()), "the batch must have a left-padded row"
+    for mask in (left["attention_mask"], None):  # given, or inferred from <pad>
+        mu, logvar = vae.encode(left["input_ids"], mask)
+        reference = vae.encode(batch["input_ids"], batch["attention_mask"])
+        torch.testing.assert_close((mu, logvar), reference)
+        assert torch.equal(vae.generate(left["input_ids"], attention_mask=mask), vae.generate(**batch))
+    # Scoring keeps right padding (its logits align with the input's positions) and says so.
+    with pytest.raises(ValueError, match=r"row \d of input_ids is left-padded.*padding_side = 'right'"):
+        vae(**left)
+
+
+def test_right_padded_moves_left_padding_to_the_end():
+    ids = torch.tensor([[0, 0, 2, 7, 3], [2, 8, 9, 6, 3], [0, 2, 5, 3, 0]])
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [0, 1, 1, 1, 0]])
+    moved, moved_mask = right_padded(ids, mask, pad_token_id=0)
+    assert moved.tolist() == [[2, 7, 3, 0, 0], [2, 8, 9, 6, 3], [2, 5, 3, 0, 0]]
+    assert moved_mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
+    right = ids[1:2]
+    assert right_padded(right, torch.ones_like(right), 0)[0] is right  # nothing to move: the same tensor
 
 
 # --------------------------------------------------------------------------- return types and scores

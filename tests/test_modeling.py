@@ -483,6 +483,45 @@ def _pad_to(input_ids: torch.Tensor, attention_mask: torch.Tensor, length: int, 
     )
 
 
+@pytest.mark.parametrize(
+    "corrupt, match",
+    [
+        (lambda ids, mask: (ids[0], mask[0]), r"\(batch, length\) tensor, got shape \(7,\)"),
+        (lambda ids, mask: (ids[:, :1], mask[:, :1]), "length >= 2"),
+        (lambda ids, mask: (ids, mask[:, :5]), r"attention_mask must have the shape of input_ids \(2, 7\)"),
+        (
+            lambda ids, mask: (ids.index_put((torch.tensor([1]), torch.tensor([2])), torch.tensor(10**6)), mask),
+            "id 1000000 outside the model's vocabulary",
+        ),
+        (
+            lambda ids, mask: (ids.index_put((torch.tensor([1]), torch.tensor([2])), torch.tensor(-1)), mask),
+            "outside the model's vocabulary",
+        ),
+        (lambda ids, mask: (ids[:, 1:], mask[:, 1:]), r"row 0 is \["),
+        (  # row 1 (5 of 7 tokens) padded on the left
+            lambda ids, mask: (torch.stack([ids[0], ids[1].roll(2)]), torch.stack([mask[0], mask[1].roll(2)])),
+            "row 1 of input_ids is left-padded",
+        ),
+    ],
+    ids=["one_dim", "too_short", "mask_shape", "id_too_large", "negative_id", "no_bos", "left_padded"],
+)
+def test_bad_inputs_raise_naming_the_problem(tiny_model, random_batch, corrupt, match):
+    model = tiny_model()
+    input_ids, attention_mask = random_batch(model.config, [5, 3], seed=0)
+    input_ids, attention_mask = corrupt(input_ids, attention_mask)
+    with pytest.raises(ValueError, match=match):
+        model(input_ids, attention_mask)
+    if match.startswith("row 1"):  # generation and encoding accept left padding
+        torch.testing.assert_close(
+            model.encode(input_ids, attention_mask), model.encode(*random_batch(model.config, [5, 3], seed=0))
+        )
+    else:
+        with pytest.raises(ValueError, match=match):
+            model.encode(input_ids, attention_mask)
+        with pytest.raises(ValueError, match=match):
+            model.generate(input_ids, attention_mask=attention_mask)
+
+
 @pytest.mark.parametrize("variant", list(VARIANTS), ids=list(VARIANTS))
 def test_padding_changes_nothing(tiny_model, random_batch, variant):
     model = tiny_model(initializer_range=INIT, **VARIANTS[variant])
