@@ -15,7 +15,9 @@ chosen; `generated_ids` are the tokens generated so far (no `<bos>`, in the deco
 the model's own log-probabilities of the chosen tokens (`log_probs`) whatever the processors did. With
 `output_scores=True` they also return the scores each step chose from (`step_scores`, one `(N, V)` tensor per
 step, `N` = every row of the batch, or batch x beams): rows that have ended hold 0 for `<pad>` and `-inf`
-elsewhere, so the score of a whole generated sequence is the sum of its tokens' entries.
+elsewhere, so the score of a whole generated sequence is the sum of its tokens' entries. With `output_logits=True`
+they return the model's own log-probabilities of every step in the same layout (`step_logits`), before any
+processor, constraint or warper.
 
 `suppress_tokens` (`(S,)` LongTensor) are ids never generated, applied after `logits_processor` (the reported
 log-probabilities stay the model's).
@@ -26,7 +28,7 @@ when asked, their `(N,)` log-probabilities; `top_k_step_fn(tokens, state, k, ban
 gives each row's `k` best ids, best first, with their log-probabilities (`(N, k)` each). A model implements them
 without materialising the `(N, V)` distribution (`kernels.greedy_tokens`, `kernels.top_k_tokens`). They are used
 when nothing needs that distribution: no `logits_processor` (suppressed ids and the `min_new_tokens` end of sentence
-are passed as `banned`), no `forced_tokens`, no `output_scores`; otherwise the search runs on `step_fn`. Both give the
+are passed as `banned`), no `forced_tokens`, no `output_scores` or `output_logits`; otherwise the search runs on `step_fn`. Both give the
 same sequences (up to exact ties between floating-point scores, where rounding can pick either).
 """
 
@@ -52,9 +54,10 @@ class SearchResult(NamedTuple):
     `log_probs`: `(B, n)` plain sums of the chosen tokens' log-probabilities under the model;
     `lengths`: `(B, n)` tokens generated before padding (end of sentence included);
     `step_scores`: with `output_scores`, the `L` per-step `(N, V)` scores the search chose from;
-    `beam_indices`: with `output_scores` in beam search, `(B, n, L)` the row of `step_scores[t]` each returned
-    hypothesis extended at step `t` (`-1` after its batch row left the search), as `transformers`'
-    `compute_transition_scores` reads them."""
+    `beam_indices`: with `output_scores` or `output_logits` in beam search, `(B, n, L)` the row of `step_scores[t]`
+    each returned hypothesis extended at step `t` (`-1` after its batch row left the search), as `transformers`'
+    `compute_transition_scores` reads them;
+    `step_logits`: with `output_logits`, the `L` per-step `(N, V)` log-probabilities of the model, unprocessed."""
 
     sequences: torch.Tensor
     scores: torch.Tensor
@@ -62,6 +65,7 @@ class SearchResult(NamedTuple):
     lengths: torch.Tensor
     step_scores: tuple[torch.Tensor, ...] | None = None
     beam_indices: torch.Tensor | None = None
+    step_logits: tuple[torch.Tensor, ...] | None = None
 
 
 def _ended_row(vocab_size: int, pad_token_id: int, device: torch.device) -> torch.Tensor:
@@ -131,6 +135,7 @@ def sample_search(
     greedy_step_fn: GreedyStepFn | None = None,
     compute_scores: bool = True,
     on_tokens: Callable[[torch.Tensor], None] | None = None,
+    output_logits: bool = False,
 ) -> SearchResult:
     """Greedy decoding (`do_sample=False`) or ancestral sampling, batched over `batch_size` rows.
 
@@ -161,6 +166,7 @@ def sample_search(
     rows = torch.arange(batch_size, device=device)  # greedy: the rows still being decoded
     forced = forced_tokens
     step_scores: list[torch.Tensor] = []
+    step_logits: list[torch.Tensor] = []
     ended = None
     steps = 0
     fast = (
@@ -169,6 +175,7 @@ def sample_search(
         and logits_processor is None
         and forced_tokens is None
         and not output_scores
+        and not output_logits
     )
     for step in range(max_new_tokens):
         steps = step + 1
@@ -186,8 +193,11 @@ def sample_search(
                 )
             scores = _suppress(scores, suppress_tokens)
             scores = _apply_constraints(scores, step, eos_token_id, min_new_tokens, forced, log_probs)
-            if output_scores and ended is None:
+            if (output_scores or output_logits) and ended is None:
                 ended = _ended_row(scores.shape[-1], pad_token_id, device)
+            if output_logits:  # greedy search drops ended rows; sampling keeps them, with `finished` set
+                logits = ended.expand(batch_size, -1).index_copy(0, rows, log_probs)
+                step_logits.append(torch.where(finished.unsqueeze(-1), ended, logits))
             if not do_sample:
                 # max() gives the first maximal index, as argmax() does, at a fraction of argmax's CPU time.
                 best, choice = scores.max(-1)
@@ -243,6 +253,7 @@ def sample_search(
         total.unsqueeze(1),
         lengths.unsqueeze(1),
         tuple(step_scores) if output_scores else None,
+        step_logits=tuple(step_logits) if output_logits else None,
     )
 
 
@@ -263,6 +274,7 @@ def beam_search(
     output_scores: bool = False,
     suppress_tokens: torch.Tensor | None = None,
     top_k_step_fn: TopKStepFn | None = None,
+    output_logits: bool = False,
 ) -> SearchResult:
     """Beam search vectorised over batch x beam.
 
@@ -297,13 +309,17 @@ def beam_search(
     scores[:, 0] = 0.0
     raw = scores.clone() if processed else None  # the model's own sums, when processors change the scores
     sequences = torch.empty((batch_size, k, 0), dtype=torch.long, device=device)
-    origins = torch.empty((batch_size, k, 0), dtype=torch.long, device=device)  # rows of step_scores (output_scores)
+    origins = torch.empty(
+        (batch_size, k, 0), dtype=torch.long, device=device
+    )  # rows of step_scores (output_scores, output_logits)
     finished = torch.zeros((batch_size, k), dtype=torch.bool, device=device)
     lengths = torch.zeros((batch_size, k), dtype=torch.long, device=device)
     tokens = torch.full((batch_size,), bos_token_id, dtype=torch.long, device=device)
     step_scores: list[torch.Tensor] = []
+    step_logits: list[torch.Tensor] = []
     steps = 0
-    fast = top_k_step_fn is not None and not processed and forced_tokens is None and not output_scores
+    track = output_scores or output_logits  # the rows of the per-step outputs each hypothesis came from
+    fast = top_k_step_fn is not None and not processed and forced_tokens is None and not track
     for step in range(max_new_tokens):
         steps = step + 1
         n = active.numel()
@@ -351,6 +367,10 @@ def beam_search(
                     step_log_probs, log_probs, done, pinned, is_pinned, active, k, batch_size, pad_token_id
                 )
             )
+        if output_logits:
+            step_logits.append(
+                _beam_step_scores(log_probs, log_probs, done, None, None, active, k, batch_size, pad_token_id)
+            )
         top_scores = torch.where(done, _finished_candidates(top_scores), top_scores)
         top_tokens = top_tokens.masked_fill(done, pad_token_id)
         width = top_scores.shape[-1]
@@ -365,7 +385,7 @@ def beam_search(
         sequences = torch.cat(
             [sequences.gather(1, beam.unsqueeze(-1).expand_as(sequences)), tokens_bk.unsqueeze(-1)], -1
         )
-        if output_scores:
+        if track:
             origin = active.unsqueeze(-1) * k + beam  # a finished hypothesis' row holds <pad> at no cost
             origins = torch.cat([origins.gather(1, beam.unsqueeze(-1).expand_as(origins)), origin.unsqueeze(-1)], -1)
         lengths = lengths.gather(1, beam) + (~was_finished).long()
@@ -378,7 +398,7 @@ def beam_search(
             if processed:
                 out_raw[active[row_done]] = raw[row_done]
             out_lengths[active[row_done]] = lengths[row_done]
-            if output_scores:
+            if track:
                 out_origins[active[row_done], :, :steps] = origins[row_done]
             keep = (~row_done).nonzero().squeeze(-1)
             if keep.numel() == 0:
@@ -387,7 +407,7 @@ def beam_search(
             lengths, finished, tokens_bk = lengths[keep], finished[keep], tokens_bk[keep]
             if processed:
                 raw = raw[keep]
-            if output_scores:
+            if track:
                 origins = origins[keep]
             source = source.view(n, k)[keep].view(-1)
         state = tuple(s.index_select(0, source) for s in state)
@@ -400,7 +420,7 @@ def beam_search(
         if processed:
             out_raw[active] = raw
         out_lengths[active] = lengths
-        if output_scores:
+        if track:
             out_origins[active, :, :steps] = origins
     out_sequences = out_sequences[:, :, :steps]
     if length_penalty:
@@ -416,7 +436,8 @@ def beam_search(
         out_raw.gather(1, order),
         out_lengths.gather(1, order),
         tuple(step_scores) if output_scores else None,
-        out_origins[:, :, :steps].gather(1, pick) if output_scores else None,
+        out_origins[:, :, :steps].gather(1, pick) if track else None,
+        tuple(step_logits) if output_logits else None,
     )
 
 

@@ -47,6 +47,7 @@ GENERATION_SETTINGS = {
     "length_penalty",
     "num_return_sequences",
     "output_scores",
+    "output_logits",
     "return_dict_in_generate",
     "pad_token_id",
     "bos_token_id",
@@ -87,7 +88,6 @@ UNSUPPORTED_SETTINGS = {
     "watermarking_config",
     "output_attentions",
     "output_hidden_states",
-    "output_logits",
     "prompt_lookup_num_tokens",
     "penalty_alpha",
     "dola_layers",
@@ -177,6 +177,7 @@ def resolve_generation_config(
     settings.temperature = pick(settings.temperature, default=1.0)
     settings.return_dict_in_generate = bool(settings.return_dict_in_generate)
     settings.output_scores = bool(settings.output_scores)
+    settings.output_logits = bool(settings.output_logits)
     # The sequences hold no prompt: max_length and max_new_tokens both count generated tokens.
     settings.max_new_tokens = pick(settings.max_new_tokens, settings.max_length, default=cfg.max_sentence_length)
     settings.min_new_tokens = pick(settings.min_new_tokens, settings.min_length, default=0)

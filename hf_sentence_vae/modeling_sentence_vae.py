@@ -109,8 +109,13 @@ class SentenceVAEGenerationOutput(ModelOutput):
             (`(B * num_beams, V)` for beam search): the processed log-probabilities each step chose from, in the
             decoder's order (right to left for `right_to_left` models); rows that have ended hold 0 for `<pad>`.
             `model.compute_transition_scores(out.sequences, out.scores, out.beam_indices)` gives each token's score.
-        beam_indices: with `output_scores=True` in beam search, `(B * num_return_sequences, L)` the row of
-            `scores[t]` each returned sequence came from at step `t` (as in `transformers`).
+        beam_indices: with `output_scores=True` (or `output_logits=True`) in beam search,
+            `(B * num_return_sequences, L)` the row of `scores[t]` each returned sequence came from at step `t` (as in
+            `transformers`).
+        logits: with `output_logits=True`, one tensor per step in the layout of `scores`: the model's own
+            log-probabilities, before logits processors, suppressed tokens, length constraints and sampling warpers
+            (its logits normalised by a log-softmax: `transformers` keeps the raw logits, which differ from these by
+            a constant per row, so softmaxes and `compute_transition_scores(..., normalize_logits=True)` agree).
         log_probs: `(B * num_return_sequences,)` sum of the generated tokens' log-probabilities under the model
             (unaffected by logits processors, suppressed tokens or sampling warpers).
         latent: the `(B, Z)` codes that were decoded (None for the RNNLM): the given ones, the posterior means (or
@@ -123,6 +128,7 @@ class SentenceVAEGenerationOutput(ModelOutput):
     beam_indices: torch.Tensor | None = None
     log_probs: torch.Tensor | None = None
     latent: torch.Tensor | None = None
+    logits: tuple[torch.Tensor, ...] | None = None
 
 
 def bag_of_words_nll(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -946,7 +952,8 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         no prompt, so both count generated tokens, `<eos>` included; default `config.max_sentence_length`),
         `min_new_tokens` (or `min_length`); `repetition_penalty`, `no_repeat_ngram_size`, `bad_words_ids` and
         `suppress_tokens` through `transformers`' logits processors, plus any `logits_processor` given (they see
-        log-probabilities, as in `transformers`' beam search); `return_dict_in_generate`, `output_scores`; and ours,
+        log-probabilities, as in `transformers`' beam search); `return_dict_in_generate`, `output_scores`,
+        `output_logits` (the model's unprocessed log-probabilities of each step); and ours,
         `output_layer_dtype="bfloat16"` (or in the `generation_config`; to save it with the model, in a
         `GenerationConfig(..., output_layer_dtype="bfloat16")` of its own: `transformers` drops unknown fields from a
         generation config derived from the model config when it loads one): greedy and beam search run the output
@@ -1005,6 +1012,7 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         max_new_tokens, min_new_tokens = settings.max_new_tokens, settings.min_new_tokens
         num_beams, num_return_sequences = settings.num_beams, settings.num_return_sequences
         output_scores = bool(settings.return_dict_in_generate and settings.output_scores)
+        output_logits = bool(settings.return_dict_in_generate and settings.output_logits)
         state = self.initial_decoder_state(latent, batch_size)
         if streamer is not None:  # what the decoder starts from, where `transformers` puts the prompt first
             streamer.put(torch.full((1, 1), cfg.bos_token_id, dtype=torch.long))
@@ -1016,7 +1024,7 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
             processors = LogitsProcessorList()
         steps = self.search_steps(batch_size * num_beams, OUTPUT_LAYER_DTYPES[settings.output_layer_dtype])
         greedy_step = top_k_step = None
-        if not settings.do_sample and not processors and forced_tokens is None and not output_scores:
+        if not settings.do_sample and not processors and forced_tokens is None and not (output_scores or output_logits):
             greedy_step, top_k_step = steps.greedy, steps.top_k
         if num_beams > 1:
             result = beam_search(
@@ -1031,6 +1039,7 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
                 forced_tokens=forced_tokens,
                 logits_processor=processors or None,
                 output_scores=output_scores,
+                output_logits=output_logits,
                 suppress_tokens=suppressed,
                 top_k_step_fn=top_k_step,
                 **special,
@@ -1052,6 +1061,7 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
                 forced_tokens=forced_tokens,
                 generator=generator,
                 output_scores=output_scores,
+                output_logits=output_logits,
                 suppress_tokens=suppressed,
                 greedy_step_fn=greedy_step,
                 compute_scores=settings.return_dict_in_generate,
@@ -1166,6 +1176,7 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
             beam_indices=None if result.beam_indices is None else result.beam_indices.flatten(0, 1),
             log_probs=result.log_probs.flatten(),
             latent=latent,
+            logits=result.step_logits,
         )
 
 

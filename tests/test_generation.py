@@ -214,6 +214,43 @@ def test_scores_give_the_sequences_log_likelihood(tiny_model, right_to_left):
         assert (out.beam_indices is not None) == ("num_beams" in kwargs)
 
 
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(),
+        dict(do_sample=True, num_return_sequences=2, temperature=0.7),
+        dict(num_beams=3, num_return_sequences=2, length_penalty=0.0),
+    ],
+    ids=["greedy", "sampling", "beam"],
+)
+def test_logits_are_the_models_own_log_probabilities(tiny_model, kwargs):
+    """`output_logits`: every step's unprocessed log-probabilities, in the layout of `scores`, whatever the logits
+    processors and constraints did; asking for them leaves the sequences as they were."""
+    model = tiny_model(initializer_range=INIT, max_sentence_length=10)
+    z = torch.randn(4, 4, generator=torch.Generator().manual_seed(1))
+    settings = dict(repetition_penalty=3.0, min_new_tokens=2, suppress_tokens=[5], **kwargs)
+
+    def run(**flags):
+        generator = torch.Generator().manual_seed(2)
+        return model.generate(latent=z, return_dict_in_generate=True, generator=generator, **settings, **flags)
+
+    plain, out = run(), run(output_logits=True)
+    assert torch.equal(out.sequences, plain.sequences) and plain.logits is None
+    assert out.scores is None and len(out.logits) == out.sequences.shape[1]
+    assert (out.beam_indices is not None) == ("num_beams" in kwargs)
+    # the model's log-probabilities: normalised rows, and the chosen tokens' entries sum to log_probs
+    for step in out.logits:
+        open_rows = step[:, model.config.pad_token_id] != 0
+        torch.testing.assert_close(step[open_rows].logsumexp(-1), torch.zeros(int(open_rows.sum())))
+    transition = model.compute_transition_scores(out.sequences, out.logits, out.beam_indices)
+    torch.testing.assert_close(transition.sum(-1), out.log_probs, rtol=1e-5, atol=1e-5)
+    # ... while the scores are those the search chose from: the processors changed them
+    both = run(output_logits=True, output_scores=True)
+    for logits, step, scores in zip(both.logits, out.logits, both.scores):
+        torch.testing.assert_close(logits, step)
+    assert any(not torch.equal(scores, logits) for scores, logits in zip(both.scores, both.logits))
+
+
 # --------------------------------------------------------------------------- settings
 def test_generation_config_and_keywords(vae):
     z = torch.randn(8, 4, generator=torch.Generator().manual_seed(3))
