@@ -13,13 +13,22 @@ from typing import Any
 import torch
 from transformers import GenerationConfig
 from transformers.generation import (
+    EpsilonLogitsWarper,
+    EtaLogitsWarper,
+    ExponentialDecayLengthPenalty,
+    ForcedEOSTokenLogitsProcessor,
+    InfNanRemoveLogitsProcessor,
+    LogitNormalization,
     LogitsProcessorList,
     MinPLogitsWarper,
     NoBadWordsLogitsProcessor,
     NoRepeatNGramLogitsProcessor,
     RepetitionPenaltyLogitsProcessor,
+    SequenceBiasLogitsProcessor,
+    SuppressTokensAtBeginLogitsProcessor,
     SuppressTokensLogitsProcessor,
     TemperatureLogitsWarper,
+    TopHLogitsWarper,
     TopKLogitsWarper,
     TopPLogitsWarper,
     TypicalLogitsWarper,
@@ -44,6 +53,15 @@ GENERATION_SETTINGS = {
     "no_repeat_ngram_size",
     "bad_words_ids",
     "suppress_tokens",
+    "begin_suppress_tokens",
+    "sequence_bias",
+    "forced_eos_token_id",
+    "exponential_decay_length_penalty",
+    "remove_invalid_values",
+    "renormalize_logits",
+    "epsilon_cutoff",
+    "eta_cutoff",
+    "top_h",
     "length_penalty",
     "num_return_sequences",
     "output_scores",
@@ -71,18 +89,9 @@ OUTPUT_LAYER_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "mi
 UNSUPPORTED_SETTINGS = {
     "max_time",
     "stop_strings",
-    "top_h",
-    "epsilon_cutoff",
-    "eta_cutoff",
     "encoder_repetition_penalty",
     "encoder_no_repeat_ngram_size",
-    "renormalize_logits",
     "forced_bos_token_id",
-    "forced_eos_token_id",
-    "remove_invalid_values",
-    "exponential_decay_length_penalty",
-    "begin_suppress_tokens",
-    "sequence_bias",
     "token_healing",
     "guidance_scale",
     "watermarking_config",
@@ -239,22 +248,40 @@ def build_logits_processors(
     if settings.no_repeat_ngram_size:
         processors.append(NoRepeatNGramLogitsProcessor(settings.no_repeat_ngram_size))
     if settings.bad_words_ids:
-        bad_words = [[int(t) for t in word] for word in settings.bad_words_ids]
-        outside = [word for word in bad_words if any(not 0 <= t < cfg.vocab_size for t in word)]
-        if outside:
-            raise ValueError(f"bad_words_ids must be ids in [0, {cfg.vocab_size}), got {outside}")
+        bad_words = [_check_ids(cfg, "bad_words_ids", word) for word in settings.bad_words_ids]
         if cfg.right_to_left:  # the searches run in the decoder's order
             bad_words = [word[::-1] for word in bad_words]
         processors.append(NoBadWordsLogitsProcessor(bad_words, eos_token_id=cfg.eos_token_id))
+    if settings.sequence_bias:
+        processors.append(SequenceBiasLogitsProcessor(_sequence_bias(cfg, settings.sequence_bias)))
+    if settings.forced_eos_token_id is not None:
+        _check_forced_eos(cfg, settings)
+        processors.append(ForcedEOSTokenLogitsProcessor(settings.max_new_tokens, cfg.eos_token_id, device=device))
+    if settings.remove_invalid_values:
+        processors.append(InfNanRemoveLogitsProcessor())
+    if settings.exponential_decay_length_penalty is not None:
+        # counted in generated tokens (the sequences hold no prompt)
+        start, factor = _decay_length_penalty(settings.exponential_decay_length_penalty)
+        processors.append(ExponentialDecayLengthPenalty((start, factor), cfg.eos_token_id, input_ids_seq_length=0))
     if settings.suppress_tokens:
         suppressed = _check_suppress_tokens(cfg, settings.suppress_tokens, forced_tokens, device)
         processors.append(SuppressTokensLogitsProcessor(suppressed.tolist(), device=device))
+    if settings.begin_suppress_tokens:
+        if cfg.right_to_left:
+            raise ValueError(
+                "begin_suppress_tokens cannot apply to a right_to_left model: its decoder writes the sentence's "
+                "first word last"
+            )
+        begin = _check_ids(cfg, "begin_suppress_tokens", settings.begin_suppress_tokens)
+        processors.append(SuppressTokensAtBeginLogitsProcessor(begin, begin_index=0, device=device))
     if logits_processor is not None:
         processors.extend(logits_processor)
     warpers = LogitsProcessorList()
     if settings.do_sample:
         if settings.temperature != 1.0:
             warpers.append(TemperatureLogitsWarper(settings.temperature))
+        if settings.top_h is not None:
+            warpers.append(TopHLogitsWarper(top_h=settings.top_h))
         if settings.top_k is not None and settings.top_k != 0:
             warpers.append(TopKLogitsWarper(settings.top_k))
         if settings.top_p is not None and settings.top_p < 1.0:
@@ -263,16 +290,72 @@ def build_logits_processors(
             warpers.append(MinPLogitsWarper(settings.min_p))
         if settings.typical_p is not None and settings.typical_p < 1.0:
             warpers.append(TypicalLogitsWarper(settings.typical_p))
+        if settings.epsilon_cutoff is not None and 0.0 < settings.epsilon_cutoff < 1.0:
+            warpers.append(EpsilonLogitsWarper(settings.epsilon_cutoff))
+        if settings.eta_cutoff is not None and 0.0 < settings.eta_cutoff < 1.0:
+            warpers.append(EtaLogitsWarper(settings.eta_cutoff, device=device))
+    if settings.renormalize_logits:  # last, as in `transformers` (before the searches' length constraints)
+        (warpers if settings.do_sample else processors).append(LogitNormalization())
     return processors, warpers
+
+
+def _check_ids(cfg: SentenceVAEConfig, name: str, ids: Any) -> list[int]:
+    """`ids` as a list of vocabulary ids; a `ValueError` naming `name` and any id outside the vocabulary."""
+    values = [int(t) for t in ids]
+    bad = [t for t in values if not 0 <= t < cfg.vocab_size]
+    if bad:
+        raise ValueError(f"{name} must be ids in [0, {cfg.vocab_size}), got {bad}")
+    return values
+
+
+def _sequence_bias(cfg: SentenceVAEConfig, sequence_bias: Any) -> list[list]:
+    """`sequence_bias` (`[[ids, bias], ...]`, or a `{ids: bias}` dict) checked against the vocabulary, its sequences
+    in the decoder's order."""
+    items = sequence_bias.items() if isinstance(sequence_bias, dict) else sequence_bias
+    biases = []
+    for item in items:
+        if not isinstance(item, (list, tuple)) or len(item) != 2 or not isinstance(item[1], (int, float)):
+            raise ValueError(f"sequence_bias must hold [token ids, bias] pairs, got {item!r}")
+        ids = _check_ids(cfg, "sequence_bias", item[0])
+        if not ids:
+            raise ValueError("sequence_bias holds an empty sequence of ids")
+        biases.append([ids[::-1] if cfg.right_to_left else ids, float(item[1])])
+    return biases
+
+
+def _check_forced_eos(cfg: SentenceVAEConfig, settings: GenerationConfig) -> None:
+    value = settings.forced_eos_token_id
+    values = value.tolist() if torch.is_tensor(value) else value
+    if (list(values) if isinstance(values, (list, tuple)) else [values]) != [cfg.eos_token_id]:
+        raise ValueError(
+            f"forced_eos_token_id={value!r}: the model ends sentences with eos_token_id={cfg.eos_token_id} only"
+        )
+    if settings.min_new_tokens >= settings.max_new_tokens:
+        raise ValueError(
+            f"forced_eos_token_id ends sentences at max_new_tokens={settings.max_new_tokens}, where "
+            f"min_new_tokens={settings.min_new_tokens} forbids the end of sentence"
+        )
+
+
+def _decay_length_penalty(value: Any) -> tuple[int, float]:
+    if (
+        not isinstance(value, (list, tuple))
+        or len(value) != 2
+        or not isinstance(value[0], int)
+        or value[0] < 0
+        or not isinstance(value[1], (int, float))
+        or not value[1] > 0
+    ):
+        raise ValueError(
+            f"exponential_decay_length_penalty must be (start index >= 0, decay factor > 0), got {value!r}"
+        )
+    return value[0], float(value[1])
 
 
 def _check_suppress_tokens(
     cfg: SentenceVAEConfig, suppress_tokens: list[int], forced_tokens: torch.Tensor | None, device: torch.device
 ) -> torch.Tensor:
-    ids = [int(t) for t in suppress_tokens]
-    bad = [t for t in ids if not 0 <= t < cfg.vocab_size]
-    if bad:
-        raise ValueError(f"suppress_tokens must be ids in [0, {cfg.vocab_size}), got {bad}")
+    ids = _check_ids(cfg, "suppress_tokens", suppress_tokens)
     if cfg.eos_token_id in ids:
         raise ValueError(f"suppress_tokens may not contain the end-of-sentence id {cfg.eos_token_id}")
     suppressed = torch.tensor(sorted(set(ids)), dtype=torch.long, device=device)

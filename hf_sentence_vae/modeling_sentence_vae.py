@@ -948,10 +948,14 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         read from `generation_config.json`), overridden by keyword arguments of the same names (asking for
         `do_sample=True` replaces a default beam width, asking for `num_beams > 1` a default of sampling). Supported:
         `num_beams` (1 = greedy; beam search, `length_penalty`, `num_return_sequences`), `do_sample` with
-        `temperature`, `top_k`, `top_p`, `min_p`, `typical_p`; `max_new_tokens` (or `max_length`: the sequences hold
-        no prompt, so both count generated tokens, `<eos>` included; default `config.max_sentence_length`),
-        `min_new_tokens` (or `min_length`); `repetition_penalty`, `no_repeat_ngram_size`, `bad_words_ids` and
-        `suppress_tokens` through `transformers`' logits processors, plus any `logits_processor` given (they see
+        `temperature`, `top_k`, `top_p`, `min_p`, `typical_p`, `epsilon_cutoff`, `eta_cutoff`, `top_h`;
+        `max_new_tokens` (or `max_length`: the sequences hold no prompt, so both count generated tokens, `<eos>`
+        included; default `config.max_sentence_length`), `min_new_tokens` (or `min_length`); `repetition_penalty`,
+        `no_repeat_ngram_size`, `bad_words_ids`, `sequence_bias`, `suppress_tokens`, `begin_suppress_tokens` (the
+        first word; not for `right_to_left` models, which write it last), `forced_eos_token_id` (sentences at
+        the length limit end with `<eos>`), `exponential_decay_length_penalty` (its start counted in generated
+        tokens), `remove_invalid_values` and `renormalize_logits` (after the processors, before the `min_new_tokens`
+        constraint) through `transformers`' logits processors, plus any `logits_processor` given (they see
         log-probabilities, as in `transformers`' beam search); `return_dict_in_generate`, `output_scores`,
         `output_logits` (the model's unprocessed log-probabilities of each step); and ours,
         `output_layer_dtype="bfloat16"` (or in the `generation_config`; to save it with the model, in a

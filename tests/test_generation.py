@@ -9,11 +9,14 @@ import pytest
 import torch
 from transformers import (
     AutoModel,
+    EpsilonLogitsWarper,
+    EtaLogitsWarper,
     GenerationConfig,
     LogitsProcessor,
     LogitsProcessorList,
     TextIteratorStreamer,
     TextStreamer,
+    TopHLogitsWarper,
 )
 from transformers.generation import BaseStreamer
 
@@ -246,7 +249,7 @@ def test_logits_are_the_models_own_log_probabilities(tiny_model, kwargs):
     torch.testing.assert_close(transition.sum(-1), out.log_probs, rtol=1e-5, atol=1e-5)
     # ... while the scores are those the search chose from: the processors changed them
     both = run(output_logits=True, output_scores=True)
-    for logits, step, scores in zip(both.logits, out.logits, both.scores):
+    for logits, step in zip(both.logits, out.logits):
         torch.testing.assert_close(logits, step)
     assert any(not torch.equal(scores, logits) for scores, logits in zip(both.scores, both.logits))
 
@@ -309,6 +312,122 @@ def test_bad_words_ids_are_never_generated(tiny_model, right_to_left):
         assert all(single not in s for s in rows)
         rows = _rows(model.generate(latent=z, bad_words_ids=[pair], **decoding))
         assert all(tuple(pair) not in set(zip(s, s[1:])) for s in rows), (pair, rows)
+
+
+@pytest.mark.parametrize("right_to_left", [False, True])
+def test_sequence_bias_steers_words_and_word_pairs(tiny_model, right_to_left):
+    model = tiny_model(initializer_range=INIT, max_sentence_length=12, right_to_left=right_to_left)
+    z = torch.randn(6, 4, generator=torch.Generator().manual_seed(6))
+    plain = _rows(model.generate(latent=z))
+    words = [t for s in plain for t in s[:-1]]
+    single = max(set(words), key=words.count)
+    pairs = [p for s in plain for p in zip(s[:-1], s[1:-1])]
+    pair = list(max(set(pairs), key=pairs.count))  # in reading order
+    for decoding in (dict(), dict(num_beams=3)):
+        # a prohibitive bias bans as bad_words_ids does, a word pair in reading order
+        for banned in ([single], pair):
+            biased = model.generate(latent=z, sequence_bias=[[banned, -1e4]], **decoding)
+            assert torch.equal(biased, model.generate(latent=z, bad_words_ids=[banned], **decoding))
+        # a large positive bias makes a word the first choice everywhere
+        rows = _rows(model.generate(latent=z, sequence_bias={(single,): 1e4}, max_new_tokens=3, **decoding))
+        assert all(s == (single,) * 3 for s in rows), rows
+    with pytest.raises(ValueError, match="sequence_bias must be ids in"):
+        model.generate(latent=z, sequence_bias=[[[10**6], 1.0]])
+
+
+@pytest.mark.parametrize(
+    "decoding", [dict(), dict(num_beams=3), dict(do_sample=True)], ids=["greedy", "beam", "sample"]
+)
+def test_forced_eos_and_exponential_decay_length_penalty_end_sentences(vae, decoding):
+    z = torch.randn(8, 4, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        vae.lm_head.bias[vae.config.eos_token_id] = -4.0  # long sentences
+
+    def run(**kwargs):
+        return _rows(vae.generate(latent=z, generator=torch.Generator().manual_seed(0), **decoding, **kwargs))
+
+    eos = vae.config.eos_token_id
+    plain = run(max_new_tokens=4)
+    assert any(s[-1] != eos for s in plain), "premise: sentences cut at the length limit"
+    forced = run(max_new_tokens=4, forced_eos_token_id=eos)
+    assert all(s[-1] == eos and len(s) <= 4 for s in forced)
+    if "num_beams" not in decoding:  # (beam search may keep other hypotheses for their ends)
+        assert [s[:-1] for s in forced if len(s) == 4] == [s[:3] for s in plain if len(s) == 4]
+    # a decay factor > 1 raises the end of sentence's score from the given step on: shorter sentences
+    long = run()
+    decayed = run(exponential_decay_length_penalty=(1, 4.0))
+    assert sum(map(len, decayed)) < sum(map(len, long)) and all(len(s) <= 3 for s in decayed), decayed
+    if "num_beams" not in decoding:  # nothing changes before the start index
+        assert [s[:1] for s in decayed] == [s[:1] for s in long]
+    for bad, match in (
+        (dict(forced_eos_token_id=eos + 1), "ends sentences with eos_token_id"),
+        (dict(forced_eos_token_id=eos, max_new_tokens=3, min_new_tokens=3), "min_new_tokens=3 forbids"),
+        (dict(exponential_decay_length_penalty=(1, 0.0)), "decay factor > 0"),
+        (dict(exponential_decay_length_penalty=(-1, 2.0)), "start index >= 0"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            run(**bad)
+
+
+def test_begin_suppress_tokens_forbid_the_first_word(tiny_model):
+    model = tiny_model(initializer_range=INIT)
+    z = torch.randn(6, 4, generator=torch.Generator().manual_seed(9))
+    for decoding in (dict(), dict(num_beams=3)):
+        plain = _rows(model.generate(latent=z, **decoding))
+        first = {s[0] for s in plain}
+        rows = _rows(model.generate(latent=z, begin_suppress_tokens=sorted(first), **decoding))
+        assert all(s[0] not in first for s in rows)
+        assert any(t in first for s in rows for t in s[1:]), "the words stay allowed after the first position"
+    with pytest.raises(ValueError, match="right_to_left"):
+        tiny_model(right_to_left=True).generate(latent=z, begin_suppress_tokens=[5])
+
+
+@pytest.mark.parametrize("decoding", [dict(), dict(num_beams=3), dict(do_sample=True, temperature=2.0)])
+def test_renormalize_logits_and_remove_invalid_values(vae, decoding):
+    z = torch.randn(4, 4, generator=torch.Generator().manual_seed(10))
+    pad = vae.config.pad_token_id
+
+    def scores(**kwargs):
+        out = vae.generate(
+            latent=z,
+            return_dict_in_generate=True,
+            output_scores=True,
+            repetition_penalty=5.0,
+            generator=torch.Generator().manual_seed(0),
+            **decoding,
+            **kwargs,
+        )
+        return [step[step[:, pad] != 0] for step in out.scores]  # the rows still open
+
+    def normalised(steps):
+        return all(torch.allclose(step.logsumexp(-1), torch.zeros(len(step)), atol=1e-5) for step in steps)
+
+    assert not normalised(scores()), "premise: the processed scores are not normalised"
+    assert normalised(scores(renormalize_logits=True))
+    assert not all(bool(step.isfinite().all()) for step in scores()), "premise: the scores hold -inf"
+    assert all(bool(step.isfinite().all()) for step in scores(remove_invalid_values=True))
+
+
+@pytest.mark.parametrize(
+    "setting, warper",
+    [
+        (dict(epsilon_cutoff=0.05), lambda: EpsilonLogitsWarper(0.05)),
+        (dict(eta_cutoff=0.5), lambda: EtaLogitsWarper(0.5)),
+        (dict(top_h=0.3), lambda: TopHLogitsWarper(top_h=0.3)),
+    ],
+    ids=["epsilon_cutoff", "eta_cutoff", "top_h"],
+)
+def test_sampling_warpers_of_transformers(tiny_model, setting, warper):
+    vae = tiny_model(initializer_range=INIT)
+    z = torch.randn(16, 4, generator=torch.Generator().manual_seed(11))
+
+    def sample(**kwargs):
+        return vae.generate(latent=z, do_sample=True, generator=torch.Generator().manual_seed(1), **kwargs)
+
+    warped = sample(**setting)
+    assert not torch.equal(warped, sample()), "premise: the warper changes the samples"
+    # the same distribution as the warper applied by hand (at temperature 1, a processor before the warpers)
+    assert torch.equal(warped, sample(logits_processor=LogitsProcessorList([warper()])))
 
 
 def test_a_custom_logits_processor_is_applied(vae):
