@@ -373,6 +373,20 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
     def latent_size(self) -> int:
         return self.config.latent_size
 
+    def _check_float_modules(self) -> None:
+        """A `ValueError` where a layer was swapped for a quantized one (e.g. by `torch.ao.quantization.
+        quantize_dynamic`): the model reads its layers' float weights."""
+        quantized = {
+            name: type(module).__qualname__
+            for name, module in self.named_children()
+            if ".quantized" in type(module).__module__
+        }
+        if quantized:
+            raise ValueError(
+                f"SentenceVAEModel runs float layers, got quantized ones: {quantized}; for faster CPU decoding, "
+                "generate(..., output_layer_dtype='mixed') keeps the float32 sentences"
+            )
+
     def check_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Check that `input_ids` `(B, T)` are `<bos> words <eos>` rows, right-padded, of ids in the vocabulary (a
         `ValueError` naming the offending row or id otherwise); returns the boolean attention mask (inferred from
@@ -414,6 +428,7 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         (`tokenizer(texts, padding=True, return_tensors="pt")`; right- or left-padded)."""
         if self.config.is_rnnlm:
             raise ValueError("this model is an RNNLM (latent_size=0): it has no encoder")
+        self._check_float_modules()
         input_ids, attention_mask = self._right_padded(input_ids, attention_mask)
         attention_mask = self.check_inputs(input_ids, attention_mask)
         return self._encode(input_ids, attention_mask)
@@ -659,6 +674,7 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         """
         if kwargs:
             logger.warning_once(f"SentenceVAEModel.forward ignores unexpected arguments: {sorted(kwargs)}")
+        self._check_float_modules()
         cfg = self.config
         if free_bits < 0:
             raise ValueError(f"free_bits must be >= 0, got {free_bits}")
@@ -998,6 +1014,7 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
             if input_ids is not None:
                 raise ValueError("pass the sentences as input_ids or as inputs, not both")
             input_ids = kwargs.pop("inputs")
+        self._check_float_modules()
         settings = resolve_generation_config(
             self.config, getattr(self, "generation_config", None), generation_config, kwargs
         )

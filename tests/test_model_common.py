@@ -205,3 +205,23 @@ def test_resized_model_saves_and_loads(tmp_path, tiny_model, inputs):
     batch = inputs(model.config)
     with torch.no_grad():
         torch.testing.assert_close(loaded(**batch).logits, model(**batch).logits, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+def test_quantized_layers_are_refused_by_name(tiny_model, inputs):
+    """The model reads its layers' float weights: layers swapped for quantized ones (torch's dynamic quantization)
+    give a ValueError naming them, not an AttributeError from deep inside."""
+    quantization = getattr(torch.ao, "quantization", None)
+    if quantization is None or not hasattr(quantization, "quantize_dynamic"):
+        pytest.skip("this torch has no torch.ao.quantization.quantize_dynamic")
+    model = tiny_model()
+    batch = inputs(model.config)
+    quantized = quantization.quantize_dynamic(model, {torch.nn.LSTM, torch.nn.Linear}, dtype=torch.qint8)
+    for call in (
+        lambda: quantized(**batch),
+        lambda: quantized.encode(batch["input_ids"], batch["attention_mask"]),
+        lambda: quantized.generate(latent=torch.zeros(1, model.config.latent_size)),
+    ):
+        with pytest.raises(ValueError, match=r"runs float layers, got quantized ones: \{.*'lm_head': 'Linear'"):
+            call()
+    model(**batch)  # the float model it was made from still runs
