@@ -297,16 +297,20 @@ def test_repetition_penalty_and_no_repeat_ngram_size_through_logits_processors(v
         assert len(set(pairs)) == len(pairs)
 
 
-@pytest.mark.parametrize("right_to_left", [False, True])
-def test_bad_words_ids_are_never_generated(tiny_model, right_to_left):
+def _model_and_its_common_words(tiny_model, right_to_left: bool):
+    """A model, codes, and the commonest word and word pair (in reading order) of their greedy decodes."""
     model = tiny_model(initializer_range=INIT, max_sentence_length=12, right_to_left=right_to_left)
     z = torch.randn(6, 4, generator=torch.Generator().manual_seed(6))
     plain = _rows(model.generate(latent=z))
     words = [t for s in plain for t in s[:-1]]
-    single = max(set(words), key=words.count)
     pairs = [p for s in plain for p in zip(s[:-1], s[1:-1])]
     assert pairs, "premise: decodes of two words or more"
-    pair = list(max(set(pairs), key=pairs.count))  # in reading order
+    return model, z, max(set(words), key=words.count), list(max(set(pairs), key=pairs.count))
+
+
+@pytest.mark.parametrize("right_to_left", [False, True])
+def test_bad_words_ids_are_never_generated(tiny_model, right_to_left):
+    model, z, single, pair = _model_and_its_common_words(tiny_model, right_to_left)
     for decoding in (dict(), dict(num_beams=3)):
         rows = _rows(model.generate(latent=z, bad_words_ids=[[single]], **decoding))
         assert all(single not in s for s in rows)
@@ -316,13 +320,7 @@ def test_bad_words_ids_are_never_generated(tiny_model, right_to_left):
 
 @pytest.mark.parametrize("right_to_left", [False, True])
 def test_sequence_bias_steers_words_and_word_pairs(tiny_model, right_to_left):
-    model = tiny_model(initializer_range=INIT, max_sentence_length=12, right_to_left=right_to_left)
-    z = torch.randn(6, 4, generator=torch.Generator().manual_seed(6))
-    plain = _rows(model.generate(latent=z))
-    words = [t for s in plain for t in s[:-1]]
-    single = max(set(words), key=words.count)
-    pairs = [p for s in plain for p in zip(s[:-1], s[1:-1])]
-    pair = list(max(set(pairs), key=pairs.count))  # in reading order
+    model, z, single, pair = _model_and_its_common_words(tiny_model, right_to_left)
     for decoding in (dict(), dict(num_beams=3)):
         # a prohibitive bias bans as bad_words_ids does, a word pair in reading order
         for banned in ([single], pair):
