@@ -19,6 +19,9 @@ elsewhere, so the score of a whole generated sequence is the sum of its tokens' 
 they return the model's own log-probabilities of every step in the same layout (`step_logits`), before any
 processor, constraint or warper.
 
+`max_time` (seconds, as in `transformers`) ends a search after the step during which that time ran out: the rows still
+open end there, as at the length limit.
+
 `suppress_tokens` (`(S,)` LongTensor) are ids never generated, applied after `logits_processor` (the reported
 log-probabilities stay the model's).
 
@@ -35,6 +38,7 @@ same sequences (up to exact ties between floating-point scores, where rounding c
 from __future__ import annotations
 
 from collections.abc import Callable
+from time import monotonic
 from typing import NamedTuple
 
 import torch
@@ -66,6 +70,19 @@ class SearchResult(NamedTuple):
     step_scores: tuple[torch.Tensor, ...] | None = None
     beam_indices: torch.Tensor | None = None
     step_logits: tuple[torch.Tensor, ...] | None = None
+
+
+def _deadline(max_time: float | None) -> float | None:
+    """The `time.monotonic()` after which a search given `max_time` seconds stops."""
+    if max_time is None:
+        return None
+    if not max_time > 0:  # also NaN
+        raise ValueError(f"max_time must be > 0 seconds, got {max_time}")
+    return monotonic() + max_time
+
+
+def _past(deadline: float | None) -> bool:
+    return deadline is not None and monotonic() >= deadline
 
 
 def _ended_row(vocab_size: int, pad_token_id: int, device: torch.device) -> torch.Tensor:
@@ -136,6 +153,7 @@ def sample_search(
     compute_scores: bool = True,
     on_tokens: Callable[[torch.Tensor], None] | None = None,
     output_logits: bool = False,
+    max_time: float | None = None,
 ) -> SearchResult:
     """Greedy decoding (`do_sample=False`) or ancestral sampling, batched over `batch_size` rows.
 
@@ -157,6 +175,7 @@ def sample_search(
     ended).
     """
     device = state[0].device
+    deadline = _deadline(max_time)
     tokens = torch.full((batch_size,), bos_token_id, dtype=torch.long, device=device)
     generated = torch.full((batch_size, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
     finished = torch.zeros(batch_size, dtype=torch.bool, device=device)
@@ -223,6 +242,8 @@ def sample_search(
                 if forced is not None:
                     forced = forced.index_select(0, keep)
             tokens = choice
+            if _past(deadline):
+                break
             continue
         processed = scores
         if logits_warper is not None:
@@ -244,7 +265,7 @@ def sample_search(
             on_tokens(choice)
         finished = finished | (choice == eos_token_id)
         tokens = choice
-        if bool(finished.all()):
+        if bool(finished.all()) or _past(deadline):
             break
     generated = generated[:, :steps]
     return SearchResult(
@@ -275,6 +296,7 @@ def beam_search(
     suppress_tokens: torch.Tensor | None = None,
     top_k_step_fn: TopKStepFn | None = None,
     output_logits: bool = False,
+    max_time: float | None = None,
 ) -> SearchResult:
     """Beam search vectorised over batch x beam.
 
@@ -293,6 +315,7 @@ def beam_search(
     if num_return_sequences > num_beams:
         raise ValueError(f"num_return_sequences={num_return_sequences} must be <= num_beams={num_beams}")
     device = state[0].device
+    deadline = _deadline(max_time)
     k = num_beams
     state = tuple(state)  # `batch_size` rows until the first step has run
     forced = None if forced_tokens is None else forced_tokens.repeat_interleave(k, dim=0)
@@ -402,6 +425,7 @@ def beam_search(
                 out_origins[active[row_done], :, :steps] = origins[row_done]
             keep = (~row_done).nonzero().squeeze(-1)
             if keep.numel() == 0:
+                active = active[:0]
                 break
             active, scores, sequences = active[keep], scores[keep], sequences[keep]
             lengths, finished, tokens_bk = lengths[keep], finished[keep], tokens_bk[keep]
@@ -414,7 +438,9 @@ def beam_search(
         if forced is not None:
             forced = forced.index_select(0, source)
         tokens = tokens_bk.reshape(-1)
-    else:  # the length limit: the rows still open end here
+        if _past(deadline):
+            break
+    if active.numel():  # the length limit or max_time: the rows still open end here
         out_sequences[active, :, :steps] = sequences
         out_scores[active] = scores
         if processed:

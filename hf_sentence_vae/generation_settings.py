@@ -40,6 +40,7 @@ from .configuration_sentence_vae import MAX_SENTENCE_LENGTH_LIMIT, SentenceVAECo
 GENERATION_SETTINGS = {
     "max_length",
     "max_new_tokens",
+    "max_time",
     "min_length",
     "min_new_tokens",
     "do_sample",
@@ -87,7 +88,6 @@ OUTPUT_LAYER_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "mi
 # Settings that change decoding in `transformers` and that `generate` does not implement: refused unless unset or
 # at a value without effect (None, False, 0, the `transformers` default; 1 for `guidance_scale`).
 UNSUPPORTED_SETTINGS = {
-    "max_time",
     "stop_strings",
     "encoder_repetition_penalty",
     "encoder_no_repeat_ngram_size",

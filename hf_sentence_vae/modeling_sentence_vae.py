@@ -966,8 +966,9 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         `num_beams` (1 = greedy; beam search, `length_penalty`, `num_return_sequences`), `do_sample` with
         `temperature`, `top_k`, `top_p`, `min_p`, `typical_p`, `epsilon_cutoff`, `eta_cutoff`, `top_h`;
         `max_new_tokens` (or `max_length`: the sequences hold no prompt, so both count generated tokens, `<eos>`
-        included; default `config.max_sentence_length`), `min_new_tokens` (or `min_length`); `repetition_penalty`,
-        `no_repeat_ngram_size`, `bad_words_ids`, `sequence_bias`, `suppress_tokens`, `begin_suppress_tokens` (the
+        included; default `config.max_sentence_length`), `min_new_tokens` (or `min_length`); `max_time` (seconds:
+        the search ends after the step during which it ran out, its open sentences as at the length limit);
+        `repetition_penalty`, `no_repeat_ngram_size`, `bad_words_ids`, `sequence_bias`, `suppress_tokens`, `begin_suppress_tokens` (the
         first word; not for `right_to_left` models, which write it last), `forced_eos_token_id` (sentences at
         the length limit end with `<eos>`), `exponential_decay_length_penalty` (its start counted in generated
         tokens), `remove_invalid_values` and `renormalize_logits` (after the processors, before the `min_new_tokens`
@@ -1061,6 +1062,7 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
                 logits_processor=processors or None,
                 output_scores=output_scores,
                 output_logits=output_logits,
+                max_time=settings.max_time,
                 suppress_tokens=suppressed,
                 top_k_step_fn=top_k_step,
                 **special,
@@ -1083,6 +1085,7 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
                 generator=generator,
                 output_scores=output_scores,
                 output_logits=output_logits,
+                max_time=settings.max_time,
                 suppress_tokens=suppressed,
                 greedy_step_fn=greedy_step,
                 compute_scores=settings.return_dict_in_generate,

@@ -367,6 +367,32 @@ def test_forced_eos_and_exponential_decay_length_penalty_end_sentences(vae, deco
             run(**bad)
 
 
+@pytest.mark.parametrize(
+    "decoding",
+    [dict(), dict(num_beams=3, num_return_sequences=2), dict(do_sample=True)],
+    ids=["greedy", "beam", "sample"],
+)
+def test_max_time_ends_the_search_as_the_length_limit_would(vae, decoding, monkeypatch):
+    # a clock that moves one second each time the search reads it: max_time=2.5 runs three steps
+    clock = iter(range(10**6))
+    monkeypatch.setattr("hf_sentence_vae.decoding.monotonic", lambda: next(clock))
+    z = torch.randn(6, 4, generator=torch.Generator().manual_seed(12))
+    with torch.no_grad():
+        vae.lm_head.bias[vae.config.eos_token_id] = -4.0  # long sentences
+
+    def run(**kwargs):
+        generator = torch.Generator().manual_seed(0)
+        return vae.generate(latent=z, return_dict_in_generate=True, generator=generator, **decoding, **kwargs)
+
+    timed, limited = run(max_time=2.5), run(max_new_tokens=3)
+    assert timed.sequences.shape[1] == 3 and any(row[-1] != vae.config.eos_token_id for row in _rows(timed.sequences))
+    assert torch.equal(timed.sequences, limited.sequences)
+    torch.testing.assert_close(timed.sequences_scores, limited.sequences_scores)
+    assert run(max_time=10**5).sequences.shape[1] > 3  # time to spare: the sentences' own ends
+    with pytest.raises(ValueError, match="max_time must be > 0 seconds, got 0"):
+        run(max_time=0)
+
+
 def test_begin_suppress_tokens_forbid_the_first_word(tiny_model):
     model = tiny_model(initializer_range=INIT)
     z = torch.randn(6, 4, generator=torch.Generator().manual_seed(9))
