@@ -19,8 +19,8 @@ elsewhere, so the score of a whole generated sequence is the sum of its tokens' 
 they return the model's own log-probabilities of every step in the same layout (`step_logits`), before any
 processor, constraint or warper.
 
-`max_time` (seconds, as in `transformers`) ends a search after the step during which that time ran out: the rows still
-open end there, as at the length limit.
+`max_time` (seconds, as in `transformers`) ends a search after the step during which that time ran out: the rows
+still open end there, as at the length limit.
 
 `suppress_tokens` (`(S,)` LongTensor) are ids never generated, applied after `logits_processor` (the reported
 log-probabilities stay the model's).
@@ -31,8 +31,8 @@ when asked, their `(N,)` log-probabilities; `top_k_step_fn(tokens, state, k, ban
 gives each row's `k` best ids, best first, with their log-probabilities (`(N, k)` each). A model implements them
 without materialising the `(N, V)` distribution (`kernels.greedy_tokens`, `kernels.top_k_tokens`). They are used
 when nothing needs that distribution: no `logits_processor` (suppressed ids and the `min_new_tokens` end of sentence
-are passed as `banned`), no `forced_tokens`, no `output_scores` or `output_logits`; otherwise the search runs on `step_fn`. Both give the
-same sequences (up to exact ties between floating-point scores, where rounding can pick either).
+are passed as `banned`), no `forced_tokens`, no `output_scores` or `output_logits`; otherwise the search runs on
+`step_fn`. Both give the same sequences (up to exact ties between floating-point scores, where rounding can pick either).
 """
 
 from __future__ import annotations
@@ -76,8 +76,8 @@ def _deadline(max_time: float | None) -> float | None:
     """The `time.monotonic()` after which a search given `max_time` seconds stops."""
     if max_time is None:
         return None
-    if not max_time > 0:  # also NaN
-        raise ValueError(f"max_time must be > 0 seconds, got {max_time}")
+    if isinstance(max_time, bool) or not isinstance(max_time, (int, float)) or not max_time > 0:  # also NaN
+        raise ValueError(f"max_time must be > 0 seconds, got {max_time!r}")
     return monotonic() + max_time
 
 
@@ -332,9 +332,8 @@ def beam_search(
     scores[:, 0] = 0.0
     raw = scores.clone() if processed else None  # the model's own sums, when processors change the scores
     sequences = torch.empty((batch_size, k, 0), dtype=torch.long, device=device)
-    origins = torch.empty(
-        (batch_size, k, 0), dtype=torch.long, device=device
-    )  # rows of step_scores (output_scores, output_logits)
+    # the rows of step_scores (output_scores) and step_logits (output_logits) each hypothesis came from
+    origins = torch.empty((batch_size, k, 0), dtype=torch.long, device=device)
     finished = torch.zeros((batch_size, k), dtype=torch.bool, device=device)
     lengths = torch.zeros((batch_size, k), dtype=torch.long, device=device)
     tokens = torch.full((batch_size,), bos_token_id, dtype=torch.long, device=device)

@@ -208,6 +208,10 @@ def resolve_generation_config(
         raise ValueError(f"temperature must be > 0, got {settings.temperature}")
     if settings.top_p is not None and not 0.0 < settings.top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {settings.top_p}")
+    for name in ("epsilon_cutoff", "eta_cutoff"):  # (transformers skips values outside the range silently)
+        value = getattr(settings, name)
+        if value is not None and not 0.0 <= value < 1.0:
+            raise ValueError(f"{name} must be in [0, 1) (0: off), got {value}")
     max_new, min_new = settings.max_new_tokens, settings.min_new_tokens
     limit = MAX_SENTENCE_LENGTH_LIMIT
     if not 1 <= max_new <= limit or min_new < 0 or min_new > max_new:

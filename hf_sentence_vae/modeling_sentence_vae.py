@@ -968,11 +968,11 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         `max_new_tokens` (or `max_length`: the sequences hold no prompt, so both count generated tokens, `<eos>`
         included; default `config.max_sentence_length`), `min_new_tokens` (or `min_length`); `max_time` (seconds:
         the search ends after the step during which it ran out, its open sentences as at the length limit);
-        `repetition_penalty`, `no_repeat_ngram_size`, `bad_words_ids`, `sequence_bias`, `suppress_tokens`, `begin_suppress_tokens` (the
-        first word; not for `right_to_left` models, which write it last), `forced_eos_token_id` (sentences at
-        the length limit end with `<eos>`), `exponential_decay_length_penalty` (its start counted in generated
-        tokens), `remove_invalid_values` and `renormalize_logits` (after the processors, before the `min_new_tokens`
-        constraint) through `transformers`' logits processors, plus any `logits_processor` given (they see
+        `repetition_penalty`, `no_repeat_ngram_size`, `bad_words_ids`, `sequence_bias`, `suppress_tokens`,
+        `begin_suppress_tokens` (the first word; not for `right_to_left` models, which write it last),
+        `forced_eos_token_id` (sentences at the length limit end with `<eos>`), `exponential_decay_length_penalty`
+        (its start counted in generated tokens), `remove_invalid_values` and `renormalize_logits` (after the
+        processors, before the `min_new_tokens` constraint) through `transformers`' logits processors, plus any `logits_processor` given (they see
         log-probabilities, as in `transformers`' beam search); `return_dict_in_generate`, `output_scores`,
         `output_logits` (the model's unprocessed log-probabilities of each step); and ours,
         `output_layer_dtype="bfloat16"` (or in the `generation_config`; to save it with the model, in a

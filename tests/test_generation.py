@@ -389,8 +389,9 @@ def test_max_time_ends_the_search_as_the_length_limit_would(vae, decoding, monke
     assert torch.equal(timed.sequences, limited.sequences)
     torch.testing.assert_close(timed.sequences_scores, limited.sequences_scores)
     assert run(max_time=10**5).sequences.shape[1] > 3  # time to spare: the sentences' own ends
-    with pytest.raises(ValueError, match="max_time must be > 0 seconds, got 0"):
-        run(max_time=0)
+    for bad in (0, -1.0, "1", True):
+        with pytest.raises(ValueError, match=f"max_time must be > 0 seconds, got {bad!r}"):
+            run(max_time=bad)
 
 
 def test_begin_suppress_tokens_forbid_the_first_word(tiny_model):
@@ -450,6 +451,10 @@ def test_sampling_warpers_of_transformers(tiny_model, setting, warper):
 
     warped = sample(**setting)
     assert not torch.equal(warped, sample()), "premise: the warper changes the samples"
+    name = next(iter(setting))
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=f"{name}"):
+            sample(**{name: bad})
     # the same distribution as the warper applied by hand (at temperature 1, a processor before the warpers)
     assert torch.equal(warped, sample(logits_processor=LogitsProcessorList([warper()])))
 
