@@ -32,7 +32,8 @@ gives each row's `k` best ids, best first, with their log-probabilities (`(N, k)
 without materialising the `(N, V)` distribution (`kernels.greedy_tokens`, `kernels.top_k_tokens`). They are used
 when nothing needs that distribution: no `logits_processor` (suppressed ids and the `min_new_tokens` end of sentence
 are passed as `banned`), no `forced_tokens`, no `output_scores` or `output_logits`; otherwise the search runs on
-`step_fn`. Both give the same sequences (up to exact ties between floating-point scores, where rounding can pick either).
+`step_fn`. Both give the same sequences (up to exact ties between floating-point scores, where rounding can pick
+either).
 """
 
 from __future__ import annotations

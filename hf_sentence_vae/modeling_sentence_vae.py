@@ -972,9 +972,10 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         `begin_suppress_tokens` (the first word; not for `right_to_left` models, which write it last),
         `forced_eos_token_id` (sentences at the length limit end with `<eos>`), `exponential_decay_length_penalty`
         (its start counted in generated tokens), `remove_invalid_values` and `renormalize_logits` (after the
-        processors, before the `min_new_tokens` constraint) through `transformers`' logits processors, plus any `logits_processor` given (they see
-        log-probabilities, as in `transformers`' beam search); `return_dict_in_generate`, `output_scores`,
-        `output_logits` (the model's unprocessed log-probabilities of each step); and ours,
+        processors, before the `min_new_tokens` constraint) through `transformers`' logits processors, plus any
+        `logits_processor` given (they see log-probabilities, as in `transformers`' beam search);
+        `return_dict_in_generate`, `output_scores`, `output_logits` (the model's unprocessed log-probabilities of
+        each step); and ours,
         `output_layer_dtype="bfloat16"` (or in the `generation_config`; to save it with the model, in a
         `GenerationConfig(..., output_layer_dtype="bfloat16")` of its own: `transformers` drops unknown fields from a
         generation config derived from the model config when it loads one): greedy and beam search run the output
