@@ -227,6 +227,10 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
     """
 
     _tied_weights_keys = {"lm_head.weight": "embed_tokens.weight"}
+    # The loss is a mean per sentence that takes no `num_items_in_batch`: `transformers.Trainer` reads this and scales
+    # the loss for gradient accumulation itself (for a forward with `**kwargs` and no such attribute it would pass
+    # `num_items_in_batch` and take the loss as normalised by it).
+    accepts_loss_kwargs = False
 
     def __init__(self, config: SentenceVAEConfig):
         super().__init__(config)

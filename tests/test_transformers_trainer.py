@@ -150,3 +150,39 @@ def test_the_callback_state_is_what_a_checkpoint_needs():
         "args": {},
         "attributes": {"decoder_reinitialized": False, "controller": rate.controller.state_dict()},
     }
+
+
+def test_plain_trainer_divides_the_loss_by_gradient_accumulation(tiny_model, tiny_tokenizer, dataset, tmp_path):
+    """`transformers.Trainer` itself (no rate control): two accumulated half batches update and log as one whole
+    batch does, since the model declares that its loss takes no `num_items_in_batch` (a forward with `**kwargs`
+    would otherwise be trusted to normalise the loss itself: its logged loss doubled)."""
+    from transformers import DataCollatorForSeq2Seq, Trainer
+
+    # with labels, as language-modelling data carries them (Trainer then counts num_items_in_batch)
+    data = dataset.select(range(4)).map(lambda row: {"labels": row["input_ids"]})
+    collator = DataCollatorForSeq2Seq(tiny_tokenizer, label_pad_token_id=-100)
+    results, losses = [], []
+    for batch_size, accumulation in ((4, 1), (2, 2)):
+        model = tiny_model(latent_size=0, train=True)  # the RNNLM: a deterministic loss
+        before = [p.detach().clone() for p in model.parameters()]
+        args = TrainingArguments(
+            output_dir=str(tmp_path / f"ga{accumulation}"),
+            per_device_train_batch_size=batch_size,
+            gradient_accumulation_steps=accumulation,
+            optim="sgd",
+            learning_rate=0.5,
+            lr_scheduler_type="constant",
+            max_steps=1,
+            save_strategy="no",
+            report_to=[],
+            use_cpu=True,
+            disable_tqdm=True,
+        )
+        trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=collator)
+        assert trainer.model_accepts_loss_kwargs is False
+        losses.append(trainer.train().training_loss)
+        results.append([p.detach() - b for p, b in zip(model.parameters(), before)])
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    for whole, accumulated in zip(*results):
+        torch.testing.assert_close(accumulated, whole, rtol=1e-4, atol=1e-6)
+    assert any(bool(update.abs().max() > 1e-3) for update in results[0]), "premise: the step moved the model"

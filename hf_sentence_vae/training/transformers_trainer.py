@@ -103,9 +103,6 @@ class SentenceVAETrainer(Trainer):
         self.rate_control = RateControl(KLSchedule()) if rate_control is None else rate_control
         self.rate_callback = RateControlCallback(self.rate_control, seed=self.args.seed, mean=self._mean_over_processes)
         self.add_callback(self.rate_callback)
-        # The loss is a mean per sentence, which knows nothing of `num_items_in_batch`: `transformers` then divides
-        # it by the gradient accumulation steps itself.
-        self.model_accepts_loss_kwargs = False
         self._window = dict.fromkeys(WINDOW_METRICS, 0.0)
         self._window_batches = 0
         self._last_kl_weight = self.rate_control.kl_weight(0)
