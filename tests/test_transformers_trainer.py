@@ -183,6 +183,10 @@ def test_plain_trainer_divides_the_loss_by_gradient_accumulation(tiny_model, tin
         losses.append(trainer.train().training_loss)
         results.append([p.detach() - b for p, b in zip(model.parameters(), before)])
     assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    # its evaluation scores the batches' labels: the model's mean loss per sentence
+    with torch.no_grad():
+        expected = model.eval()(**collator([dict(row) for row in data])).loss.item()
+    assert trainer.evaluate(data)["eval_loss"] == pytest.approx(expected, rel=1e-5)
     for whole, accumulated in zip(*results):
         torch.testing.assert_close(accumulated, whole, rtol=1e-4, atol=1e-6)
     assert any(bool(update.abs().max() > 1e-3) for update in results[0]), "premise: the step moved the model"
