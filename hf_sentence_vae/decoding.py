@@ -20,7 +20,9 @@ they return the model's own log-probabilities of every step in the same layout (
 processor, constraint or warper.
 
 `max_time` (seconds, as in `transformers`) ends a search after the step during which that time ran out: the rows
-still open end there, as at the length limit.
+still open end there, as at the length limit. `stopping_fn(generated_ids) -> (N,) bool` (e.g. `transformers`
+stopping criteria) is asked after each step about the sequences still open (greedy and sampling) or every hypothesis
+(beam search), in the decoder's order: those it marks end there, without `<eos>`.
 
 `suppress_tokens` (`(S,)` LongTensor) are ids never generated, applied after `logits_processor` (the reported
 log-probabilities stay the model's).
@@ -46,6 +48,7 @@ import torch
 
 State = tuple[torch.Tensor, ...]
 StepFn = Callable[[torch.Tensor, State], tuple[torch.Tensor, State]]
+StoppingFn = Callable[[torch.Tensor], torch.Tensor]
 GreedyStepFn = Callable[
     [torch.Tensor, State, "torch.Tensor | None", bool], tuple[torch.Tensor, "torch.Tensor | None", State]
 ]
@@ -84,6 +87,19 @@ def _deadline(max_time: float | None) -> float | None:
 
 def _past(deadline: float | None) -> bool:
     return deadline is not None and monotonic() >= deadline
+
+
+def _stops(stopping_fn: StoppingFn | None, generated_ids: torch.Tensor) -> torch.Tensor | None:
+    """`stopping_fn`'s `(N,)` verdict on `(N, L)` generated ids, checked; None without one."""
+    if stopping_fn is None:
+        return None
+    stop = torch.as_tensor(stopping_fn(generated_ids), device=generated_ids.device)
+    if stop.shape != generated_ids.shape[:1]:
+        raise ValueError(
+            f"stopping criteria must return one bool per sequence, shape ({generated_ids.shape[0]},), got "
+            f"{tuple(stop.shape)}"
+        )
+    return stop.bool()
 
 
 def _ended_row(vocab_size: int, pad_token_id: int, device: torch.device) -> torch.Tensor:
@@ -155,6 +171,7 @@ def sample_search(
     on_tokens: Callable[[torch.Tensor], None] | None = None,
     output_logits: bool = False,
     max_time: float | None = None,
+    stopping_fn: StoppingFn | None = None,
 ) -> SearchResult:
     """Greedy decoding (`do_sample=False`) or ancestral sampling, batched over `batch_size` rows.
 
@@ -234,6 +251,9 @@ def sample_search(
                 ranking.index_add_(0, rows, best)
             lengths[rows] += 1
             done = choice == eos_token_id
+            stop = _stops(stopping_fn, generated[rows, : step + 1])
+            if stop is not None:
+                done = done | stop
             if bool(done.any()):
                 keep = (~done).nonzero().squeeze(-1)
                 if keep.numel() == 0:
@@ -265,6 +285,9 @@ def sample_search(
         if on_tokens is not None:
             on_tokens(choice)
         finished = finished | (choice == eos_token_id)
+        stop = _stops(stopping_fn, generated[:, : step + 1])
+        if stop is not None:
+            finished = finished | stop
         tokens = choice
         if bool(finished.all()) or _past(deadline):
             break
@@ -298,6 +321,7 @@ def beam_search(
     top_k_step_fn: TopKStepFn | None = None,
     output_logits: bool = False,
     max_time: float | None = None,
+    stopping_fn: StoppingFn | None = None,
 ) -> SearchResult:
     """Beam search vectorised over batch x beam.
 
@@ -413,6 +437,9 @@ def beam_search(
             origins = torch.cat([origins.gather(1, beam.unsqueeze(-1).expand_as(origins)), origin.unsqueeze(-1)], -1)
         lengths = lengths.gather(1, beam) + (~was_finished).long()
         finished = was_finished | (tokens_bk == eos_token_id)
+        stop = _stops(stopping_fn, sequences.reshape(n * k, -1))
+        if stop is not None:
+            finished = finished | stop.view(n, k)
         source = (torch.arange(n, device=device).unsqueeze(-1) * k + beam).view(-1)
         row_done = finished.all(-1)
         if bool(row_done.any()):

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
-from transformers.generation import BaseStreamer, LogitsProcessorList
+from transformers.generation import BaseStreamer, LogitsProcessorList, StoppingCriteriaList
 from transformers.utils import ModelOutput, logging
 
 from .configuration_sentence_vae import SentenceVAEConfig
@@ -950,6 +950,7 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         forced_tokens: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         streamer: BaseStreamer | None = None,
+        stopping_criteria: StoppingCriteriaList | None = None,
         **kwargs: Any,
     ) -> torch.LongTensor | SentenceVAEGenerationOutput:
         """Decode sentences, batched, from one of three sources:
@@ -1006,6 +1007,10 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
             logits_processor: extra `transformers` logits processors, applied after the built-in ones.
             forced_tokens: `(B, T)` ids to pin at each step (`-1` = free), in the decoder's order.
             generator: random generator for prior samples, posterior samples and sampling.
+            stopping_criteria: `transformers` stopping criteria (a `StoppingCriteriaList` or any callable
+                `(generated_ids, scores) -> (N,) bool`), asked after each step about the sequences still open (every
+                hypothesis in beam search) with the ids generated so far (no `<bos>`, in the decoder's order) and
+                `scores=None`: a sequence they mark ends there, without `<eos>`.
             streamer: a `transformers` streamer (`TextStreamer`, `TextIteratorStreamer`, ...) fed as in `transformers`
                 for one sentence decoded greedily or by sampling: `put` first with the `(1, 1)` `<bos>` the decoder
                 starts from (in place of a prompt: `skip_prompt=True` skips it, `skip_special_tokens=True` hides
@@ -1040,6 +1045,17 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         num_beams, num_return_sequences = settings.num_beams, settings.num_return_sequences
         output_scores = bool(settings.return_dict_in_generate and settings.output_scores)
         output_logits = bool(settings.return_dict_in_generate and settings.output_logits)
+        stopping_fn = None
+        if stopping_criteria is not None:
+            if not callable(stopping_criteria):
+                raise ValueError(
+                    f"stopping_criteria must be a transformers StoppingCriteriaList or a callable, got "
+                    f"{type(stopping_criteria).__name__}"
+                )
+
+            def stopping_fn(ids: torch.Tensor) -> torch.Tensor:
+                return stopping_criteria(ids, None)  # scores: None, as documented
+
         state = self.initial_decoder_state(latent, batch_size)
         if streamer is not None:  # what the decoder starts from, where `transformers` puts the prompt first
             streamer.put(torch.full((1, 1), cfg.bos_token_id, dtype=torch.long))
@@ -1068,6 +1084,7 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
                 output_scores=output_scores,
                 output_logits=output_logits,
                 max_time=settings.max_time,
+                stopping_fn=stopping_fn,
                 suppress_tokens=suppressed,
                 top_k_step_fn=top_k_step,
                 **special,
@@ -1091,6 +1108,7 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
                 output_scores=output_scores,
                 output_logits=output_logits,
                 max_time=settings.max_time,
+                stopping_fn=stopping_fn,
                 suppress_tokens=suppressed,
                 greedy_step_fn=greedy_step,
                 compute_scores=settings.return_dict_in_generate,

@@ -14,6 +14,8 @@ from transformers import (
     GenerationConfig,
     LogitsProcessor,
     LogitsProcessorList,
+    MaxLengthCriteria,
+    StoppingCriteriaList,
     TextIteratorStreamer,
     TextStreamer,
     TopHLogitsWarper,
@@ -392,6 +394,44 @@ def test_max_time_ends_the_search_as_the_length_limit_would(vae, decoding, monke
     for bad in (0, -1.0, "1", True):
         with pytest.raises(ValueError, match=f"max_time must be > 0 seconds, got {bad!r}"):
             run(max_time=bad)
+
+
+@pytest.mark.parametrize(
+    "decoding",
+    [dict(), dict(num_beams=3, num_return_sequences=2), dict(do_sample=True)],
+    ids=["greedy", "beam", "sample"],
+)
+def test_stopping_criteria_end_the_sequences_they_mark(vae, decoding):
+    z = torch.randn(6, 4, generator=torch.Generator().manual_seed(13))
+    with torch.no_grad():
+        vae.lm_head.bias[vae.config.eos_token_id] = -4.0  # long sentences
+
+    def run(**kwargs):
+        generator = torch.Generator().manual_seed(0)
+        return vae.generate(latent=z, return_dict_in_generate=True, generator=generator, **decoding, **kwargs)
+
+    # transformers' own criterion: as the length limit
+    limited = run(stopping_criteria=StoppingCriteriaList([MaxLengthCriteria(max_length=3)]))
+    assert torch.equal(limited.sequences, run(max_new_tokens=3).sequences)
+    # a criterion of our own: a sentence ends at its first `word`, which is then its last token
+    plain = _rows(run().sequences)
+    words = [t for s in plain for t in s[:-1]]
+    word = max(set(words), key=words.count)
+    seen = []
+
+    def at_word(ids, scores):
+        seen.append((ids.shape, scores))
+        return ids[:, -1] == word
+
+    rows = _rows(run(stopping_criteria=at_word).sequences)
+    assert all(word not in s[:-1] for s in rows) and any(s[-1] == word for s in rows)
+    if "num_beams" not in decoding:  # rows do not interact: each is the plain sentence cut at its first `word`
+        assert rows == [s[: s.index(word) + 1] if word in s else s for s in plain]
+    assert all(scores is None and len(shape) == 2 for shape, scores in seen)
+    with pytest.raises(ValueError, match="one bool per sequence"):
+        run(stopping_criteria=lambda ids, scores: torch.zeros(1, dtype=torch.bool))
+    with pytest.raises(ValueError, match="stopping_criteria must be"):
+        run(stopping_criteria=3)
 
 
 def test_begin_suppress_tokens_forbid_the_first_word(tiny_model):
