@@ -47,10 +47,22 @@ GENERATE_PARAMETERS = (
     "top_p",
     "min_p",
     "typical_p",
+    "epsilon_cutoff",
+    "eta_cutoff",
+    "top_h",
+    "max_time",
     "suppress_tokens",
+    "begin_suppress_tokens",
     "bad_words_ids",
+    "sequence_bias",
     "repetition_penalty",
     "no_repeat_ngram_size",
+    "forced_eos_token_id",
+    "exponential_decay_length_penalty",
+    "remove_invalid_values",
+    "renormalize_logits",
+    "logits_processor",
+    "stopping_criteria",
 )
 
 

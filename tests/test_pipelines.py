@@ -58,6 +58,14 @@ def test_pipeline_tasks_in_process(staged, best_model):
     direct = pipeline(TASK, model=model, tokenizer=tokenizer, device="cpu")
     assert type(direct) is SentenceVAEPipeline
     assert direct(3, seed=0, max_new_tokens=12) == [{"generated_text": t} for t in expected]
+    # every decoding setting of generate passes through (here: sentences at the length limit end with <eos>)
+    eos = model.config.eos_token_id
+    ended = model.generate(latent=z, max_new_tokens=2, forced_eos_token_id=eos)
+    assert bool((ended == eos).any(-1).all())
+    assert not torch.equal(ended, model.generate(latent=z, max_new_tokens=2)), "premise: the setting matters here"
+    assert direct(3, seed=0, max_new_tokens=2, forced_eos_token_id=eos) == [
+        {"generated_text": t} for t in tokenizer.batch_decode(ended, skip_special_tokens=True)
+    ]
 
     with pytest.raises(TypeError, match="pair of sentences"):
         pipe(3.5)
