@@ -162,9 +162,7 @@ def resolve_generation_config(
         )
     for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
         value = getattr(settings, name)
-        values = value.tolist() if torch.is_tensor(value) else value
-        values = list(values) if isinstance(values, (list, tuple)) else [values]
-        if value is not None and values != [getattr(cfg, name)]:
+        if value is not None and _as_id_list(value) != [getattr(cfg, name)]:
             raise ValueError(
                 f"generation setting {name}={value!r} differs from the model's {name}={getattr(cfg, name)}"
             )
@@ -327,10 +325,15 @@ def _sequence_bias(cfg: SentenceVAEConfig, sequence_bias: Any) -> list[list]:
     return biases
 
 
+def _as_id_list(value: Any) -> list:
+    """A token-id setting (an id, a list of ids or a tensor of them) as a list."""
+    values = value.tolist() if torch.is_tensor(value) else value
+    return list(values) if isinstance(values, (list, tuple)) else [values]
+
+
 def _check_forced_eos(cfg: SentenceVAEConfig, settings: GenerationConfig) -> None:
     value = settings.forced_eos_token_id
-    values = value.tolist() if torch.is_tensor(value) else value
-    if (list(values) if isinstance(values, (list, tuple)) else [values]) != [cfg.eos_token_id]:
+    if _as_id_list(value) != [cfg.eos_token_id]:
         raise ValueError(
             f"forced_eos_token_id={value!r}: the model ends sentences with eos_token_id={cfg.eos_token_id} only"
         )
