@@ -369,23 +369,33 @@ def test_forced_eos_and_exponential_decay_length_penalty_end_sentences(vae, deco
             run(**bad)
 
 
-@pytest.mark.parametrize(
+EVERY_SEARCH = pytest.mark.parametrize(
     "decoding",
     [dict(), dict(num_beams=3, num_return_sequences=2), dict(do_sample=True)],
     ids=["greedy", "beam", "sample"],
 )
+
+
+def _long_sentences(vae, decoding: dict, seed: int):
+    """`run(**settings)`: `vae`, made to write long sentences, decodes six codes with `decoding` (sampling from a
+    fixed seed) and returns the `return_dict_in_generate` output."""
+    z = torch.randn(6, 4, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        vae.lm_head.bias[vae.config.eos_token_id] = -4.0
+
+    def run(**settings):
+        generator = torch.Generator().manual_seed(0)
+        return vae.generate(latent=z, return_dict_in_generate=True, generator=generator, **decoding, **settings)
+
+    return run
+
+
+@EVERY_SEARCH
 def test_max_time_ends_the_search_as_the_length_limit_would(vae, decoding, monkeypatch):
     # a clock that moves one second each time the search reads it: max_time=2.5 runs three steps
     clock = iter(range(10**6))
     monkeypatch.setattr("hf_sentence_vae.decoding.monotonic", lambda: next(clock))
-    z = torch.randn(6, 4, generator=torch.Generator().manual_seed(12))
-    with torch.no_grad():
-        vae.lm_head.bias[vae.config.eos_token_id] = -4.0  # long sentences
-
-    def run(**kwargs):
-        generator = torch.Generator().manual_seed(0)
-        return vae.generate(latent=z, return_dict_in_generate=True, generator=generator, **decoding, **kwargs)
-
+    run = _long_sentences(vae, decoding, seed=12)
     timed, limited = run(max_time=2.5), run(max_new_tokens=3)
     assert timed.sequences.shape[1] == 3 and any(row[-1] != vae.config.eos_token_id for row in _rows(timed.sequences))
     assert torch.equal(timed.sequences, limited.sequences)
@@ -396,20 +406,9 @@ def test_max_time_ends_the_search_as_the_length_limit_would(vae, decoding, monke
             run(max_time=bad)
 
 
-@pytest.mark.parametrize(
-    "decoding",
-    [dict(), dict(num_beams=3, num_return_sequences=2), dict(do_sample=True)],
-    ids=["greedy", "beam", "sample"],
-)
+@EVERY_SEARCH
 def test_stopping_criteria_end_the_sequences_they_mark(vae, decoding):
-    z = torch.randn(6, 4, generator=torch.Generator().manual_seed(13))
-    with torch.no_grad():
-        vae.lm_head.bias[vae.config.eos_token_id] = -4.0  # long sentences
-
-    def run(**kwargs):
-        generator = torch.Generator().manual_seed(0)
-        return vae.generate(latent=z, return_dict_in_generate=True, generator=generator, **decoding, **kwargs)
-
+    run = _long_sentences(vae, decoding, seed=13)
     # transformers' own criterion: as the length limit
     limited = run(stopping_criteria=StoppingCriteriaList([MaxLengthCriteria(max_length=3)]))
     assert torch.equal(limited.sequences, run(max_new_tokens=3).sequences)
