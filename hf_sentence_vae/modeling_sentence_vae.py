@@ -19,6 +19,7 @@ from torch import nn
 from transformers import GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.generation import BaseStreamer, LogitsProcessorList, StoppingCriteriaList
+from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils import ModelOutput, logging
 
 from .configuration_sentence_vae import SentenceVAEConfig
@@ -198,93 +199,15 @@ def _tracing() -> bool:
 
 
 class SentenceVAEPreTrainedModel(PreTrainedModel):
+    """The weights' initialisation and the encoder side, q(z|x), of the sentence VAE models: the inference network
+    (its modules built by `_build_encoder` under the same names in every model, so that a VAE's checkpoint loads into
+    [`SentenceVAEForSequenceClassification`]), the input checks and `encode`."""
+
     config_class = SentenceVAEConfig
     base_model_prefix = "sentence_vae"
     main_input_name = "input_ids"
     supports_gradient_checkpointing = False
     _no_split_modules = []
-
-
-class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
-    """The sentence VAE (or, with `latent_size=0`, its RNNLM baseline).
-
-    It inherits `GenerationMixin` for `transformers`' generation plumbing (`can_generate()`, `generation_config`
-    loaded and saved as `generation_config.json`, `compute_transition_scores`) and replaces `generate` with its own
-    batched search over the LSTM decoder, which follows `GenerationMixin.generate`'s conventions.
-
-    Example:
-
-    ```python
-    >>> from hf_sentence_vae import SentenceVAEConfig, SentenceVAEModel, build_tokenizer
-    >>> tokenizer = build_tokenizer(["the cat sat .", "a dog ran ."])
-    >>> model = SentenceVAEModel(SentenceVAEConfig(vocab_size=len(tokenizer), embedding_size=16,
-    ...     encoder_hidden_size=16, decoder_hidden_size=16, latent_size=4))
-    >>> batch = tokenizer(["the cat sat ."], return_tensors="pt")
-    >>> out = model(**batch)  # out.loss, out.reconstruction_loss, out.kl, out.z, ...
-    >>> reconstructed = tokenizer.batch_decode(model.generate(**batch), skip_special_tokens=True)
-    >>> sampled = tokenizer.batch_decode(model.generate(num_samples=2), skip_special_tokens=True)
-    ```
-    """
-
-    _tied_weights_keys = {"lm_head.weight": "embed_tokens.weight"}
-    # The loss is a mean per sentence that takes no `num_items_in_batch`: `transformers.Trainer` reads this and scales
-    # the loss for gradient accumulation itself (for a forward with `**kwargs` and no such attribute it would pass
-    # `num_items_in_batch` and take the loss as normalised by it).
-    accepts_loss_kwargs = False
-
-    def __init__(self, config: SentenceVAEConfig):
-        super().__init__(config)
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.embedding_size, padding_idx=config.pad_token_id)
-        latent = config.latent_size
-        if not config.is_rnnlm:
-            if not config.share_embeddings:
-                self.encoder_embed_tokens = nn.Embedding(
-                    config.vocab_size, config.embedding_size, padding_idx=config.pad_token_id
-                )
-            self.encoder = nn.LSTM(
-                config.embedding_size,
-                config.encoder_hidden_size,
-                batch_first=True,
-                bidirectional=config.bidirectional_encoder,
-            )
-            encoder_out = config.encoder_hidden_size * (2 if config.bidirectional_encoder else 1)
-            self.encoder_highway = Highway(encoder_out, config.num_highway_layers)
-            self.posterior = nn.Linear(encoder_out, 2 * latent)
-            if config.posterior_mean_bn_scale > 0:
-                # BN-VAE (Zhu et al., 2020): batch-normalised means with a fixed scale and a learned shift.
-                self.posterior_mean_norm = nn.BatchNorm1d(latent, affine=False)
-                self.posterior_mean_shift = nn.Parameter(torch.zeros(latent))
-            self.latent_highway = Highway(latent, config.num_highway_layers)
-            self.latent_to_state = nn.Linear(latent, 2 * config.decoder_hidden_size)
-            if config.bag_of_words_weight > 0:
-                # Bag-of-words loss (Zhao et al., 2017): z alone scores the sentence's words, order ignored.
-                self.bag_of_words_head = nn.Linear(latent, config.vocab_size)
-        decoder_in = config.embedding_size + (latent if self._latent_in("inputs") else 0)
-        self.decoder = nn.LSTM(decoder_in, config.decoder_hidden_size, batch_first=True)
-        output_features = config.decoder_hidden_size + (latent if self._latent_in("outputs") else 0)
-        if config.tie_word_embeddings and config.embedding_size != output_features:
-            # Tying an output layer to an embedding of another width goes through a learned projection
-            # (Press & Wolf, 2017; Inan et al., 2017): logits = E (P h) + b.
-            self.output_projection = nn.Linear(output_features, config.embedding_size, bias=False)
-            output_features = config.embedding_size
-        self.lm_head = nn.Linear(output_features, config.vocab_size)
-        # <pad> and <bos> are never targets: they get probability zero.
-        self.register_buffer("logit_mask", self._never_predicted_mask(config), persistent=False)
-        self.post_init()
-
-    def _latent_in(self, where: str) -> bool:
-        """Whether z is concatenated to every decoder `"inputs"` or `"outputs"` (besides setting its initial state)."""
-        injection = self.config.latent_injection
-        if where == "outputs":
-            return injection == "initial_state_inputs_and_outputs"
-        return injection in ("initial_state_and_inputs", "initial_state_inputs_and_outputs")
-
-    @staticmethod
-    def _never_predicted_mask(config: SentenceVAEConfig, vocab_size: int | None = None) -> torch.Tensor:
-        """`(V,)`: -inf for the ids the model never predicts (`<pad>`, `<bos>`), 0 elsewhere."""
-        mask = torch.zeros(config.vocab_size if vocab_size is None else vocab_size)
-        mask[[config.pad_token_id, config.bos_token_id]] = float("-inf")
-        return mask
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.LSTM):
@@ -295,84 +218,30 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
                 (init.xavier_uniform_ if "weight" in name else init.zeros_)(param)
         else:
             super()._init_weights(module)
-        if module is self:  # non-persistent buffers are not loaded from checkpoints: rebuild them
-            init.copy_(self.logit_mask, self._never_predicted_mask(self.config))
-            if hasattr(self, "posterior_mean_shift"):
-                init.zeros_(self.posterior_mean_shift)
+        if module is self and hasattr(self, "posterior_mean_shift"):
+            init.zeros_(self.posterior_mean_shift)
 
-    def decoder_modules(self) -> list[nn.Module]:
-        """The modules that make up p(x | z) and nothing of q(z | x): the decoder LSTM, the map from z to its initial
-        state, the output layer and its projection. The word embedding is left out when the encoder reads it too
-        (`share_embeddings`) or the output layer is tied to it."""
-        names = ["decoder", "latent_highway", "latent_to_state", "output_projection"]
-        if not self.config.tie_word_embeddings:
-            names.append("lm_head")
-        if hasattr(self, "encoder_embed_tokens"):
-            names.append("embed_tokens")
-        return [getattr(self, name) for name in names if hasattr(self, name)]
-
-    def inference_parameters(self) -> list[nn.Parameter]:
-        """The parameters of q(z | x) alone (nothing of p(x | z) reads them): the encoder LSTM, its highway, the
-        posterior layer (and BN-VAE's shift), and the encoder's own embedding when it has one (`share_embeddings=False`).
-        Empty for the RNNLM."""
-        names = ["encoder_embed_tokens", "encoder", "encoder_highway", "posterior"]
-        params = [p for name in names if hasattr(self, name) for p in getattr(self, name).parameters()]
-        if hasattr(self, "posterior_mean_shift"):
-            params.append(self.posterior_mean_shift)
-        return params
-
-    @torch.no_grad()
-    def reinitialize_decoder(self, seed: int) -> None:
-        """Draw the decoder's weights afresh (as at construction, from a generator seeded with `seed`), keeping the
-        encoder: the second phase of an encoder warm start (Li et al., 2019). With a tied output layer its bias is
-        reset and its weight, the shared embedding, kept."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            modules = self.decoder_modules()
-            for module in modules:
-                for param in module.parameters():
-                    param._is_hf_initialized = False
-                module.apply(self._init_weights)
-            if self.config.tie_word_embeddings:
-                self.lm_head.bias.zero_()
-
-    # ----------------------------------------------------------------- embeddings (transformers API)
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.embed_tokens = value
-
-    def get_output_embeddings(self) -> nn.Linear:
-        return self.lm_head
-
-    def set_output_embeddings(self, value: nn.Linear) -> None:
-        self.lm_head = value
-
-    def _resize_token_embeddings(self, new_num_tokens, pad_to_multiple_of=None, mean_resizing=True):
-        """`transformers`' resize of the embedding and the output layer, plus what else is sized by the vocabulary:
-        the encoder's own embedding (when not shared), the bag-of-words layer and the never-predicted mask."""
-        cfg = self.config
-        if new_num_tokens is not None and new_num_tokens <= max(cfg.special_token_ids.values()):
-            raise ValueError(
-                f"new_num_tokens={new_num_tokens} would drop special tokens: the vocabulary must keep ids "
-                f"{cfg.special_token_ids}"
+    def _build_encoder(self, config: SentenceVAEConfig) -> None:
+        """The modules of q(z|x) besides the shared word embedding: the encoder's own embedding (without
+        `share_embeddings`), the encoder LSTM, its highway, the posterior layer and BN-VAE's normalisation."""
+        if not config.share_embeddings:
+            self.encoder_embed_tokens = nn.Embedding(
+                config.vocab_size, config.embedding_size, padding_idx=config.pad_token_id
             )
-        embeddings = super()._resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
-        size = embeddings.weight.shape[0]
-        if hasattr(self, "encoder_embed_tokens"):
-            resized = self._get_resized_embeddings(self.encoder_embed_tokens, size, mean_resizing=mean_resizing)
-            resized.requires_grad_(self.encoder_embed_tokens.weight.requires_grad)
-            self.encoder_embed_tokens = resized
-        if hasattr(self, "bag_of_words_head"):
-            self.bag_of_words_head = self._get_resized_lm_head(
-                self.bag_of_words_head, size, mean_resizing=mean_resizing
-            )
-        mask = self._never_predicted_mask(cfg, size).to(self.logit_mask.device)
-        self.register_buffer("logit_mask", mask, persistent=False)
-        return embeddings
+        self.encoder = nn.LSTM(
+            config.embedding_size,
+            config.encoder_hidden_size,
+            batch_first=True,
+            bidirectional=config.bidirectional_encoder,
+        )
+        encoder_out = config.encoder_hidden_size * (2 if config.bidirectional_encoder else 1)
+        self.encoder_highway = Highway(encoder_out, config.num_highway_layers)
+        self.posterior = nn.Linear(encoder_out, 2 * config.latent_size)
+        if config.posterior_mean_bn_scale > 0:
+            # BN-VAE (Zhu et al., 2020): batch-normalised means with a fixed scale and a learned shift.
+            self.posterior_mean_norm = nn.BatchNorm1d(config.latent_size, affine=False)
+            self.posterior_mean_shift = nn.Parameter(torch.zeros(config.latent_size))
 
-    # ----------------------------------------------------------------- building blocks
     @property
     def latent_size(self) -> int:
         return self.config.latent_size
@@ -386,10 +255,12 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
             if ".quantized" in type(module).__module__
         }
         if quantized:
-            raise ValueError(
-                f"SentenceVAEModel runs float layers, got quantized ones: {quantized}; for faster CPU decoding, "
-                "generate(..., output_layer_dtype='mixed') keeps the float32 sentences"
+            hint = (
+                "; for faster CPU decoding, generate(..., output_layer_dtype='mixed') keeps the float32 sentences"
+                if isinstance(self, GenerationMixin)
+                else ""
             )
+            raise ValueError(f"{type(self).__name__} runs float layers, got quantized ones: {quantized}{hint}")
 
     def check_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Check that `input_ids` `(B, T)` are `<bos> words <eos>` rows, right-padded, of ids in the vocabulary (a
@@ -465,7 +336,7 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
     def _encode(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, embedded: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        embed = getattr(self, "encoder_embed_tokens", self.embed_tokens)
+        embed = self.encoder_embed_tokens if hasattr(self, "encoder_embed_tokens") else self.embed_tokens
         lengths = attention_mask.sum(-1)
         embedded = embed(input_ids) if embedded is None else embedded
         if self.config.bidirectional_encoder:
@@ -486,6 +357,150 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
             logvar = raw
         return mu, logvar
 
+
+class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
+    """The sentence VAE (or, with `latent_size=0`, its RNNLM baseline).
+
+    It inherits `GenerationMixin` for `transformers`' generation plumbing (`can_generate()`, `generation_config`
+    loaded and saved as `generation_config.json`, `compute_transition_scores`) and replaces `generate` with its own
+    batched search over the LSTM decoder, which follows `GenerationMixin.generate`'s conventions.
+
+    Example:
+
+    ```python
+    >>> from hf_sentence_vae import SentenceVAEConfig, SentenceVAEModel, build_tokenizer
+    >>> tokenizer = build_tokenizer(["the cat sat .", "a dog ran ."])
+    >>> model = SentenceVAEModel(SentenceVAEConfig(vocab_size=len(tokenizer), embedding_size=16,
+    ...     encoder_hidden_size=16, decoder_hidden_size=16, latent_size=4))
+    >>> batch = tokenizer(["the cat sat ."], return_tensors="pt")
+    >>> out = model(**batch)  # out.loss, out.reconstruction_loss, out.kl, out.z, ...
+    >>> reconstructed = tokenizer.batch_decode(model.generate(**batch), skip_special_tokens=True)
+    >>> sampled = tokenizer.batch_decode(model.generate(num_samples=2), skip_special_tokens=True)
+    ```
+    """
+
+    _tied_weights_keys = {"lm_head.weight": "embed_tokens.weight"}
+    # The loss is a mean per sentence that takes no `num_items_in_batch`: `transformers.Trainer` reads this and scales
+    # the loss for gradient accumulation itself (for a forward with `**kwargs` and no such attribute it would pass
+    # `num_items_in_batch` and take the loss as normalised by it).
+    accepts_loss_kwargs = False
+
+    def __init__(self, config: SentenceVAEConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.embedding_size, padding_idx=config.pad_token_id)
+        latent = config.latent_size
+        if not config.is_rnnlm:
+            self._build_encoder(config)
+            self.latent_highway = Highway(latent, config.num_highway_layers)
+            self.latent_to_state = nn.Linear(latent, 2 * config.decoder_hidden_size)
+            if config.bag_of_words_weight > 0:
+                # Bag-of-words loss (Zhao et al., 2017): z alone scores the sentence's words, order ignored.
+                self.bag_of_words_head = nn.Linear(latent, config.vocab_size)
+        decoder_in = config.embedding_size + (latent if self._latent_in("inputs") else 0)
+        self.decoder = nn.LSTM(decoder_in, config.decoder_hidden_size, batch_first=True)
+        output_features = config.decoder_hidden_size + (latent if self._latent_in("outputs") else 0)
+        if config.tie_word_embeddings and config.embedding_size != output_features:
+            # Tying an output layer to an embedding of another width goes through a learned projection
+            # (Press & Wolf, 2017; Inan et al., 2017): logits = E (P h) + b.
+            self.output_projection = nn.Linear(output_features, config.embedding_size, bias=False)
+            output_features = config.embedding_size
+        self.lm_head = nn.Linear(output_features, config.vocab_size)
+        # <pad> and <bos> are never targets: they get probability zero.
+        self.register_buffer("logit_mask", self._never_predicted_mask(config), persistent=False)
+        self.post_init()
+
+    def _latent_in(self, where: str) -> bool:
+        """Whether z is concatenated to every decoder `"inputs"` or `"outputs"` (besides setting its initial state)."""
+        injection = self.config.latent_injection
+        if where == "outputs":
+            return injection == "initial_state_inputs_and_outputs"
+        return injection in ("initial_state_and_inputs", "initial_state_inputs_and_outputs")
+
+    @staticmethod
+    def _never_predicted_mask(config: SentenceVAEConfig, vocab_size: int | None = None) -> torch.Tensor:
+        """`(V,)`: -inf for the ids the model never predicts (`<pad>`, `<bos>`), 0 elsewhere."""
+        mask = torch.zeros(config.vocab_size if vocab_size is None else vocab_size)
+        mask[[config.pad_token_id, config.bos_token_id]] = float("-inf")
+        return mask
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if module is self:  # non-persistent buffers are not loaded from checkpoints: rebuild them
+            init.copy_(self.logit_mask, self._never_predicted_mask(self.config))
+
+    def decoder_modules(self) -> list[nn.Module]:
+        """The modules that make up p(x | z) and nothing of q(z | x): the decoder LSTM, the map from z to its initial
+        state, the output layer and its projection. The word embedding is left out when the encoder reads it too
+        (`share_embeddings`) or the output layer is tied to it."""
+        names = ["decoder", "latent_highway", "latent_to_state", "output_projection"]
+        if not self.config.tie_word_embeddings:
+            names.append("lm_head")
+        if hasattr(self, "encoder_embed_tokens"):
+            names.append("embed_tokens")
+        return [getattr(self, name) for name in names if hasattr(self, name)]
+
+    def inference_parameters(self) -> list[nn.Parameter]:
+        """The parameters of q(z | x) alone (nothing of p(x | z) reads them): the encoder LSTM, its highway, the
+        posterior layer (and BN-VAE's shift), and the encoder's own embedding when it has one (`share_embeddings=False`).
+        Empty for the RNNLM."""
+        names = ["encoder_embed_tokens", "encoder", "encoder_highway", "posterior"]
+        params = [p for name in names if hasattr(self, name) for p in getattr(self, name).parameters()]
+        if hasattr(self, "posterior_mean_shift"):
+            params.append(self.posterior_mean_shift)
+        return params
+
+    @torch.no_grad()
+    def reinitialize_decoder(self, seed: int) -> None:
+        """Draw the decoder's weights afresh (as at construction, from a generator seeded with `seed`), keeping the
+        encoder: the second phase of an encoder warm start (Li et al., 2019). With a tied output layer its bias is
+        reset and its weight, the shared embedding, kept."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            modules = self.decoder_modules()
+            for module in modules:
+                for param in module.parameters():
+                    param._is_hf_initialized = False
+                module.apply(self._init_weights)
+            if self.config.tie_word_embeddings:
+                self.lm_head.bias.zero_()
+
+    # ----------------------------------------------------------------- embeddings (transformers API)
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    def _resize_token_embeddings(self, new_num_tokens, pad_to_multiple_of=None, mean_resizing=True):
+        """`transformers`' resize of the embedding and the output layer, plus what else is sized by the vocabulary:
+        the encoder's own embedding (when not shared), the bag-of-words layer and the never-predicted mask."""
+        cfg = self.config
+        if new_num_tokens is not None and new_num_tokens <= max(cfg.special_token_ids.values()):
+            raise ValueError(
+                f"new_num_tokens={new_num_tokens} would drop special tokens: the vocabulary must keep ids "
+                f"{cfg.special_token_ids}"
+            )
+        embeddings = super()._resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        size = embeddings.weight.shape[0]
+        if hasattr(self, "encoder_embed_tokens"):
+            resized = self._get_resized_embeddings(self.encoder_embed_tokens, size, mean_resizing=mean_resizing)
+            resized.requires_grad_(self.encoder_embed_tokens.weight.requires_grad)
+            self.encoder_embed_tokens = resized
+        if hasattr(self, "bag_of_words_head"):
+            self.bag_of_words_head = self._get_resized_lm_head(
+                self.bag_of_words_head, size, mean_resizing=mean_resizing
+            )
+        mask = self._never_predicted_mask(cfg, size).to(self.logit_mask.device)
+        self.register_buffer("logit_mask", mask, persistent=False)
+        return embeddings
+
+    # ----------------------------------------------------------------- building blocks
     def _initial_state(
         self, z: torch.Tensor | None, batch_size: int, device, dtype
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -1227,4 +1242,82 @@ class SentenceVAEModel(SentenceVAEPreTrainedModel, GenerationMixin):
         )
 
 
-__all__ = ["SentenceVAEModel", "SentenceVAEPreTrainedModel", "SentenceVAEOutput", "SentenceVAEGenerationOutput"]
+class SentenceVAEForSequenceClassification(SentenceVAEPreTrainedModel):
+    """A sentence VAE's encoder with a linear classifier (or regressor) on the posterior mean: the paper's sentence
+    features (its TREC and MSRP experiments fit a classifier on them), fine-tuned end to end as `transformers`'
+    `*ForSequenceClassification` models are. Its encoder modules carry the VAE's names, so
+    `SentenceVAEForSequenceClassification.from_pretrained(vae_folder, num_labels=n)` (or
+    `AutoModelForSequenceClassification`) starts from a trained VAE's encoder, leaves its decoder out and draws the
+    classifier (`score`) afresh. The loss follows `config.problem_type` as in `transformers`: regression (mean
+    squared error) for `num_labels=1`, cross entropy for integer labels, binary cross entropy for multi-label
+    float targets. `config.classifier_dropout` (default 0) drops features before the classifier in training."""
+
+    def __init__(self, config: SentenceVAEConfig):
+        super().__init__(config)
+        if config.is_rnnlm:
+            raise ValueError(
+                "SentenceVAEForSequenceClassification classifies posterior means: it needs latent_size > 0, got an "
+                "RNNLM config (latent_size=0)"
+            )
+        self.num_labels = config.num_labels
+        if config.share_embeddings:
+            self.embed_tokens = nn.Embedding(config.vocab_size, config.embedding_size, padding_idx=config.pad_token_id)
+        self._build_encoder(config)
+        self.classifier_dropout = nn.Dropout(getattr(config, "classifier_dropout", None) or 0.0)
+        self.score = nn.Linear(config.latent_size, config.num_labels)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens if self.config.share_embeddings else self.encoder_embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        setattr(self, "embed_tokens" if self.config.share_embeddings else "encoder_embed_tokens", value)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+    ) -> SequenceClassifierOutput | tuple:
+        """Class scores of `(B, T)` sentences (right- or left-padded): `logits` `(B, num_labels)` from the posterior
+        mean, with `loss` where `labels` are given (`(B,)` class ids, `(B,)` or `(B, 1)` regression targets, or
+        `(B, num_labels)` multi-label targets), and the posterior mean itself as `hidden_states=(mu,)`."""
+        self._check_float_modules()
+        input_ids, attention_mask = self._right_padded(input_ids, attention_mask)
+        attention_mask = self.check_inputs(input_ids, attention_mask)
+        mu, _ = self._encode(input_ids, attention_mask)
+        logits = self.score(self.classifier_dropout(mu))
+        loss = None if labels is None else self._loss(logits, labels.to(logits.device))
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        output = SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=(mu,))
+        return output if return_dict else output.to_tuple()
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        if cfg.problem_type is None:  # decided by the first labels seen, as in `transformers`
+            if self.num_labels == 1:
+                cfg.problem_type = "regression"
+            elif labels.dtype in (torch.long, torch.int):
+                cfg.problem_type = "single_label_classification"
+            else:
+                cfg.problem_type = "multi_label_classification"
+        if cfg.problem_type == "regression":
+            return F.mse_loss(logits.view(labels.shape[0], -1), labels.float().view(labels.shape[0], -1))
+        if cfg.problem_type == "single_label_classification":
+            return F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
+        if cfg.problem_type == "multi_label_classification":
+            return F.binary_cross_entropy_with_logits(logits, labels.float())
+        raise ValueError(
+            "problem_type must be 'regression', 'single_label_classification' or 'multi_label_classification', got "
+            f"{cfg.problem_type!r}"
+        )
+
+
+__all__ = [
+    "SentenceVAEModel",
+    "SentenceVAEForSequenceClassification",
+    "SentenceVAEPreTrainedModel",
+    "SentenceVAEOutput",
+    "SentenceVAEGenerationOutput",
+]

@@ -16,7 +16,12 @@ from safetensors import safe_open
 from transformers import AutoConfig, AutoModel, AutoTokenizer, GenerationMixin
 
 import hf_sentence_vae
-from hf_sentence_vae import SentenceVAEConfig, SentenceVAEModel, SentenceVAETokenizerFast
+from hf_sentence_vae import (
+    SentenceVAEConfig,
+    SentenceVAEForSequenceClassification,
+    SentenceVAEModel,
+    SentenceVAETokenizerFast,
+)
 
 INIT = 0.5
 PACKAGE_DIR = Path(hf_sentence_vae.__file__).parent
@@ -176,7 +181,7 @@ CHILD = textwrap.dedent(
     report["hf_home"] = os.environ.get("HF_HOME")
 
     import torch
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
     spec = json.load(open(sys.argv[1]))
     report["models"] = {}
@@ -201,13 +206,20 @@ CHILD = textwrap.dedent(
             "logits": out.logits.tolist(),
             "logit_mask": model.logit_mask.tolist(),
         }
+    classifier = AutoModelForSequenceClassification.from_pretrained(spec["classifier"], trust_remote_code=True)
+    with torch.no_grad():
+        scores = classifier(**batch)
+    report["classifier"] = {
+        "class": type(classifier).__module__ + "." + type(classifier).__name__,
+        "logits": scores.logits.tolist(),
+    }
     report["package_loaded"] = any(m == "hf_sentence_vae" or m.startswith("hf_sentence_vae.") for m in sys.modules)
     print("REPORT=" + json.dumps(report))
     """
 )
 
 
-def test_remote_code_loads_without_the_package(tmp_path, tiny_model, tiny_tokenizer, tiny_sentences):
+def test_remote_code_loads_without_the_package(tmp_path, tiny_model, tiny_config, tiny_tokenizer, tiny_sentences):
     variants = {
         "vae": dict(bidirectional_encoder=True, num_highway_layers=1),
         "rnnlm_right_to_left": dict(latent_size=0, right_to_left=True),
@@ -224,6 +236,14 @@ def test_remote_code_loads_without_the_package(tmp_path, tiny_model, tiny_tokeni
         spec["folders"][name] = str(folder)
         spec["latents"][name] = None if latent is None else latent.tolist()
         models[name] = (model, latent)
+    torch.manual_seed(0)
+    classifier = SentenceVAEForSequenceClassification(tiny_config(initializer_range=INIT, num_labels=3)).eval()
+    classifier.save_pretrained(tmp_path / "classifier")
+    assert json.loads((tmp_path / "classifier" / "config.json").read_text())["auto_map"] == {
+        "AutoConfig": "configuration_sentence_vae.SentenceVAEConfig",
+        "AutoModelForSequenceClassification": "modeling_sentence_vae.SentenceVAEForSequenceClassification",
+    }
+    spec["classifier"] = str(tmp_path / "classifier")
     spec_file = tmp_path / "spec.json"
     spec_file.write_text(json.dumps(spec))
     script = tmp_path / "child.py"
@@ -276,3 +296,9 @@ def test_remote_code_loads_without_the_package(tmp_path, tiny_model, tiny_tokeni
             logits = model(**batch, sample_latent=False).logits
         torch.testing.assert_close(torch.tensor(child["logits"]), logits, rtol=0, atol=1e-6)
         assert child["logit_mask"] == _expected_mask(model.config).tolist()
+    # the classifier on the VAE's encoder loads as remote code too
+    qualified = report["classifier"]["class"]
+    assert qualified.startswith("transformers_modules.") and qualified.endswith(".SentenceVAEForSequenceClassification")
+    with torch.no_grad():
+        expected = classifier(**tiny_tokenizer(texts, padding=True, return_tensors="pt")).logits
+    torch.testing.assert_close(torch.tensor(report["classifier"]["logits"]), expected, rtol=0, atol=1e-6)
