@@ -294,3 +294,12 @@ def ptb_subset(ptb_dir: Path, folder: Path, train_lines: int, other_lines: int =
         "validation_file": head_lines(ptb_dir / "ptb.valid.txt", folder / "valid.txt", other_lines),
         "test_file": head_lines(ptb_dir / "ptb.test.txt", folder / "test.txt", other_lines),
     }
+
+
+def quiet_training_arguments(output_dir: Path, **settings):
+    """`transformers.TrainingArguments` for a test: on CPU, no checkpoints, no trackers, no progress bars; `settings`
+    add to or override these."""
+    from transformers import TrainingArguments
+
+    defaults = dict(save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True)
+    return TrainingArguments(output_dir=str(output_dir), **{**defaults, **settings})

@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, TrainingArguments
+from helpers import quiet_training_arguments
+from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer
 
 from hf_sentence_vae import SentenceVAEForSequenceClassification
 
@@ -87,16 +88,12 @@ def test_fine_tuned_by_trainer_then_saved_and_loaded(tiny_tokenizer, tiny_senten
     )
     torch.manual_seed(0)
     model = SentenceVAEForSequenceClassification(tiny_config(num_labels=2, id2label={0: "no", 1: "yes"}))
-    args = TrainingArguments(
-        output_dir=str(tmp_path / "run"),
+    args = quiet_training_arguments(
+        tmp_path / "run",
         per_device_train_batch_size=8,
         learning_rate=0.05,
         num_train_epochs=40,
         logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        disable_tqdm=True,
         seed=0,
     )
     trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=DataCollatorWithPadding(tiny_tokenizer))

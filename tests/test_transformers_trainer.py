@@ -8,7 +8,8 @@ import functools
 
 import pytest
 import torch
-from transformers import DataCollatorWithPadding, TrainingArguments
+from helpers import quiet_training_arguments
+from transformers import DataCollatorWithPadding
 
 from hf_sentence_vae.rate_control import KLSchedule, RateControl
 from hf_sentence_vae.training.transformers_trainer import RateControlCallback, SentenceVAETrainer
@@ -26,22 +27,17 @@ def dataset(tiny_tokenizer, tiny_sentences):
 
 def _trainer(model, tokenizer, dataset, out, rate_control, **arguments):
     settings = dict(
-        output_dir=str(out),
         per_device_train_batch_size=4,
         per_device_eval_batch_size=len(dataset),
         learning_rate=1e-2,
         max_steps=6,
         logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        disable_tqdm=True,
         seed=3,
     )
     settings.update(arguments)
     return SentenceVAETrainer(
         model=model,
-        args=TrainingArguments(**settings),
+        args=quiet_training_arguments(out, **settings),
         train_dataset=dataset,
         eval_dataset=dataset,
         data_collator=DataCollatorWithPadding(tokenizer),
@@ -165,18 +161,14 @@ def test_plain_trainer_divides_the_loss_by_gradient_accumulation(tiny_model, tin
     for batch_size, accumulation in ((4, 1), (2, 2)):
         model = tiny_model(latent_size=0, train=True)  # the RNNLM: a deterministic loss
         before = [p.detach().clone() for p in model.parameters()]
-        args = TrainingArguments(
-            output_dir=str(tmp_path / f"ga{accumulation}"),
+        args = quiet_training_arguments(
+            tmp_path / f"ga{accumulation}",
             per_device_train_batch_size=batch_size,
             gradient_accumulation_steps=accumulation,
             optim="sgd",
             learning_rate=0.5,
             lr_scheduler_type="constant",
             max_steps=1,
-            save_strategy="no",
-            report_to=[],
-            use_cpu=True,
-            disable_tqdm=True,
         )
         trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=collator)
         assert trainer.model_accepts_loss_kwargs is False
