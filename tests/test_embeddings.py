@@ -156,6 +156,31 @@ def test_sentence_embeddings_script(repo_root, tmp_path, tiny_model, tiny_tokeni
     output = tmp_path / "emb.json"
     argv = ["--model_name_or_path", str(folder), "--data_dir", str(data_dir), "--device", "cpu"]
     argv += ["--max_train", "100", "--max_test", "30", "--cv_folds", "3", "--output_file", str(output)]
-    results = main_json(script, argv, capsys)
+    results = main_json(script, argv + ["--fine_tune_epochs", "1"], capsys)
     assert set(results) >= {"trec", "msrp", "corpus_note"}
     assert results["trec"]["num_test"] == 30 and output.is_file()
+    fine_tuned = results["trec"]["fine_tuned"]
+    assert 0.0 <= fine_tuned["accuracy"] <= 100.0 and fine_tuned["num_test"] == 30 and fine_tuned["epochs"] == 1
+
+
+def test_fine_tuning_the_encoder_on_trec(tiny_model, trec_dir, tmp_path):
+    """`fine_tune_trec`: a VAE's encoder and a classifier on its posterior mean, trained end to end, learn the TREC
+    questions they see (here from a vocabulary of those questions)."""
+    from hf_sentence_vae import build_tokenizer
+    from hf_sentence_vae.embeddings import fine_tune_trec
+
+    train = read_trec(trec_dir / "train_5500.label").subset(120)
+    tokenizer = build_tokenizer(train.texts, mode="raw")
+    folder = tmp_path / "vae"
+    tiny_model(vocab_size=len(tokenizer), embedding_size=32, encoder_hidden_size=32, latent_size=8).save_pretrained(
+        folder
+    )
+    kwargs = dict(learning_rate=0.01, batch_size=32, seed=0, output_dir=tmp_path / "run")
+    once = fine_tune_trec(folder, tokenizer, train, train, epochs=1, **kwargs)
+    trained = fine_tune_trec(folder, tokenizer, train, train, epochs=40, **kwargs)
+    majority = 100.0 * max(train.labels.count(label) for label in set(train.labels)) / len(train)
+    assert trained["accuracy"] > max(majority + 20.0, once["accuracy"]), (trained, once, majority)
+    assert trained["final_training_loss"] < once["final_training_loss"]
+    assert trained["classes"] == sorted(set(train.labels)) and trained["normalize"] == "none"
+    with pytest.raises(ValueError, match="epochs must be >= 1"):
+        fine_tune_trec(folder, tokenizer, train, train, epochs=0)

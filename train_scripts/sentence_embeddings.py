@@ -9,7 +9,9 @@ cross-validation on the training set.
 --data_dir (default: $SENTENCE_VAE_DATA) holds
 trec/{train_5500,TREC_10}.label and msrp/msr_paraphrase_{train,test}.txt. With a Penn Treebank tokenizer
 the texts are lower-cased, numbers mapped to N and punctuation dropped (`--normalize auto`); the JSON reports
-the share of test words still out of the model's vocabulary. Prints one JSON object.
+the share of test words still out of the model's vocabulary. `--fine_tune_epochs N` also fine-tunes the encoder
+with a linear classifier on TREC for N epochs (`SentenceVAEForSequenceClassification`; `trec.fine_tuned` in the
+JSON). Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from hf_sentence_vae.embeddings import (
     TREC_FILES,
     evaluate_msrp,
     evaluate_trec,
+    fine_tune_trec,
     read_msrp,
     read_trec,
 )
@@ -48,9 +51,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max_train", type=int, default=None, help="use the first N training examples (smoke)")
     parser.add_argument("--max_test", type=int, default=None, help="use the first N test examples (smoke)")
     parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument(
+        "--fine_tune_epochs", type=int, default=0, help="also fine-tune the encoder on TREC for N epochs (0: no)"
+    )
+    parser.add_argument("--fine_tune_learning_rate", type=float, default=1e-3)
     args = parser.parse_args(argv)
     if args.cv_folds < 2:
         parser.error(f"--cv_folds must be >= 2, got {args.cv_folds}")
+    if args.fine_tune_epochs < 0:
+        parser.error(f"--fine_tune_epochs must be >= 0, got {args.fine_tune_epochs}")
     return args
 
 
@@ -95,6 +104,19 @@ def evaluate(argv: Sequence[str] | None = None) -> dict:
         logger.info("%s: %d train, %d test", task, len(train), len(test))
         results[task] = task_evaluation(model, tokenizer, train, test, **common)
         results[task]["seconds"] = round(time.time() - start, 2)
+        if task == "trec" and args.fine_tune_epochs:
+            start = time.time()
+            results[task]["fine_tuned"] = fine_tune_trec(
+                args.model_name_or_path,
+                tokenizer,
+                train,
+                test,
+                normalize=args.normalize,
+                epochs=args.fine_tune_epochs,
+                learning_rate=args.fine_tune_learning_rate,
+                seed=args.seed,
+            )
+            results[task]["fine_tuned"]["seconds"] = round(time.time() - start, 2)
     emit_json(results, args.output_file)
     return results
 
