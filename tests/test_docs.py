@@ -65,6 +65,23 @@ def test_transformers_trainer_example_runs_as_written(
     assert [entry["kl_weight"] for entry in trainer.state.log_history if "kl_weight" in entry] == [0.0, 0.0002]
 
 
+def test_classification_example_runs_as_written(tmp_path, monkeypatch, tiny_model, tiny_tokenizer):
+    """The README's classification example loads a saved VAE's encoder under a new classifier, scores and saves."""
+    from transformers import AutoModelForSequenceClassification
+
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("### Classifying sentences with the encoder") :]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    tiny_model().save_pretrained("my-vae")
+    namespace = {"tokenizer": tiny_tokenizer}
+    exec(compile(code, str(README), "exec"), namespace)
+    out = namespace["out"]
+    assert out.logits.shape == (2, 2) and bool(out.loss.isfinite())
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "my-classifier")
+    assert type(loaded).__name__ == "SentenceVAEForSequenceClassification" and loaded.config.num_labels == 2
+
+
 def test_readme_speaks_to_users():
     text = README.read_text(encoding="utf-8")
     assert not re.search(r"(?<![\w`])#\d+", text), "issue numbers"
