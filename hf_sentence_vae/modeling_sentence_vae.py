@@ -263,8 +263,8 @@ class SentenceVAEPreTrainedModel(PreTrainedModel):
             raise ValueError(f"{type(self).__name__} runs float layers, got quantized ones: {quantized}{hint}")
 
     def check_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Check that `input_ids` `(B, T)` are `<bos> words <eos>` rows, right-padded, of ids in the vocabulary (a
-        `ValueError` naming the offending row or id otherwise); returns the boolean attention mask (inferred from
+        """Check that `input_ids` `(B, T)` are `<bos> words <eos>` rows (no `<bos>` or `<eos>` among the words),
+        right-padded, of ids in the vocabulary (a `ValueError` naming the offending row or id otherwise); returns the boolean attention mask (inferred from
         padding if absent)."""
         attention_mask = self._attention_mask(input_ids, attention_mask)
         if _tracing():  # the checks below read tensor values; a traced graph is checked where it runs eagerly
@@ -285,6 +285,15 @@ class SentenceVAEPreTrainedModel(PreTrainedModel):
                 f"each row of input_ids must be <bos> words <eos> (ids {self.config.bos_token_id} ... "
                 f"{self.config.eos_token_id}) followed by padding, as the SentenceVAE tokenizer produces; "
                 f"row {row} is {input_ids[row].tolist()}"
+            )
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+        inside = (positions > 0) & (positions < (lengths - 1).unsqueeze(-1))
+        special = (input_ids == self.config.bos_token_id) | (input_ids == self.config.eos_token_id)
+        if bool((special & inside).any()):
+            row = int((special & inside).any(-1).nonzero()[0, 0])
+            raise ValueError(
+                f"row {row} of input_ids holds <bos> or <eos> inside its sentence ({input_ids[row].tolist()}): one "
+                "sentence per row (a sentence pair? the tokenizer writes (a, b) as <bos> a <eos> b <eos>)"
             )
         vocab_max = int(input_ids.max())
         if vocab_max >= self.config.vocab_size or int(input_ids.min()) < 0:

@@ -502,8 +502,12 @@ def _pad_to(input_ids: torch.Tensor, attention_mask: torch.Tensor, length: int, 
             lambda ids, mask: (torch.stack([ids[0], ids[1].roll(2)]), torch.stack([mask[0], mask[1].roll(2)])),
             "row 1 of input_ids is left-padded",
         ),
+        (  # row 0 made a sentence pair, <bos> a <eos> b <eos>
+            lambda ids, mask: (ids.index_put((torch.tensor([0]), torch.tensor([3])), torch.tensor(3)), mask),
+            r"row 0 of input_ids holds <bos> or <eos> inside its sentence .*sentence pair",
+        ),
     ],
-    ids=["one_dim", "too_short", "mask_shape", "id_too_large", "negative_id", "no_bos", "left_padded"],
+    ids=["one_dim", "too_short", "mask_shape", "id_too_large", "negative_id", "no_bos", "left_padded", "pair"],
 )
 def test_bad_inputs_raise_naming_the_problem(tiny_model, random_batch, corrupt, match):
     model = tiny_model()
